@@ -1,0 +1,4 @@
+"""mmquant: BitSplit post-training quantization for OpenMMLab models."""
+from .version import __version__, version_info
+
+__all__ = ['__version__', 'version_info']

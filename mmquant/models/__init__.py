@@ -1,0 +1,1 @@
+"""Quantized model wrappers for OpenMMLab runners."""

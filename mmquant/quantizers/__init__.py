@@ -1,0 +1,1 @@
+"""Registered quantizers (typed configs over the core solver)."""
