@@ -29,7 +29,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     python_requires='>=3.9,<3.13',
-    install_requires=['torch>=2.0', 'mmengine>=0.10,<1.0'],
+    install_requires=['torch>=2.6', 'mmengine>=0.10,<1.0'],
     extras_require=dict(
         openmmlab=read_requirements('runtime.txt'),
         tests=read_requirements('tests.txt')),

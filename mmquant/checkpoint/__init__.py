@@ -1,0 +1,28 @@
+"""Low-level INT checkpoint container and safe float checkpoint loading.
+
+* :mod:`.packing`: dense bit packing of 2..8-bit narrow symmetric integers.
+* :mod:`.container`: the ``mmquant-int`` file format, atomic save and
+  verified, weights-only load.
+* :mod:`.float_loading`: weights-only loading of OpenMMLab float
+  checkpoints with an explicit allowlist.
+
+The format is specified in ``docs/checkpoint_format.md``.
+"""
+from .container import (FORMAT_NAME, FORMAT_VERSION,
+                        SUPPORTED_FORMAT_VERSIONS, CheckpointError,
+                        CheckpointNotFoundError, UnsafeCheckpointError,
+                        load_container, save_container, tensor_sha256)
+from .float_loading import (extract_state_dict, float_safe_globals,
+                            load_float_checkpoint,
+                            load_float_checkpoint_file, sha256_file)
+from .packing import (MAX_BITS, MIN_BITS, int_range, pack_int,
+                      packed_nbytes, unpack_int)
+
+__all__ = [
+    'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
+    'CheckpointError', 'CheckpointNotFoundError', 'UnsafeCheckpointError',
+    'save_container', 'load_container', 'tensor_sha256',
+    'load_float_checkpoint', 'load_float_checkpoint_file',
+    'extract_state_dict', 'float_safe_globals', 'sha256_file', 'MIN_BITS',
+    'MAX_BITS', 'int_range', 'pack_int', 'unpack_int', 'packed_nbytes'
+]
