@@ -5,24 +5,33 @@
   verified, weights-only load.
 * :mod:`.float_loading`: weights-only loading of OpenMMLab float
   checkpoints with an explicit allowlist.
+* :mod:`.int_model`: saving, loading and inspecting whole quantized
+  models (``QuantizedLayer``\\ s) as INT checkpoints.
 
 The format is specified in ``docs/checkpoint_format.md``.
 """
 from .container import (FORMAT_NAME, FORMAT_VERSION,
                         SUPPORTED_FORMAT_VERSIONS, CheckpointError,
                         CheckpointNotFoundError, UnsafeCheckpointError,
-                        load_container, save_container, tensor_sha256)
+                        load_container, save_container, tensor_sha256,
+                        verify_container)
 from .float_loading import (extract_state_dict, float_safe_globals,
                             load_float_checkpoint,
                             load_float_checkpoint_file, sha256_file)
+from .int_model import (PACKED_SUFFIX, RESERVED_META_KEYS,
+                        CheckpointMismatchError, apply_quantized,
+                        inspect_quantized, load_quantized, save_quantized)
 from .packing import (MAX_BITS, MIN_BITS, int_range, pack_int,
                       packed_nbytes, unpack_int)
 
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
     'CheckpointError', 'CheckpointNotFoundError', 'UnsafeCheckpointError',
-    'save_container', 'load_container', 'tensor_sha256',
+    'save_container', 'load_container', 'verify_container', 'tensor_sha256',
     'load_float_checkpoint', 'load_float_checkpoint_file',
     'extract_state_dict', 'float_safe_globals', 'sha256_file', 'MIN_BITS',
-    'MAX_BITS', 'int_range', 'pack_int', 'unpack_int', 'packed_nbytes'
+    'MAX_BITS', 'int_range', 'pack_int', 'unpack_int', 'packed_nbytes',
+    'CheckpointMismatchError', 'RESERVED_META_KEYS', 'PACKED_SUFFIX',
+    'save_quantized', 'load_quantized', 'apply_quantized',
+    'inspect_quantized'
 ]

@@ -465,6 +465,30 @@ def load_container(
         ' An mmquant INT checkpoint never contains Python objects; if this '
         'is a float checkpoint, load it with '
         'mmquant.checkpoint.load_float_checkpoint instead.')
+    return verify_container(obj, path, verify_checksums)
+
+
+def verify_container(
+        obj: Any,
+        path: str,
+        verify_checksums: bool = True,
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Verify a container already read by ``torch.load(weights_only=True)``.
+
+    :func:`load_container` reads and verifies a file; this verifies what
+    another loader (e.g. an mmengine runner's ``load_from``) has read.
+
+    Args:
+        obj: The loaded object.
+        path: Where it came from (for messages).
+        verify_checksums: Whether to verify every tensor checksum.
+
+    Returns:
+        ``(tensors, meta)`` as :func:`load_container`.
+
+    Raises:
+        CheckpointError: As :func:`load_container`.
+    """
     if not isinstance(obj, dict) or 'format' not in obj:
         raise CheckpointError(
             f'{path!r} is not an mmquant INT checkpoint (no \'format\' '

@@ -1,0 +1,758 @@
+"""Save and load whole quantized models as INT checkpoints.
+
+A model whose ``nn.Conv2d``/``nn.Linear`` layers were replaced by
+:class:`~mmquant.nn.QuantizedLayer` is written with :func:`save_quantized`
+into an ``mmquant-int`` container (see :mod:`.container`): the integer
+weights of every quantized layer are bit-packed (:func:`.pack_int`), all
+other state-dict entries are stored unchanged, and ``meta['layers']``
+records what is needed to rebuild the layers.  :func:`load_quantized` turns
+a freshly built *float* model of the same architecture into the quantized
+model, after validating the whole file against the model.
+:func:`inspect_quantized` summarises a file without a model.
+
+The model-level layout is specified in ``docs/checkpoint_format.md``
+("Model-level layout").
+"""
+import difflib
+import math
+import os
+import os.path as osp
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .container import (CheckpointError, MapLocation, PathLike,
+                        load_container, save_container)
+from .packing import MAX_BITS, MIN_BITS, packed_nbytes, pack_int, unpack_int
+
+__all__ = [
+    'RESERVED_META_KEYS', 'PACKED_SUFFIX', 'CheckpointMismatchError',
+    'save_quantized', 'load_quantized', 'apply_quantized',
+    'inspect_quantized'
+]
+
+#: Suffix of the tensor holding a quantized layer's packed integers.
+PACKED_SUFFIX = 'qweight_packed'
+
+#: Meta keys written by :func:`save_quantized`; callers may not set them.
+RESERVED_META_KEYS = ('layers', 'mmquant_version', 'float_bytes',
+                      'packed_bytes')
+
+_LAYER_KEYS = ('name', 'w_bits', 'a_bits', 'act_signed', 'shape', 'numel',
+               'layer_type')
+_FLOAT32_BYTES = 4
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A valid INT checkpoint does not fit the model it is loaded into.
+
+    Raised for missing layers, layers of the wrong type or shape, and
+    missing/unexpected/mis-shaped state-dict entries.  Problems of the
+    file itself (malformed meta, bad bit widths, corrupted data) raise a
+    plain :class:`CheckpointError`.
+    """
+
+
+def _quantized_layer_cls() -> type:
+    """Return :class:`~mmquant.nn.QuantizedLayer`, imported on first use.
+
+    The import is deferred so that ``import mmquant.checkpoint`` does not
+    pull in the quantization modules.
+
+    Returns:
+        The ``QuantizedLayer`` class.
+    """
+    from mmquant.nn.quantized_layer import QuantizedLayer
+    return QuantizedLayer
+
+
+def _packed_name(layer: str) -> str:
+    """Return the tensor name of a layer's packed integers.
+
+    Args:
+        layer: Dotted module name of the quantized layer.
+
+    Returns:
+        ``f'{layer}.qweight_packed'``.
+    """
+    return f'{layer}.{PACKED_SUFFIX}'
+
+
+def _nbytes(t: Tensor) -> int:
+    """Return the size of a tensor's data in bytes.
+
+    Args:
+        t: Any tensor.
+
+    Returns:
+        ``t.numel() * t.element_size()``.
+    """
+    return t.numel() * t.element_size()
+
+
+def _mmquant_version() -> str:
+    """Return the installed mmquant version string.
+
+    Returns:
+        ``mmquant.version.__version__``.
+    """
+    from mmquant.version import __version__
+    return __version__
+
+
+def _quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """List the quantized layers of a model in ``named_modules`` order.
+
+    Args:
+        model: The model.
+
+    Returns:
+        ``[(name, layer), ...]``.
+
+    Raises:
+        ValueError: If the model itself is a ``QuantizedLayer`` or one
+            ``QuantizedLayer`` is reachable under several names.
+    """
+    qcls = _quantized_layer_cls()
+    found: List[Tuple[str, nn.Module]] = []
+    seen: Dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, qcls):
+            continue
+        if not name:
+            raise ValueError(
+                'the model itself is a QuantizedLayer; wrap it in a parent '
+                'module (e.g. nn.Sequential) to save it')
+        if id(module) in seen:
+            raise ValueError(
+                f'QuantizedLayer {seen[id(module)]!r} is shared as '
+                f'{name!r}; shared quantized layers are not supported')
+        seen[id(module)] = name
+        found.append((name, module))
+    return found
+
+
+def save_quantized(model: nn.Module,
+                   path: PathLike,
+                   meta: Optional[Mapping[str, Any]] = None) -> Dict[str, int]:
+    """Write a model containing ``QuantizedLayer``\\ s as an INT checkpoint.
+
+    For every ``QuantizedLayer`` named ``L`` the int8 ``L.qweight`` is
+    stored bit-packed as the uint8 tensor ``'L.qweight_packed'`` and
+    described by a record in ``meta['layers']``; every other entry of
+    ``model.state_dict()`` (``L.weight_scale``, ``L.act_scale``,
+    ``L.layer.bias``, BN statistics, unquantized layers...) is stored
+    unchanged under its state-dict key, in state-dict order.  The file is
+    written atomically by :func:`.save_container`.
+
+    Args:
+        model: The quantized model.
+        path: Destination file; its directory must exist.
+        meta: Extra JSON-able metadata merged into the file's meta, e.g.
+            ``{'quantizer': qcfg.to_dict(), 'source_config':
+            cfg.pretty_text, 'float_checkpoint_sha256':
+            sha256_file(ckpt)}``.  It may not use the keys of
+            :data:`RESERVED_META_KEYS`.
+
+    Returns:
+        A size summary: ``file_bytes`` (the file on disk),
+        ``packed_weight_bytes`` (all packed integer tensors),
+        ``float_weight_bytes`` (what the quantized layers' weights take
+        in float32), ``other_bytes`` (every other stored tensor: scales,
+        biases, buffers, unquantized layers) and ``layers`` (the number of
+        quantized layers).
+
+    Raises:
+        ValueError: If the model has no ``QuantizedLayer``, is one itself,
+            shares one under several names, holds integers outside a
+            layer's grid, if ``meta`` uses a reserved key, or a state-dict
+            key collides with a packed tensor name.
+        TypeError: If ``meta`` is not a dict or is not JSON-able.
+        OSError: If writing fails (``path`` is then left untouched).
+    """
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, Mapping):
+        raise TypeError(f'meta must be a dict, got {type(meta).__name__}')
+    reserved = sorted(k for k in meta if k in RESERVED_META_KEYS)
+    if reserved:
+        raise ValueError(f'meta keys {reserved} are reserved and written by '
+                         'save_quantized; use other names')
+    layers = _quantized_layers(model)
+    if not layers:
+        raise ValueError(
+            f'{type(model).__name__} contains no QuantizedLayer; quantize '
+            'it first (an INT checkpoint of a float model is pointless)')
+    state = model.state_dict()
+    by_qweight = {f'{name}.qweight': (name, layer) for name, layer in layers}
+    for name, _ in layers:
+        if _packed_name(name) in state:
+            raise ValueError(f'state-dict key {_packed_name(name)!r} '
+                             'collides with the packed weight of layer '
+                             f'{name!r}')
+    tensors: Dict[str, Tensor] = OrderedDict()
+    records: List[Dict[str, Any]] = []
+    packed_bytes = float_bytes = other_bytes = 0
+    for key, value in state.items():
+        if key not in by_qweight:
+            tensors[key] = value
+            other_bytes += _nbytes(value)
+            continue
+        name, layer = by_qweight[key]
+        try:
+            packed = pack_int(layer.qweight, layer.w_bits)
+        except ValueError as e:
+            raise ValueError(f'cannot pack layer {name!r}: {e}') from e
+        tensors[_packed_name(name)] = packed
+        packed_bytes += _nbytes(packed)
+        float_bytes += layer.qweight.numel() * _FLOAT32_BYTES
+        records.append({
+            'name': name,
+            'w_bits': int(layer.w_bits),
+            'a_bits': None if layer.a_bits is None else int(layer.a_bits),
+            'act_signed': bool(layer.act_signed),
+            'shape': [int(s) for s in layer.qweight.shape],
+            'numel': int(layer.qweight.numel()),
+            'layer_type': type(layer.layer).__name__,
+        })
+    missing = [name for name, _ in layers
+               if f'{name}.qweight' not in state]
+    if missing:
+        raise ValueError(f'the state dict of {type(model).__name__} lacks '
+                         f'the qweight of quantized layer(s) {missing}')
+    full_meta = dict(meta)
+    full_meta.update({
+        'layers': records,
+        'mmquant_version': _mmquant_version(),
+        'float_bytes': float_bytes,
+        'packed_bytes': packed_bytes,
+    })
+    save_container(path, tensors, full_meta)
+    return {
+        'file_bytes': osp.getsize(os.fspath(path)),
+        'packed_weight_bytes': packed_bytes,
+        'float_weight_bytes': float_bytes,
+        'other_bytes': other_bytes,
+        'layers': len(records),
+    }
+
+
+def _is_bits(value: Any) -> bool:
+    """Tell whether ``value`` is a valid bit width (an int, not a bool).
+
+    Args:
+        value: The value read from meta.
+
+    Returns:
+        True for an ``int`` in ``[MIN_BITS, MAX_BITS]``.
+    """
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and MIN_BITS <= value <= MAX_BITS)
+
+
+def _check_record(where: str, rec: Any) -> Dict[str, Any]:
+    """Validate one ``meta['layers']`` record.
+
+    Args:
+        where: Location for messages, e.g. ``"'ckpt.pth': meta['layers'][3]"``.
+        rec: The record.
+
+    Returns:
+        The record with ``shape`` as a tuple.
+
+    Raises:
+        CheckpointError: If a key is missing or a value is invalid.
+    """
+    if not isinstance(rec, dict):
+        raise CheckpointError(f'{where} is not a dict')
+    missing = [k for k in _LAYER_KEYS if k not in rec]
+    if missing:
+        raise CheckpointError(f'{where} lacks the key(s) {missing}')
+    name = rec['name']
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f'{where} has an invalid name {name!r}')
+    where = f'{where} (layer {name!r})'
+    if not _is_bits(rec['w_bits']):
+        raise CheckpointError(
+            f'{where}: w_bits must be an int in [{MIN_BITS}, {MAX_BITS}], '
+            f'got {rec["w_bits"]!r}')
+    if rec['a_bits'] is not None and not _is_bits(rec['a_bits']):
+        raise CheckpointError(
+            f'{where}: a_bits must be null or an int in [{MIN_BITS}, '
+            f'{MAX_BITS}], got {rec["a_bits"]!r}')
+    if not isinstance(rec['act_signed'], bool):
+        raise CheckpointError(f'{where}: act_signed must be a bool, got '
+                              f'{rec["act_signed"]!r}')
+    shape = rec['shape']
+    if (not isinstance(shape, list) or not shape or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0
+            for s in shape)):
+        raise CheckpointError(f'{where}: shape must be a non-empty list of '
+                              f'non-negative ints, got {shape!r}')
+    numel = rec['numel']
+    if (not isinstance(numel, int) or isinstance(numel, bool)
+            or numel != math.prod(shape)):
+        raise CheckpointError(f'{where}: numel {numel!r} does not match '
+                              f'shape {shape}')
+    if not isinstance(rec['layer_type'], str):
+        raise CheckpointError(f'{where}: layer_type must be a str, got '
+                              f'{rec["layer_type"]!r}')
+    out = dict(rec)
+    out['shape'] = tuple(shape)
+    return out
+
+
+def _layer_records(path: str, meta: Mapping[str, Any]) -> List[dict]:
+    """Validate ``meta['layers']`` as a whole.
+
+    Args:
+        path: The file, for messages.
+        meta: The loaded meta.
+
+    Returns:
+        The validated records.
+
+    Raises:
+        CheckpointError: If ``meta['layers']`` is absent or invalid, names
+            a layer twice, or nests one layer inside another.
+    """
+    layers = meta.get('layers')
+    if not isinstance(layers, list):
+        raise CheckpointError(
+            f'{path!r} is an mmquant INT container but not a quantized '
+            "model checkpoint (meta['layers'] is missing or not a list)")
+    records = [
+        _check_record(f"{path!r}: meta['layers'][{i}]", rec)
+        for i, rec in enumerate(layers)
+    ]
+    names = set()
+    for rec in records:
+        if rec['name'] in names:
+            raise CheckpointError(f"{path!r}: meta['layers'] names layer "
+                                  f"{rec['name']!r} twice")
+        names.add(rec['name'])
+    for rec in records:
+        parts = rec['name'].split('.')
+        for i in range(1, len(parts)):
+            parent = '.'.join(parts[:i])
+            if parent in names:
+                raise CheckpointError(
+                    f"{path!r}: meta['layers'] nests layer {rec['name']!r} "
+                    f'inside layer {parent!r}')
+    return records
+
+
+def _scale_tensors(path: str, rec: dict,
+                   tensors: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    """Fetch and check a layer's ``weight_scale`` and ``act_scale``.
+
+    Args:
+        path: The file, for messages.
+        rec: The validated layer record.
+        tensors: All tensors of the file.
+
+    Returns:
+        ``(weight_scale, act_scale)``.
+
+    Raises:
+        CheckpointError: If a tensor is missing, mis-shaped, not floating
+            point, or a used scale is not finite and positive.
+    """
+    name = rec['name']
+    out = []
+    for attr, shape in (('weight_scale', (rec['shape'][0], )),
+                        ('act_scale', ())):
+        key = f'{name}.{attr}'
+        t = tensors.get(key)
+        if t is None:
+            raise CheckpointError(f'{path!r}: quantized layer {name!r} has '
+                                  f'no tensor {key!r}')
+        if tuple(t.shape) != shape or not t.is_floating_point():
+            raise CheckpointError(
+                f'{path!r}: {key!r} must be a floating tensor of shape '
+                f'{list(shape)}, got {t.dtype} of shape {list(t.shape)}')
+        used = attr == 'weight_scale' or rec['a_bits'] is not None
+        if used and t.numel() and not bool(
+            (torch.isfinite(t) & (t > 0)).all()):
+            raise CheckpointError(f'{path!r}: {key!r} must be finite and '
+                                  'positive')
+        out.append(t)
+    return out[0], out[1]
+
+
+def _unpack_layer(path: str, rec: dict,
+                  tensors: Mapping[str, Tensor]) -> Tensor:
+    """Unpack and check a layer's integer weights.
+
+    Args:
+        path: The file, for messages.
+        rec: The validated layer record.
+        tensors: All tensors of the file.
+
+    Returns:
+        The int8 weights, shaped ``rec['shape']``, on the CPU.
+
+    Raises:
+        CheckpointError: If the packed tensor is missing, has the wrong
+            dtype or size for the recorded bits, or decodes to values
+            outside the grid.
+    """
+    name, bits, numel = rec['name'], rec['w_bits'], rec['numel']
+    key = _packed_name(name)
+    packed = tensors.get(key)
+    if packed is None:
+        raise CheckpointError(f'{path!r}: quantized layer {name!r} has no '
+                              f'packed weight tensor {key!r}')
+    expected = packed_nbytes(numel, bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise CheckpointError(
+            f'{path!r}: {key!r} must be a 1-D uint8 tensor, got '
+            f'{packed.dtype} of shape {list(packed.shape)}')
+    if packed.numel() != expected:
+        raise CheckpointError(
+            f'{path!r}: {key!r} holds {packed.numel()} bytes but '
+            f'{numel} {bits}-bit values need {expected}; w_bits or shape '
+            f'of layer {name!r} is wrong')
+    try:
+        q = unpack_int(packed, bits, numel)
+    except ValueError as e:
+        raise CheckpointError(f'{path!r}: the integer weights of layer '
+                              f'{name!r} are out of range: {e}') from e
+    return q.reshape(rec['shape'])
+
+
+def _suggest(name: str, candidates: List[str]) -> str:
+    """Return a ``'; did you mean ...?'`` hint, or ``''``.
+
+    Args:
+        name: The name that was not found.
+        candidates: Existing names.
+
+    Returns:
+        The hint text.
+    """
+    close = difflib.get_close_matches(name, candidates, n=3)
+    return f'; did you mean {", ".join(map(repr, close))}?' if close else ''
+
+
+def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
+                errors: List[str]) -> Optional[nn.Module]:
+    """Find the float conv/linear a record describes in the model.
+
+    Args:
+        modules: ``dict(model.named_modules())`` of the model loaded into.
+        rec: The validated layer record.
+        strict: Whether the layer class name must match ``layer_type``.
+        errors: Problems are appended here.
+
+    Returns:
+        The ``nn.Conv2d``/``nn.Linear`` to wrap (the inner layer of an
+        existing ``QuantizedLayer``), or None if a problem was recorded.
+    """
+    qcls = _quantized_layer_cls()
+    name = rec['name']
+    parts = name.split('.')
+    for i in range(1, len(parts)):
+        parent = modules.get('.'.join(parts[:i]))
+        if isinstance(parent, qcls):
+            errors.append(f'layer {name!r} lies inside the QuantizedLayer '
+                          f'{".".join(parts[:i])!r} of the model')
+            return None
+    module = modules.get(name)
+    if module is None:
+        errors.append(f'layer {name!r} of the checkpoint is not in the '
+                      f'model{_suggest(name, list(modules))}')
+        return None
+    base = module.layer if isinstance(module, qcls) else module
+    if not isinstance(base, (nn.Conv2d, nn.Linear)):
+        errors.append(f'layer {name!r} is a {type(module).__name__} in the '
+                      'model, not an nn.Conv2d/nn.Linear')
+        return None
+    if strict and type(base).__name__ != rec['layer_type']:
+        errors.append(f'layer {name!r} is a {type(base).__name__} in the '
+                      f'model but a {rec["layer_type"]} in the checkpoint')
+        return None
+    shape = tuple(base.weight.shape)
+    if shape != rec['shape']:
+        errors.append(f'shape mismatch for layer {name!r}: the checkpoint '
+                      f'has {list(rec["shape"])}, the model has '
+                      f'{list(shape)}')
+        return None
+    return base
+
+
+def _raise_mismatch(path: str, model: nn.Module, lines: List[str]) -> None:
+    """Raise a :class:`CheckpointMismatchError` listing problems.
+
+    Args:
+        path: The file.
+        model: The model.
+        lines: One line per problem; nothing is raised when empty.
+
+    Raises:
+        CheckpointMismatchError: If ``lines`` is not empty.
+    """
+    if lines:
+        body = ''.join(f'\n\t{line}' for line in lines)
+        raise CheckpointMismatchError(
+            f'Error(s) in loading INT checkpoint {path!r} into '
+            f'{type(model).__name__}:{body}')
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule ``name`` (dotted) of ``model``.
+
+    Args:
+        model: The root module.
+        name: Dotted name of an existing submodule (not ``''``).
+        new: The replacement.
+    """
+    parent_name, _, child = name.rpartition('.')
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def load_quantized(model: nn.Module,
+                   path: PathLike,
+                   map_location: MapLocation = 'cpu',
+                   strict: bool = True) -> nn.Module:
+    """Load an INT checkpoint into a freshly built float model, in place.
+
+    Every layer of ``meta['layers']`` is replaced by a
+    :class:`~mmquant.nn.QuantizedLayer` wrapping (a copy of) the model's
+    float ``nn.Conv2d``/``nn.Linear`` with the unpacked integers, then all
+    other tensors are loaded with :meth:`nn.Module.load_state_dict`.  A
+    layer that already is a ``QuantizedLayer`` is re-wrapped from its inner
+    layer, so loading into an already quantized model also works.
+
+    Everything is validated before the model is modified: on any error the
+    model is left untouched.  Tensors keep the device and dtype of the
+    model's parameters (as with ``load_state_dict``).
+
+    Args:
+        model: A float model of the architecture the file was saved from
+            (e.g. built from the same config); modified in place.
+        path: The INT checkpoint.
+        map_location: Where :func:`torch.load` maps the file's tensors
+            before they are copied into the model.
+        strict: If True, the stored float tensors must match the model's
+            state dict exactly (no missing or unexpected keys) and each
+            layer's class name must equal the recorded ``layer_type``.  If
+            False, unexpected keys are ignored, missing ones keep the
+            model's values and class names are not compared.  Layer
+            existence, type (conv/linear) and shapes are always checked.
+
+    Returns:
+        ``model``, now holding ``QuantizedLayer``\\ s.
+
+    Raises:
+        CheckpointNotFoundError: If ``path`` does not exist.
+        CheckpointError: If the file is corrupted or unsafe (see
+            :func:`.load_container`), is not a quantized model checkpoint,
+            or its meta/tensors are invalid (bad bits, packed size,
+            out-of-range integers, bad scales).
+        CheckpointMismatchError: If the file does not fit ``model``: a
+            layer is missing, not a conv/linear, of another class
+            (``strict``) or shape, or float tensors are missing, unexpected
+            (``strict``) or mis-shaped.
+    """
+    path_str = os.fspath(path)
+    tensors, meta = load_container(path_str, map_location=map_location)
+    return apply_quantized(model, tensors, meta, strict, path_str)
+
+
+def apply_quantized(model: nn.Module,
+                    tensors: Mapping[str, Tensor],
+                    meta: Mapping[str, Any],
+                    strict: bool = True,
+                    source: str = '<container>') -> nn.Module:
+    """Load a verified container's ``(tensors, meta)`` into a float model.
+
+    :func:`load_quantized` reads the file and calls this; see it for the
+    checks and the errors.
+
+    Args:
+        model: A float model of the architecture; modified in place.
+        tensors: The container's tensors.
+        meta: The container's meta.
+        strict: See :func:`load_quantized`.
+        source: The file name, for messages.
+
+    Returns:
+        ``model``, now holding ``QuantizedLayer``\\ s.
+    """
+    qcls = _quantized_layer_cls()
+    path_str = source
+    records = _layer_records(path_str, meta)
+
+    # 1. The file on its own: packed sizes, ranges, scales.
+    ints, scales = {}, {}
+    for rec in records:
+        scales[rec['name']] = _scale_tensors(path_str, rec, tensors)
+        ints[rec['name']] = _unpack_layer(path_str, rec, tensors)
+
+    # 2. The layers against the model.
+    errors: List[str] = []
+    bases = {}
+    modules = dict(model.named_modules())
+    for rec in records:
+        base = _base_layer(modules, rec, strict, errors)
+        if base is not None:
+            bases[rec['name']] = base
+    _raise_mismatch(path_str, model, errors)
+
+    # 3. Build the new layers (detached from the model) and compare the
+    # state dict the converted model will have with the file.
+    new_layers = OrderedDict()
+    for rec in records:
+        name, base = rec['name'], bases[rec['name']]
+        weight_scale, act_scale = scales[name]
+        device = base.weight.device
+        try:
+            layer = qcls(base, ints[name].to(device),
+                         weight_scale.to(device=device, dtype=torch.float32),
+                         rec['w_bits'], rec['a_bits'],
+                         None if rec['a_bits'] is None else float(act_scale),
+                         rec['act_signed'])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f'{path_str!r}: cannot rebuild layer '
+                                  f'{name!r}: {e}') from e
+        # The constructor makes ``act_scale`` on the CPU: follow the model.
+        layer.to(device).train(modules[name].training)
+        new_layers[name] = layer
+    expected = OrderedDict(
+        (k, v) for k, v in model.state_dict(keep_vars=True).items()
+        if not any(k.startswith(f'{n}.') for n in new_layers))
+    for name, layer in new_layers.items():
+        for k, v in layer.state_dict(keep_vars=True).items():
+            expected[f'{name}.{k}'] = v
+    packed_keys = {_packed_name(n) for n in new_layers}
+    supplied = {f'{n}.qweight' for n in new_layers}
+    floats = OrderedDict(
+        (k, v) for k, v in tensors.items() if k not in packed_keys)
+    missing = [k for k in expected if k not in floats and k not in supplied]
+    unexpected = [k for k in floats if k not in expected]
+    if strict:
+        if missing:
+            errors.append('Missing key(s) in state_dict: ' +
+                          ', '.join(f'"{k}"' for k in missing) + '.')
+        if unexpected:
+            errors.append('Unexpected key(s) in state_dict: ' +
+                          ', '.join(f'"{k}"' for k in unexpected) + '.')
+    for k, v in floats.items():
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
+            errors.append(f'size mismatch for {k}: copying a param with '
+                          f'shape {list(v.shape)} from checkpoint, the '
+                          'shape in current model is '
+                          f'{list(expected[k].shape)}.')
+    _raise_mismatch(path_str, model, errors)
+
+    # 4. Mutate: swap in the layers, then load every tensor.
+    for name, layer in new_layers.items():
+        _set_submodule(model, name, layer)
+    state = OrderedDict((k, v) for k, v in floats.items() if k in expected)
+    for name in new_layers:
+        state[f'{name}.qweight'] = ints[name]
+    metadata = getattr(model.state_dict(), '_metadata', None)
+    if metadata is not None:
+        state._metadata = metadata  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def inspect_quantized(path: PathLike) -> Dict[str, Any]:
+    """Summarise an INT checkpoint without a model.
+
+    The file is fully verified (checksums included) by
+    :func:`.load_container`.
+
+    Args:
+        path: The INT checkpoint.
+
+    Returns:
+        A JSON-able dict with
+
+        * ``path`` and ``file_bytes``;
+        * ``mmquant_version``: the version that wrote the file;
+        * ``meta``: the caller's meta (all non-reserved keys);
+        * ``layers``: one dict per quantized layer, in file order, with
+          ``name``, ``layer_type``, ``w_bits``, ``a_bits``, ``act_signed``,
+          ``shape``, ``numel``, ``packed_bytes``, ``float_bytes`` (float32
+          size of the weight) and ``ratio`` (``float_bytes /
+          packed_bytes``);
+        * ``totals``: ``layers``, ``packed_bytes``, ``float_bytes``,
+          ``ratio``, ``scale_bytes`` (weight and activation scales),
+          ``other_bytes`` (all non-packed tensors, scales included),
+          ``int_model_bytes`` (all tensors of the file),
+          ``float_model_bytes`` (the same model with float32 weights and
+          no scales), ``model_ratio`` (``float_model_bytes /
+          int_model_bytes``) and ``file_bytes``.
+
+    Raises:
+        CheckpointNotFoundError: If ``path`` does not exist.
+        CheckpointError: If the file is corrupted, unsafe, not a quantized
+            model checkpoint, or its layer records are inconsistent with
+            its tensors.
+    """
+    path_str = os.fspath(path)
+    tensors, meta = load_container(path_str)
+    records = _layer_records(path_str, meta)
+    layers = []
+    packed_total = float_total = scale_total = 0
+    scale_keys = set()
+    for rec in records:
+        name = rec['name']
+        _scale_tensors(path_str, rec, tensors)
+        key = _packed_name(name)
+        packed = tensors.get(key)
+        if packed is None:
+            raise CheckpointError(f'{path_str!r}: quantized layer {name!r} '
+                                  f'has no packed weight tensor {key!r}')
+        packed_bytes = _nbytes(packed)
+        float_bytes = rec['numel'] * _FLOAT32_BYTES
+        packed_total += packed_bytes
+        float_total += float_bytes
+        for attr in ('weight_scale', 'act_scale'):
+            scale_keys.add(f'{name}.{attr}')
+            scale_total += _nbytes(tensors[f'{name}.{attr}'])
+        layers.append({
+            'name': name,
+            'layer_type': rec['layer_type'],
+            'w_bits': rec['w_bits'],
+            'a_bits': rec['a_bits'],
+            'act_signed': rec['act_signed'],
+            'shape': list(rec['shape']),
+            'numel': rec['numel'],
+            'packed_bytes': packed_bytes,
+            'float_bytes': float_bytes,
+            'ratio': float_bytes / packed_bytes if packed_bytes else None,
+        })
+    packed_keys = {_packed_name(r['name']) for r in records}
+    other_total = sum(
+        _nbytes(t) for k, t in tensors.items() if k not in packed_keys)
+    int_model = packed_total + other_total
+    float_model = float_total + other_total - scale_total
+    return {
+        'path': path_str,
+        'file_bytes': osp.getsize(path_str),
+        'mmquant_version': meta.get('mmquant_version'),
+        'meta': {
+            k: v
+            for k, v in meta.items() if k not in RESERVED_META_KEYS
+        },
+        'layers': layers,
+        'totals': {
+            'layers': len(layers),
+            'packed_bytes': packed_total,
+            'float_bytes': float_total,
+            'ratio': float_total / packed_total if packed_total else None,
+            'scale_bytes': scale_total,
+            'other_bytes': other_total,
+            'int_model_bytes': int_model,
+            'float_model_bytes': float_model,
+            'model_ratio': float_model / int_model if int_model else None,
+            'file_bytes': osp.getsize(path_str),
+        },
+    }
