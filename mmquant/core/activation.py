@@ -1,0 +1,224 @@
+"""Per-tensor activation scales and activation/weight fake quantization.
+
+An activation tensor gets one scale ``s`` (no zero point), chosen by the
+same alternating fixed point as the weights (:mod:`mmquant.core.rtn`):
+``q = clip(round(x / s))``, ``s = <x, q> / <q, q>``, starting from
+``s = max|x| / qmax``. Non-negative tensors (after ReLU) use the unsigned
+grid ``0 .. 2^k - 1``, others the narrow signed grid
+``-(2^(k-1) - 1) .. 2^(k-1) - 1``.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .grid import check_bits
+from .rtn import _alternate_sorted
+
+__all__ = [
+    'fit_activation_scale', 'fake_quantize_activation',
+    'ActivationObserver', 'activation_grid'
+]
+
+
+def activation_grid(bits: int, signed: bool) -> Tuple[int, int]:
+    """Integer range of the activation grid.
+
+    Args:
+        bits: Bit width, ``2..8``.
+        signed: Signed (narrow symmetric) or unsigned grid.
+
+    Returns:
+        tuple[int, int]: ``(lo, hi)``: ``(-(2^(k-1)-1), 2^(k-1)-1)`` or
+        ``(0, 2^k - 1)``.
+    """
+    bits = check_bits(bits)
+    if signed:
+        top = 2**(bits - 1) - 1
+        return -top, top
+    return 0, 2**bits - 1
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f'{name} contains NaN or Inf; cannot fit an '
+                         'activation scale')
+
+
+def _fit_magnitudes(mag: Tensor, top: int, amax: float,
+                    max_iter: int) -> float:
+    """Alternating fixed point on non-negative magnitudes ``mag`` (1-D).
+
+    Args:
+        mag: Float64 magnitudes that the grid ``0..top`` represents.
+        top: Largest grid level.
+        amax: Starting range (``s0 = amax / top``).
+        max_iter: Iteration cap.
+
+    Returns:
+        float: The scale; ``1.0`` for all-zero data.
+    """
+    if amax <= 0 or mag.numel() == 0:
+        return 1.0
+    scale = torch.tensor([amax / top], dtype=torch.float64,
+                         device=mag.device)
+    scale = _alternate_sorted(mag[None], scale, top, max_iter)
+    s = float(scale[0])
+    q = torch.clamp(torch.round(mag / s), 0, top)
+    for _ in range(max(int(max_iter), 1)):
+        num, den = float((mag * q).sum()), float((q * q).sum())
+        if den <= 0 or num <= 0:
+            break
+        s = num / den
+        qn = torch.clamp(torch.round(mag / s), 0, top)
+        if torch.equal(qn, q):
+            break
+        q = qn
+    return s
+
+
+def fit_activation_scale(x: Tensor,
+                         bits: int,
+                         signed: Optional[bool] = None,
+                         max_iter: int = 100) -> Tuple[float, bool]:
+    """MSE-optimal per-tensor activation scale (alternating fixed point).
+
+    Args:
+        x: Sample of the activation (any shape).
+        bits: Bit width, ``2..8``.
+        signed: Grid choice; ``None`` picks unsigned iff ``x.min() >= 0``.
+        max_iter: Iteration cap of the alternation.
+
+    Returns:
+        tuple[float, bool]: The scale (finite, positive; ``1.0`` for an
+        all-zero tensor, ``c / qmax`` for a constant ``c``) and whether
+        the grid is signed.
+
+    Raises:
+        ValueError: On an invalid bit width, empty or non-finite ``x``.
+    """
+    bits = check_bits(bits)
+    if x.numel() == 0:
+        raise ValueError('cannot fit an activation scale on an empty tensor')
+    v = x.detach().reshape(-1).to(torch.float64)
+    _check_finite(v, 'activation')
+    if signed is None:
+        signed = bool(v.min() < 0)
+    return _fit(v, bits, bool(signed), None, max_iter), bool(signed)
+
+
+def _fit(v: Tensor, bits: int, signed: bool, amax: Optional[float],
+         max_iter: int) -> float:
+    lo, hi = activation_grid(bits, signed)
+    mag = v.abs() if signed else v.clamp(min=0)
+    if amax is None:
+        amax = float(mag.max())
+    return _fit_magnitudes(mag, hi, amax, max_iter)
+
+
+def fake_quantize_activation(x: Tensor, scale: Union[float, Tensor],
+                             bits: int, signed: bool) -> Tensor:
+    """Quantize-dequantize an activation with one per-tensor scale.
+
+    Args:
+        x: Activation tensor.
+        scale: Positive finite scale (float or 0-d tensor).
+        bits: Bit width, ``2..8``.
+        signed: Signed (narrow symmetric) or unsigned grid.
+
+    Returns:
+        Tensor: ``clip(round(x / s), lo, hi) * s`` in ``x``'s dtype.
+    """
+    lo, hi = activation_grid(bits, signed)
+    s = float(scale)
+    if not (s > 0 and s < float('inf')):
+        raise ValueError(f'scale must be finite and positive, got {s}')
+    return torch.clamp(torch.round(x / s), lo, hi) * s
+
+
+class ActivationObserver:
+    """Streaming activation statistics for :func:`fit_activation_scale`.
+
+    Keeps the running min/max of everything seen and a bounded, seeded,
+    (approximately) uniform random subsample of the values: when a batch
+    does not fit, the kept set is re-drawn from the old sample and the new
+    batch in proportion to the number of values each stands for.
+
+    Args:
+        max_samples: Most values kept.
+        generator: CPU generator for the subsample (seed it for
+            reproducibility).
+    """
+
+    def __init__(self,
+                 max_samples: int = 1 << 20,
+                 generator: Optional[torch.Generator] = None) -> None:
+        if int(max_samples) <= 0:
+            raise ValueError('max_samples must be positive')
+        self.max_samples = int(max_samples)
+        self.generator = generator
+        self.samples = torch.empty(0, dtype=torch.float64)
+        self.count = 0
+        self.min = float('inf')
+        self.max = float('-inf')
+
+    def _take(self, v: Tensor, k: int) -> Tensor:
+        if k >= v.numel():
+            return v
+        idx = torch.randperm(v.numel(), generator=self.generator)[:k]
+        return v.index_select(0, idx.to(v.device))
+
+    def update(self, x: Tensor) -> None:
+        """Add a batch of activations.
+
+        Args:
+            x: Activation tensor (any shape, any device).
+
+        Raises:
+            ValueError: If ``x`` contains NaN or Inf.
+        """
+        v = x.detach().reshape(-1)
+        if v.numel() == 0:
+            return
+        _check_finite(v, 'activation')
+        self.min = min(self.min, float(v.min()))
+        self.max = max(self.max, float(v.max()))
+        v = v.to(device='cpu', dtype=torch.float64)
+        n_old, n_new = self.count, v.numel()
+        self.count += n_new
+        if self.samples.numel() + n_new <= self.max_samples:
+            self.samples = torch.cat([self.samples, v])
+            return
+        k_new = round(self.max_samples * n_new / (n_old + n_new))
+        k_new = min(k_new, n_new)
+        k_old = min(self.max_samples - k_new, self.samples.numel())
+        self.samples = torch.cat(
+            [self._take(self.samples, k_old),
+             self._take(v, k_new)])
+
+    def fit(self,
+            bits: int,
+            signed: Optional[bool] = None) -> Tuple[float, bool]:
+        """Fit the scale on the kept sample (range from all data seen).
+
+        Args:
+            bits: Bit width, ``2..8``.
+            signed: Grid choice; ``None``: unsigned iff the running min is
+                ``>= 0``.
+
+        Returns:
+            tuple[float, bool]: scale and signedness, as
+            :func:`fit_activation_scale`.
+
+        Raises:
+            ValueError: If nothing was observed or ``bits`` is invalid.
+        """
+        bits = check_bits(bits)
+        if self.count == 0:
+            raise ValueError('ActivationObserver.fit called before update')
+        if signed is None:
+            signed = self.min < 0
+        signed = bool(signed)
+        amax = max(abs(self.min), abs(self.max)) if signed else max(
+            self.max, 0.0)
+        return _fit(self.samples, bits, signed, amax, 100), signed

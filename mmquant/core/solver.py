@@ -1,0 +1,684 @@
+"""BitSplit output-reconstruction solver on sufficient statistics.
+
+For one output channel ``m`` with calibration inputs ``X`` (``K x N``) and
+targets ``y`` (``K``), BitSplit minimises over a positive scale ``s`` and an
+integer vector ``q`` on the ``k``-bit grid (written as ternary bit planes,
+see :mod:`mmquant.core.grid`)::
+
+    f(s, q) = ||y - s X q||^2 = yy - 2 s c^T q + s^2 q^T A q
+
+with ``A = X^T X``, ``c = X^T y`` (a column of ``C = X^T Y``) and
+``yy = ||y||^2``. The data enters only through ``(A, C, yy)``; ``X`` is never
+needed again. The solver keeps ``h = A q`` (inside a sweep: the residuals
+``(c / s - h) / diag(A)``) up to date incrementally, so that the objective
+and every coordinate update are exact and cheap.
+
+Algorithm (all channels and, in :func:`solve_layer`, all groups at once):
+
+1. Initialise with MSE round-to-nearest (:mod:`mmquant.core.rtn`).
+2. Repeat rounds of
+
+   * the closed-form scale ``s = c^T q / q^T h`` (a negative optimum is
+     absorbed by negating ``q``, which the symmetric grid allows; a
+     degenerate ``q^T h <= 0`` keeps the previous scale), then
+   * one Gauss-Seidel pass over the coordinates ``n`` that can still be
+     improved. With ``a = A[n, n]`` the objective restricted to ``q[n]`` is
+     ``a s^2 (q[n] - t)^2 + const`` with
+     ``t = q[n] + (c[n] / s - h[n]) / a``; the new value is the best value
+     reachable from ``q[n]`` by changing single bit planes (the paper's
+     update, kept on the canonical sign-magnitude split and looked up in a
+     small precomputed table),
+
+   until no coordinate and no scale changes (or ``max_rounds``).
+3. With ``refine_integer`` (mmquant's improvement over the paper), continue
+   with the same rounds where the coordinate update is the best *integer*
+   ``clip(round(t), -qmax, qmax)``. Every single bit-plane change is an
+   integer change, so the result is also bit-plane-coordinate optimal.
+
+Every step is an exact minimisation, so the objective never increases.
+See ``docs/solver.md`` for the complexity and the degenerate-case policy.
+"""
+import functools
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .grid import check_bits, qmax, split_planes
+from .rtn import mse_rtn_float64
+
+__all__ = ['SolverResult', 'bitsplit_solve', 'solve_layer', 'objective']
+
+# A coordinate is a candidate of a round only if its best move lowers
+# (q[n] - t)^2 by more than _TOL (in units of a * s^2); convergence is
+# declared when no coordinate is a candidate. Protects against endless
+# flip-flopping on rounding noise when t sits on a tie.
+_TOL = 1e-9
+# Coordinates per lazy-update block (residuals are refreshed by one GEMM
+# per block); smaller when there are many channels, so that a block tile
+# stays below torch's 32768-element threshold for multi-threaded kernels
+# (the per-coordinate updates are too small to gain from threads).
+_BLOCK = 128
+_TILE = 32767
+# Largest non-zero fraction of a block's moves that uses a sparse GEMM.
+_SPARSE = 0.1
+
+
+@dataclass
+class SolverResult:
+    """Result of the BitSplit solver.
+
+    Attributes:
+        qweight: ``int8`` integers, ``(M, N)`` for :func:`bitsplit_solve`,
+            the layer weight's shape for :func:`solve_layer`.
+        scale: ``(M,)`` float32 per-channel scales, positive and finite.
+        objective_init: ``(M,)`` float64 objective ``||y - s X q||^2`` of
+            the initialisation.
+        objective: ``(M,)`` float64 objective of the result (with the
+            returned float32 scales).
+        rounds: Number of rounds run (both phases together).
+        history: Total objective after the initialisation and after each
+            round; non-increasing.
+        bits: The bit width.
+    """
+    qweight: Tensor
+    scale: Tensor
+    objective_init: Tensor
+    objective: Tensor
+    rounds: int
+    history: List[float] = field(default_factory=list)
+    bits: int = 0
+
+    def planes(self) -> Tensor:
+        """Canonical bit planes of :attr:`qweight`.
+
+        Returns:
+            Tensor: ``int8`` ``(bits - 1, *qweight.shape)``.
+        """
+        return split_planes(self.qweight, self.bits)
+
+
+def objective(q: Tensor, scale: Tensor, A: Tensor, C: Tensor,
+              yy: Tensor) -> Tensor:
+    """Exact per-channel objective ``||y_m - s_m X q_m||^2``.
+
+    Args:
+        q: Integers ``(M, N)`` (any dtype).
+        scale: ``(M,)`` scales.
+        A: ``(N, N)`` Gram matrix ``X^T X``.
+        C: ``(N, M)`` cross term ``X^T Y``.
+        yy: ``(M,)`` squared target norms.
+
+    Returns:
+        Tensor: ``(M,)`` float64 ``yy - 2 s C^T q + s^2 q^T A q``.
+    """
+    dev = A.device
+    qt = q.to(device=dev, dtype=torch.float64).t()
+    s = scale.to(device=dev, dtype=torch.float64)
+    A64 = A.to(torch.float64)
+    h = A64 @ qt
+    c = (C.to(torch.float64) * qt).sum(0)
+    d = (qt * h).sum(0)
+    return yy.to(device=dev, dtype=torch.float64) - 2 * s * c + s * s * d
+
+
+@functools.lru_cache(maxsize=None)
+def _plane_table(bits: int) -> Tensor:
+    """Best step reachable by single bit-plane changes, as a lookup table.
+
+    Entry ``[q + qmax, u]`` is ``q' - q``, where ``q'`` is the fixed point
+    of repeated single-plane improvements (planes most significant first,
+    canonical split after each change) starting from ``q`` with target
+    ``t`` in the half-open bucket
+    ``u``: ``t in [(u - off) / 2, (u - off + 1) / 2)``,
+    ``off = 2 (qmax + 1)``. Inside a bucket no two grid values are
+    equidistant from ``t``, so the table is exact for every ``t``.
+
+    Args:
+        bits: The bit width.
+
+    Returns:
+        Tensor: CPU float64, flattened ``(2 qmax + 1) * (4 qmax + 5)``.
+    """
+    top = qmax(bits)
+    nb, off = 4 * top + 5, 2 * (top + 1)
+    rep = (torch.arange(nb, dtype=torch.float32) - off + 0.5) / 2
+    cur = torch.arange(-top, top + 1, dtype=torch.int32)[:, None].repeat(
+        1, nb)
+    rep = rep.expand_as(cur)
+    while True:
+        before = cur
+        for shift in range(bits - 2, -1, -1):
+            wj = 1 << shift
+            # canonical bit of this plane: sign(q) * ((|q| >> shift) & 1)
+            bj = torch.sign(cur) * ((cur.abs() >> shift) & 1)
+            rest = cur - wj * bj
+            # best of rest + wj * {-1, 0, 1}; no ties at the bucket centres
+            b = torch.round((rep - rest) / wj).clamp_(-1, 1)
+            cur = rest + wj * b.to(torch.int32)
+        if torch.equal(cur, before):
+            break
+    step = cur - torch.arange(-top, top + 1, dtype=torch.int32)[:, None]
+    return step.to(torch.float64).reshape(-1)
+
+
+def _check_finite(t: Tensor, name: str) -> None:
+    # A NaN or Inf anywhere makes the sum non-finite (so does an overflow,
+    # which would be just as unusable); one reduction instead of a mask.
+    if not bool(torch.isfinite(t.sum())):
+        raise ValueError(f'{name} contains NaN or Inf; refusing to solve '
+                         '(check the calibration data and the weights)')
+
+
+class _BatchedSolver:
+    """State of one batched solve over ``G`` independent problems.
+
+    Layout is channel-major (selecting channels gathers rows). Per channel
+    the state is the integers ``q`` and the residuals
+    ``R = (C^T / s - q A) / diag(A)`` (``(G, Mg, N)``; ``t = q + R`` are the
+    coordinate targets), the scale ``s``, ``c = C^T q``, ``d = q^T A q``
+    and the objective (``(G, Mg)``). ``A`` is ``(G, N, N)``, symmetric
+    positive semi-definite, with zero rows (and zero rows of ``C``) at
+    dead coordinates.
+
+    Rounds only touch the *active* channels: a channel whose integers did
+    not change in a round keeps its (optimal) scale and its
+    coordinate-optimal integers, so it cannot become improvable again.
+    """
+
+    def __init__(self, A: Tensor, Ct: Tensor, yy: Tensor, q: Tensor,
+                 s: Tensor, bits: int) -> None:
+        self.A, self.Ct, self.yy, self.q, self.s = A, Ct, yy, q, s
+        self.top = qmax(bits)
+        self.diag = torch.diagonal(A, dim1=1, dim2=2)[:, None, :]
+        self.alive = self.diag > 0
+        self.inv_a = torch.where(self.alive, 1.0 / torch.where(
+            self.alive, self.diag, 1.0), 0.0)  # (G, 1, N)
+        self.cta = Ct * self.inv_a  # C^T / diag(A)
+        h = torch.bmm(q, A)
+        self.R = (self.cta / s[:, :, None]).sub_(h.mul_(self.inv_a))
+        self.table = _plane_table(bits).to(A.device)
+        self.nb, self.off = 4 * self.top + 5, 2 * (self.top + 1)
+        self.c = (Ct * q).sum(2)
+        self.d = self._d(q, self.R, self.c, s)
+        self.obj = yy - 2 * s * self.c + s * s * self.d
+        self.history: List[float] = [float(self.obj.sum())]
+        self.rounds = 0
+        self._bfull: Optional[Tensor] = None
+
+    @property
+    def bfull(self) -> Tensor:
+        """``A[i, j] / A[j, j]`` (zero for dead ``j``): how much residual
+        ``R_j`` drops when ``q_i`` grows by one. Built on first use."""
+        if self._bfull is None:
+            self._bfull = self.A * self.inv_a
+        return self._bfull
+
+    def _d(self, q: Tensor, R: Tensor, c: Tensor, s: Tensor) -> Tensor:
+        """``q^T A q = c / s - sum q diag(A) R`` (``A q = C^T/s - a R``)."""
+        return c / s - (q * R).mul_(self.diag).sum(2)
+
+    def best(self, t: Tensor, q: Tensor, integer: bool) -> Tensor:
+        """Best reachable value for targets ``t`` from current ``q``."""
+        top = self.top
+        if integer:
+            return t.round().clamp_(-top, top)
+        key = torch.add((q + top) * self.nb + self.off,
+                        t.clamp(-top - 1.0, top + 1.0), alpha=2)
+        # key >= 0, so truncation is floor.
+        return q + self.table.take(key.long())
+
+    def round_(self, ch: Optional[Tensor],
+               integer: bool) -> Tuple[bool, Optional[Tensor]]:
+        """One round (scale, then one sweep) on channels ``ch``.
+
+        Args:
+            ch: Channel indices (dim 1), ``None`` for all.
+            integer: Integer coordinates instead of bit planes.
+
+        Returns:
+            tuple: whether anything moved, and the channels that moved
+            (``None`` when all did).
+        """
+        q, R, cta, Ct, s, yy, c, d = _select(
+            (self.q, self.R, self.cta, self.Ct, self.s, self.yy, self.c,
+             self.d), ch)
+        # Closed-form scale |c| / d; a negative optimum is absorbed by -q.
+        ok = (d > 0) & (c != 0)
+        new = c.abs() / torch.where(ok, d, 1.0)
+        ok &= torch.isfinite(new) & (new > 0)
+        flip = ok & (c < 0)
+        new = torch.where(ok, new, s)
+        # R = C^T/(s a) - qA/a: rescale the first term (and negate the
+        # second for flipped channels).
+        if bool(flip.any()):
+            sign = torch.where(flip, -1.0, 1.0)
+            q.mul_(sign[:, :, None])
+            R.mul_(sign[:, :, None])
+            c = c * sign
+            coef = 1.0 / new - sign / s
+        else:
+            coef = 1.0 / new - 1.0 / s
+        R.addcmul_(cta, coef[:, :, None])
+        s = new
+        obj = yy - 2 * s * c + s * s * d
+        # Candidates: coordinates where some channel improves (q - t)^2
+        # by more than _TOL.
+        t = q + R
+        new_q = self.best(t, q, integer)
+        # (q - t)^2 - (new - t)^2 = (q - new) (q + new - 2 t)
+        gain = (q - new_q).mul_((q + new_q).sub_(t, alpha=2))
+        mask = (gain > _TOL) & self.alive
+        del t, new_q, gain
+        coords = mask.any(dim=1).any(dim=0).nonzero().flatten().tolist()
+        moved_ch = mask.any(dim=2).any(dim=0)
+        del mask
+        if coords:
+            sub = None
+            n_moved = int(moved_ch.sum())
+            if 2 * n_moved <= moved_ch.numel():
+                # sweep only the channels that move (others would not)
+                sub = moved_ch.nonzero().flatten()
+            qs, Rs, Cts, ss, yys = _select((q, R, Ct, s, yy), sub)
+            self._sweep(qs, Rs, coords, integer)
+            cn = (Cts * qs).sum(2)
+            dn = self._d(qs, Rs, cn, ss)
+            objs = yys - 2 * ss * cn + ss * ss * dn
+            if sub is None:
+                c, d, obj = cn, dn, objs
+            else:
+                q.index_copy_(1, sub, qs)
+                R.index_copy_(1, sub, Rs)
+                obj.index_copy_(1, sub, objs)
+                c.index_copy_(1, sub, cn)
+                d.index_copy_(1, sub, dn)
+        if ch is None:
+            self.s, self.obj, self.c, self.d = s, obj, c, d
+        else:
+            for name, val in (('q', q), ('R', R), ('s', s), ('obj', obj),
+                              ('c', c), ('d', d)):
+                getattr(self, name).index_copy_(1, ch, val)
+        if not coords:
+            return False, None
+        if 2 * int(moved_ch.sum()) > moved_ch.numel():
+            return True, ch  # mostly everyone still moves: keep them all
+        sub = moved_ch.nonzero().flatten()
+        return True, sub if ch is None else ch.index_select(0, sub)
+
+    def _sweep(self, Q: Tensor, R: Tensor, coords: List[int],
+               integer: bool) -> None:
+        """One Gauss-Seidel pass over ``coords`` (ascending), in place.
+
+        The residuals ``R`` of all coordinates are refreshed by one GEMM
+        per block of coordinates; inside a block only the block's targets
+        move, by one rank-1 update of a ``B x m`` tile per moved
+        coordinate. The step of coordinate ``i`` is ``clip(round(t_i))``
+        (integers) or a table lookup (bit planes).
+
+        Args:
+            Q: ``(G, m, N)`` integers (float64), updated in place.
+            R: ``(G, m, N)`` residuals, updated in place.
+            coords: Ascending coordinates to visit.
+            integer: Integer coordinates instead of bit planes.
+        """
+        top, table, bfull = self.top, self.table, self.bfull
+        dev = Q.device
+        step = max(16, min(_BLOCK, _TILE // max(1, Q.shape[0] * Q.shape[1])))
+        for start in range(0, len(coords), step):
+            blk = coords[start:start + step]
+            c0, c1 = blk[0], blk[-1] + 1
+            if c1 - c0 == len(blk):  # contiguous: views, no gathers
+                idx = rel = None
+                brows = bfull[:, c0:c1]  # (G, B, N)
+                bb = brows[:, :, c0:c1].clone()
+                q0 = Q[:, :, c0:c1].transpose(1, 2).contiguous()
+                tb = R[:, :, c0:c1].transpose(1, 2).add(q0)
+            else:
+                idx = torch.tensor(blk, device=dev)
+                if c1 - c0 <= 2 * len(blk):
+                    # the span's rows as a view; the GEMM skips the gaps
+                    rel = idx - c0
+                    brows = bfull[:, c0:c1]
+                    bb = brows.index_select(1, rel).index_select(2, idx)
+                else:
+                    rel = None
+                    brows = bfull.index_select(1, idx)
+                    bb = brows.index_select(2, idx)
+                q0 = Q.index_select(2, idx).transpose(1, 2).contiguous()
+                tb = R.index_select(2, idx).transpose(1, 2).add(q0)
+            # tb: (G, B, m) targets of the block; bb[:, i, j]: drop of
+            # target j per unit move of q_i (zero diagonal: t_i does not
+            # depend on q_i).
+            tb = tb.contiguous()
+            qb = q0.clone()
+            torch.diagonal(bb, dim1=1, dim2=2).zero_()
+            bcols = bb.unsqueeze(3).unbind(1)  # (G, B, 1) each
+            trows = tb.unsqueeze(2).unbind(1)  # (G, 1, m) each
+            qrows = qb.unsqueeze(2).unbind(1)
+            if integer:
+                moved = _visit_integer(trows, qrows, bcols, tb, top)
+            else:
+                keys = ((qb + top) * self.nb + self.off).unsqueeze(2).unbind(1)
+                moved = _visit_planes(trows, qrows, bcols, keys, tb, table,
+                                      top)
+            if moved:
+                delta = qb.sub_(q0).transpose(1, 2)  # (G, m, B)
+                if idx is None:
+                    Q[:, :, c0:c1] += delta
+                else:
+                    Q.index_add_(2, idx, delta)
+                    if rel is not None:  # spread over the span
+                        delta = delta.new_zeros(*delta.shape[:2],
+                                                c1 - c0).index_copy_(
+                                                    2, rel, delta)
+                _update_residuals(R, delta, brows)
+
+    def run_phase(self, integer: bool, max_rounds: int) -> None:
+        """Rounds until nothing moves or ``max_rounds``."""
+        ch: Optional[Tensor] = None
+        for _ in range(max_rounds):
+            moved, ch = self.round_(ch, integer)
+            self.rounds += 1
+            self.history.append(float(self.obj.sum()))
+            if not moved:
+                break
+
+
+def _visit_integer(trows: Tuple[Tensor, ...], qrows: Tuple[Tensor, ...],
+                   bcols: Tuple[Tensor, ...], tb: Tensor, top: int) -> bool:
+    """Integer Gauss-Seidel over the rows of one block tile (hot loop)."""
+    moved = False
+    equal, addcmul = torch.equal, tb.addcmul_
+    for i in range(len(trows)):
+        qo = qrows[i]
+        qn = trows[i].round().clamp_(-top, top)
+        if equal(qn, qo):
+            continue
+        d = qn - qo
+        qo.copy_(qn)
+        addcmul(bcols[i], d, value=-1)
+        moved = True
+    return moved
+
+
+def _visit_planes(trows: Tuple[Tensor, ...], qrows: Tuple[Tensor, ...],
+                  bcols: Tuple[Tensor, ...], keys: Tuple[Tensor, ...],
+                  tb: Tensor, table: Tensor, top: int) -> bool:
+    """Bit-plane Gauss-Seidel over the rows of one block tile (hot loop).
+
+    The step is ``table[keys + 2 clip(t)]``; the key is ``>= 0``, so the
+    ``long()`` truncation is a floor.
+    """
+    moved = False
+    lo, hi = -top - 1.0, top + 1.0
+    zero = torch.zeros_like(qrows[0]) if qrows else None
+    equal, add, take, addcmul = torch.equal, torch.add, table.take, tb.addcmul_
+    for i in range(len(trows)):
+        d = take(add(keys[i], trows[i].clamp(lo, hi), alpha=2).long())
+        if equal(d, zero):
+            continue
+        qrows[i].add_(d)
+        addcmul(bcols[i], d, value=-1)
+        moved = True
+    return moved
+
+
+def _update_residuals(R: Tensor, delta: Tensor, brows: Tensor) -> None:
+    """``R -= delta @ brows`` (``(G, m, B) @ (G, B, N)``).
+
+    ``delta`` is mostly zeros after the first round; for a single group a
+    sparse (CSR) product is used when at most ``_SPARSE`` of it is non-zero.
+    """
+    if R.shape[0] == 1 and R.device.type == 'cpu':
+        d = delta[0]
+        nnz = int(torch.count_nonzero(d))
+        if nnz <= _SPARSE * d.numel():
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # "CSR support is in beta"
+                sparse = d.to_sparse_csr()
+            R[0].addmm_(sparse, brows[0], alpha=-1)
+            return
+    R.baddbmm_(delta, brows, alpha=-1)
+
+
+def _select(tensors: Tuple[Tensor, ...],
+            idx: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    """Channels ``idx`` (dim 1) of each tensor; the tensors if None."""
+    if idx is None:
+        return tensors
+    return tuple(t.index_select(1, idx) for t in tensors)
+
+
+def _solve_batched(weight: Tensor, A: Tensor, C: Tensor, yy: Tensor,
+                   bits: int, max_rounds: int, refine_integer: bool,
+                   q_init: Optional[Tensor],
+                   scale_init: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    """Solve ``G`` independent problems at once.
+
+    Args:
+        weight: ``(G, Mg, N)`` float64.
+        A: ``(G, N, N)`` float64, symmetric.
+        C: ``(G, N, Mg)`` float64.
+        yy: ``(G, Mg)`` float64.
+        bits: Bit width.
+        max_rounds: Round cap per phase.
+        refine_integer: Run the integer phase.
+        q_init: Optional ``(G, Mg, N)`` float64 integers.
+        scale_init: Optional ``(G, Mg)`` float64 scales.
+
+    Returns:
+        tuple: ``q (G, Mg, N)`` float64, ``scale (G, Mg)`` float32,
+        objective_init ``(G, Mg)``, objective ``(G, Mg)``, rounds, history.
+    """
+    G, Mg, N = weight.shape
+    top = qmax(bits)
+    _check_gram(A, C)
+    w2 = weight.reshape(G * Mg, N)
+    if q_init is None and scale_init is None:
+        q2, s2 = mse_rtn_float64(w2, bits)
+    elif q_init is None:
+        s2 = scale_init.reshape(-1)
+        q2 = torch.clamp(torch.round(w2 / s2[:, None]), -top, top)
+    else:
+        q2 = q_init.reshape(G * Mg, N)
+        if scale_init is None:
+            num, den = (w2 * q2).sum(1), (q2 * q2).sum(1)
+            ok = (num > 0) & (den > 0)
+            s2 = torch.where(ok, num / torch.where(ok, den, 1.0), 1.0)
+        else:
+            s2 = scale_init.reshape(-1)
+    q = q2.reshape(G, Mg, N).clone()
+    s = s2.reshape(G, Mg).clone()
+    Ct = C.transpose(1, 2).contiguous()
+    st = _BatchedSolver(A, Ct, yy, q, s, bits)
+    obj_init = st.obj.clone()
+    if N > 0 and Mg > 0 and max_rounds > 0:
+        st.run_phase(False, max_rounds)
+        if refine_integer:
+            st.run_phase(True, max_rounds)
+    scale32 = st.s.to(torch.float32)
+    s64 = scale32.to(torch.float64)
+    # Objective with the stored (float32) scales; c is exact, d up to the
+    # rounding of the incremental updates.
+    obj = yy - 2 * s64 * st.c + s64 * s64 * st.d
+    return st.q, scale32, obj_init, obj, st.rounds, st.history
+
+
+def _check_gram(A: Tensor, C: Tensor) -> None:
+    """Cheap necessary conditions for ``A = X^T X``, ``C = X^T Y``.
+
+    A non-negative diagonal; where the diagonal is zero (an input column of
+    ``X`` that is always zero) the rows of ``A`` and ``C`` must be zero.
+    """
+    diag = torch.diagonal(A, dim1=1, dim2=2)
+    if bool((diag < 0).any()):
+        raise ValueError('A must be positive semi-definite (X^T X), but it '
+                         'has a negative diagonal entry')
+    dead = (diag == 0).nonzero()
+    if dead.numel():
+        if bool((A[dead[:, 0], dead[:, 1]] != 0).any()):
+            raise ValueError('A must be positive semi-definite (X^T X), but '
+                             'a zero diagonal entry has a non-zero row')
+        if bool((C[dead[:, 0], dead[:, 1]] != 0).any()):
+            raise ValueError('inconsistent statistics: an input with '
+                             'A[n, n] = 0 (always zero) has a non-zero row '
+                             'in C = X^T Y')
+
+
+def _as64(t: Tensor, device: torch.device) -> Tensor:
+    return t.to(device=device, dtype=torch.float64)
+
+
+def bitsplit_solve(weight: Tensor,
+                   A: Tensor,
+                   C: Tensor,
+                   bits: int,
+                   yy: Optional[Tensor] = None,
+                   max_rounds: int = 100,
+                   refine_integer: bool = True,
+                   q_init: Optional[Tensor] = None,
+                   scale_init: Optional[Tensor] = None) -> SolverResult:
+    """BitSplit for one group of output channels from ``(A, C, yy)``.
+
+    Args:
+        weight: Float weights ``(M, N)`` (one row per output channel); used
+            for the MSE-RTN initialisation (and for ``yy`` when absent).
+        A: ``(N, N)`` Gram matrix ``X^T X``; the computation runs on its
+            device, in float64.
+        C: ``(N, M)`` cross term ``X^T Y``.
+        bits: Bit width, ``2..8``.
+        yy: ``(M,)`` squared target norms ``||y_m||^2``. If ``None``,
+            ``w_m^T A w_m`` is used, which is exact when the targets are
+            the float outputs ``Y = X W^T`` (it only shifts the reported
+            objective, never the solution).
+        max_rounds: Round cap of each phase (bit planes, then integers).
+        refine_integer: After the bit-plane rounds converge, continue with
+            integer-coordinate rounds (mmquant's improvement over the
+            paper).
+        q_init: Optional initial integers ``(M, N)`` (instead of MSE-RTN).
+        scale_init: Optional initial positive scales ``(M,)``.
+
+    Returns:
+        SolverResult: ``qweight`` ``int8 (M, N)``, ``scale`` float32
+        ``(M,)`` and the objectives. Coordinates whose input is always zero
+        (``A[n, n] == 0``) do not affect the objective and keep their
+        initial (RTN) value.
+
+    Raises:
+        ValueError: On wrong shapes, an invalid bit width, out-of-range
+            ``q_init``, non-positive ``scale_init`` or NaN/Inf inputs.
+    """
+    bits = check_bits(bits)
+    if weight.dim() != 2:
+        raise ValueError(f'weight must be (M, N), got {tuple(weight.shape)}')
+    M, N = weight.shape
+    if tuple(A.shape) != (N, N):
+        raise ValueError(f'A must be ({N}, {N}), got {tuple(A.shape)}')
+    if tuple(C.shape) != (N, M):
+        raise ValueError(f'C must be ({N}, {M}), got {tuple(C.shape)}')
+    dev = A.device
+    W = _as64(weight, dev)
+    A64, C64 = _as64(A, dev), _as64(C, dev)
+    _check_finite(W, 'weight')
+    _check_finite(A64, 'A (input statistics X^T X)')
+    _check_finite(C64, 'C (statistics X^T Y)')
+    if yy is None:
+        yy64 = ((A64 @ W.t()) * W.t()).sum(0)
+    else:
+        if tuple(yy.shape) != (M, ):
+            raise ValueError(f'yy must be ({M},), got {tuple(yy.shape)}')
+        yy64 = _as64(yy, dev)
+        _check_finite(yy64, 'yy (statistics sum y^2)')
+    qi, si = _check_init(q_init, scale_init, M, N, bits, dev)
+    q, s, oi, o, rounds, hist = _solve_batched(
+        W[None], A64[None], C64[None], yy64[None], bits, int(max_rounds),
+        bool(refine_integer), None if qi is None else qi[None],
+        None if si is None else si[None])
+    return SolverResult(
+        qweight=q[0].round().to(torch.int8).contiguous(),
+        scale=s[0],
+        objective_init=oi[0],
+        objective=o[0],
+        rounds=rounds,
+        history=hist,
+        bits=bits)
+
+
+def _check_init(q_init: Optional[Tensor], scale_init: Optional[Tensor],
+                M: int, N: int, bits: int,
+                dev: torch.device) -> Tuple[Optional[Tensor], ...]:
+    qi = si = None
+    if q_init is not None:
+        if q_init.numel() != M * N:
+            raise ValueError(f'q_init must have {M * N} elements '
+                             f'({M} channels), got {tuple(q_init.shape)}')
+        qi = _as64(q_init.reshape(M, N), dev)
+        _check_finite(qi, 'q_init')
+        top = qmax(bits)
+        if not torch.equal(qi, qi.round()) or bool((qi.abs() > top).any()):
+            raise ValueError(f'q_init must hold integers in [-{top}, {top}]')
+    if scale_init is not None:
+        si = _as64(scale_init.reshape(-1), dev)
+        if si.numel() != M:
+            raise ValueError(f'scale_init must have {M} elements, '
+                             f'got {tuple(scale_init.shape)}')
+        _check_finite(si, 'scale_init')
+        if bool((si <= 0).any()):
+            raise ValueError('scale_init must be positive')
+    return qi, si
+
+
+def solve_layer(weight: Tensor,
+                acc,
+                bits: int,
+                max_rounds: int = 100,
+                refine_integer: bool = True) -> SolverResult:
+    """Solve every group of a conv/linear layer from its statistics.
+
+    All groups (e.g. the channels of a depthwise conv) are solved together
+    as one batched problem.
+
+    Args:
+        weight: The layer weight, ``(M, Cin/G, kh, kw)`` or ``(M, N)``.
+        acc: A :class:`~mmquant.core.stats.StatsAccumulator` holding the
+            layer's statistics.
+        bits: Bit width, ``2..8``.
+        max_rounds: Round cap of each phase.
+        refine_integer: See :func:`bitsplit_solve`.
+
+    Returns:
+        SolverResult: ``qweight`` ``int8`` with ``weight.shape``, ``scale``
+        ``(M,)`` float32; objectives per output channel.
+
+    Raises:
+        ValueError: If no statistics were accumulated, on shape mismatch,
+            an invalid bit width or NaN/Inf.
+    """
+    bits = check_bits(bits)
+    if acc.n_rows == 0:
+        raise ValueError('no statistics accumulated for this layer '
+                         '(call StatsAccumulator.update first)')
+    dev = acc.A.device
+    W = _as64(acc.weight_matrix(weight), dev)
+    A64, C64, yy64 = (_as64(acc.A, dev), _as64(acc.C, dev),
+                      _as64(acc.yy, dev))
+    _check_finite(W, 'weight')
+    _check_finite(A64, 'A (input statistics X^T X)')
+    _check_finite(C64, 'C (statistics X^T Y)')
+    _check_finite(yy64, 'yy (statistics sum y^2)')
+    q, s, oi, o, rounds, hist = _solve_batched(W, A64, C64, yy64, bits,
+                                               int(max_rounds),
+                                               bool(refine_integer), None,
+                                               None)
+    M = weight.shape[0]
+    return SolverResult(
+        qweight=q.reshape(M, -1).round().to(torch.int8).reshape(
+            weight.shape),
+        scale=s.reshape(M),
+        objective_init=oi.reshape(M),
+        objective=o.reshape(M),
+        rounds=rounds,
+        history=hist,
+        bits=bits)
