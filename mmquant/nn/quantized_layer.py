@@ -1,0 +1,117 @@
+"""The module that replaces a Conv2d/Linear layer after quantization."""
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mmquant.core.activation import fake_quantize_activation
+from mmquant.core.grid import check_bits, dequantize, qmax
+
+
+class QuantizedLayer(nn.Module):
+    """A quantized ``nn.Conv2d``/``nn.Linear`` (or any subclass of them).
+
+    The layer's float weight is replaced by per-output-channel integers
+    ``qweight`` (``int8`` storage, values in ``[-qmax, qmax]``) and scales
+    ``weight_scale``; its input is fake-quantized per tensor with
+    ``act_scale`` when ``a_bits`` is set.  The wrapped module keeps its own
+    ``forward`` (a conv that pads inside ``forward`` still does), its bias
+    and its hyper-parameters; its ``weight`` becomes a non-persistent
+    buffer holding ``qweight * weight_scale``, recomputed whenever the
+    integers are loaded, so the module computes with exactly the
+    dequantized integers.  Attributes the wrapped module has
+    (``out_channels``, ``bias``, ``weight`` ...) read through the wrapper,
+    so code that inspects the layer keeps working.
+
+    Persistent state: ``qweight``, ``weight_scale``, ``act_scale`` and the
+    wrapped module's other parameters and buffers (``layer.bias``).
+
+    Args:
+        layer (nn.Module): The float ``nn.Conv2d``/``nn.Linear``; it is
+            deep-copied, the original is left untouched.
+        qweight (Tensor): Integer weights, shape of ``layer.weight``.
+        weight_scale (Tensor): Positive per-output-channel scales ``(M,)``.
+        w_bits (int): Weight bits, 2..8.
+        a_bits (int, optional): Input activation bits, or ``None`` to keep
+            the input float.
+        act_scale (float, optional): Input scale; required with
+            ``a_bits``.
+        act_signed (bool): Signed (narrow symmetric) or unsigned input
+            grid.
+    """
+
+    def __init__(self,
+                 layer: nn.Module,
+                 qweight: Tensor,
+                 weight_scale: Tensor,
+                 w_bits: int,
+                 a_bits: Optional[int] = None,
+                 act_scale: Optional[float] = None,
+                 act_signed: bool = False) -> None:
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError('QuantizedLayer wraps nn.Conv2d or nn.Linear, '
+                            f'got {type(layer).__name__}')
+        self.w_bits = check_bits(w_bits, 'w_bits')
+        self.a_bits = None if a_bits is None else check_bits(a_bits,
+                                                             'a_bits')
+        if self.a_bits is not None and act_scale is None:
+            raise ValueError('act_scale is required when a_bits is set')
+        shape = tuple(layer.weight.shape)
+        if tuple(qweight.shape) != shape:
+            raise ValueError(f'qweight shape {tuple(qweight.shape)} does '
+                             f'not match the layer weight {shape}')
+        if qweight.is_floating_point() or qweight.is_complex():
+            raise TypeError(f'qweight must be an integer tensor, got '
+                            f'{qweight.dtype}')
+        top = qmax(self.w_bits)
+        if qweight.numel() and int(qweight.abs().max()) > top:
+            raise ValueError(f'qweight exceeds the {self.w_bits}-bit range '
+                             f'[-{top}, {top}]')
+        self.act_signed = bool(act_signed)
+        self.register_buffer('qweight', qweight.detach().to(torch.int8))
+        self.register_buffer(
+            'weight_scale',
+            weight_scale.detach().to(torch.float32).reshape(shape[0]))
+        self.register_buffer(
+            'act_scale',
+            torch.tensor(1.0 if act_scale is None else float(act_scale),
+                         dtype=torch.float32))
+        inner = copy.deepcopy(layer)
+        del inner.weight
+        inner.register_buffer('weight', torch.empty(0), persistent=False)
+        self.layer = inner
+        self.refresh_weight()
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def refresh_weight(self) -> None:
+        """Recompute the wrapped layer's float weight from the integers."""
+        self.layer.weight = dequantize(self.qweight, self.weight_scale).to(
+            self.weight_scale.device)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Fake-quantize the input (if ``a_bits``), then run the layer."""
+        if self.a_bits is not None:
+            x = fake_quantize_activation(x, self.act_scale, self.a_bits,
+                                         self.act_signed)
+        return self.layer(x, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self._modules.get('layer')
+            if layer is None:
+                raise
+            return getattr(layer, name)
+
+    def extra_repr(self) -> str:
+        acts = 'float' if self.a_bits is None else (
+            f'{self.a_bits} bits, {"signed" if self.act_signed else "unsigned"}'
+            f', scale={self.act_scale.item():.4g}')
+        return f'w_bits={self.w_bits}, input={acts}'
+
+
+def _refresh_after_load(module: QuantizedLayer, incompatible: Any) -> None:
+    module.refresh_weight()

@@ -1,0 +1,9 @@
+"""Post-training quantization of any ``nn.Module`` (pure torch)."""
+from .config import LayerSpec, QuantConfig
+from .engine import default_forward, quantize
+from .report import LayerReport, QuantReport
+
+__all__ = [
+    'LayerSpec', 'QuantConfig', 'quantize', 'default_forward',
+    'LayerReport', 'QuantReport'
+]

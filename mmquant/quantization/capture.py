@@ -1,0 +1,175 @@
+"""Capture what a Conv2d/Linear layer really computes, with hooks only.
+
+A forward pre-hook enters a :class:`torch.overrides.TorchFunctionMode`
+for the duration of the layer's own ``forward``; the mode records the
+``conv2d``/``linear`` call that uses the layer's weight: its input exactly
+as the op sees it (after any padding the layer does inside ``forward``),
+its stride/padding/dilation/groups and its output.  No ``torch.fx``
+tracing, so any model works, including convs that override ``forward``.
+"""
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+_CONV_FUNCS = (F.conv2d, torch.conv2d)
+_LINEAR_FUNCS = (F.linear, )
+
+
+@dataclass
+class OpCall:
+    """One conv2d/linear call of a layer, as the op saw it.
+
+    Args:
+        module_input (Tensor): The first positional input of the module.
+        op_input (Tensor): The op's input (after any padding).
+        output (Tensor): The op's output, bias removed.
+        stride, padding, dilation (tuple): Conv geometry of the call
+            (``padding`` is always explicit ``(ph, pw)``; ``(0, 0)`` for
+            linear).
+        groups (int): Conv groups (1 for linear).
+    """
+
+    module_input: Tensor
+    op_input: Tensor
+    output: Tensor
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    dilation: Tuple[int, int] = (1, 1)
+    groups: int = 1
+
+
+class StopForward(BaseException):
+    """Raised from a hook to end a forward pass early.
+
+    It derives from ``BaseException`` so that a model's own
+    ``except Exception`` does not swallow it.
+    """
+
+
+def _pair(value: Any) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    return (value[0], value[0]) if len(value) == 1 else tuple(value[:2])
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str,
+         default: Any) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+class _OpRecorder(TorchFunctionMode):
+
+    def __init__(self, weight: Tensor, linear: bool,
+                 sink: Callable[[Tensor, Tensor, dict], None]) -> None:
+        super().__init__()
+        self.weight = weight
+        self.linear = linear
+        self.sink = sink
+        self.seen = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        funcs = _LINEAR_FUNCS if self.linear else _CONV_FUNCS
+        if func in funcs and _arg(args, kwargs, 1, 'weight',
+                                  None) is self.weight:
+            self.seen += 1
+            self.sink(args, kwargs, out)
+        return out
+
+
+class LayerCapture:
+    """Records every call of one layer while attached.
+
+    Args:
+        module (nn.Module): A ``nn.Conv2d``/``nn.Linear`` (or subclass).
+        on_call (callable): Called with an :class:`OpCall` per op call.
+        after_forward (callable, optional): Called after each module call
+            with the number of calls seen so far (e.g. to stop the forward
+            pass early by raising :class:`StopForward`).
+    """
+
+    def __init__(self, module: nn.Module,
+                 on_call: Callable[[OpCall], None],
+                 after_forward: Optional[Callable[[int], None]] = None
+                 ) -> None:
+        self.module = module
+        self.on_call = on_call
+        self.after_forward = after_forward
+        self.calls = 0
+        self.missed = 0
+        self._mode: Optional[_OpRecorder] = None
+        self._input: Optional[Tensor] = None
+        self._handles: List[Any] = []
+
+    def __enter__(self) -> 'LayerCapture':
+        self._handles = [
+            self.module.register_forward_pre_hook(self._pre),
+            self.module.register_forward_hook(self._post)
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._mode is not None:  # a forward ended by an exception
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        self._input = args[0] if args else None
+        self._mode = _OpRecorder(module.weight,
+                                 isinstance(module, nn.Linear), self._sink)
+        self._mode.__enter__()
+
+    def _sink(self, args: tuple, kwargs: dict, out: Tensor) -> None:
+        bias = _arg(args, kwargs, 2, 'bias', None)
+        linear = isinstance(self.module, nn.Linear)
+        y = out.detach()
+        if bias is not None:
+            shape = (-1, ) if linear else (1, -1, 1, 1)
+            y = y - bias.detach().reshape(shape)
+        x = args[0].detach()
+        if linear:
+            call = OpCall(self._input, x, y)
+        else:
+            padding = _arg(args, kwargs, 4, 'padding', 0)
+            stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
+            dilation = _pair(_arg(args, kwargs, 5, 'dilation', 1))
+            if isinstance(padding, str):
+                x, padding = _explicit_padding(x, padding, self.module,
+                                               dilation)
+            call = OpCall(self._input, x, y, stride, _pair(padding),
+                          dilation, int(_arg(args, kwargs, 6, 'groups', 1)))
+        self.on_call(call)
+
+    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        mode, self._mode = self._mode, None
+        mode.__exit__(None, None, None)
+        self._input = None
+        if mode.seen == 0:
+            self.missed += 1
+        self.calls += 1
+        if self.after_forward is not None:
+            self.after_forward(self.calls)
+
+
+def _explicit_padding(x: Tensor, padding: str, module: nn.Module,
+                      dilation: Tuple[int, int]) -> Tuple[Tensor, tuple]:
+    """Turn ``padding='same'|'valid'`` into an explicitly padded input."""
+    if padding == 'valid':
+        return x, (0, 0)
+    kh, kw = module.weight.shape[-2:]
+    pads = []
+    for k, d in zip((kw, kh), (dilation[1], dilation[0])):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads), (0, 0)

@@ -1,0 +1,232 @@
+"""The typed, validated configuration of a post-training quantization run.
+
+One :class:`QuantConfig` describes a run for the Python API
+(:func:`mmquant.quantize`) and for the registered quantizers, which build
+it from their config dicts: unknown keys and unsupported values fail when
+the config is made, naming the offending key.
+"""
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from mmquant.core.grid import check_bits
+
+#: Quantization methods for the weights.
+METHODS = ('bitsplit', 'rtn')
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one layer gets: its weight bits and input activation bits.
+
+    Args:
+        w_bits (int): Weight bits, 2..8.
+        a_bits (int, optional): Bits of the layer's input activations,
+            2..8, or ``None`` to keep the input float.
+    """
+
+    w_bits: int
+    a_bits: Optional[int]
+
+
+@dataclass
+class QuantConfig:
+    """Configuration of a BitSplit (or round-to-nearest) PTQ run.
+
+    Layer names are the names of ``model.named_modules()``; patterns are
+    shell-style globs (:mod:`fnmatch`), e.g. ``'backbone.conv1'``,
+    ``'*.fc_cls'`` or ``'neck.*'``.  Every pattern must match at least one
+    quantizable layer (``nn.Conv2d``/``nn.Linear`` or subclasses).
+
+    Args:
+        w_bits (int): Weight bits of every quantized layer. Defaults to 4.
+        a_bits (int, optional): Bits of the input activations of quantized
+            layers; ``None`` keeps activations float. Defaults to 8.
+        method (str): ``'bitsplit'`` (output reconstruction from
+            calibration statistics) or ``'rtn'`` (MSE-optimal per-channel
+            round-to-nearest, the baseline). Defaults to ``'bitsplit'``.
+        first_last_bits (int, optional): Bits (weights and activations) of
+            the first layer executed and of the last layer executed when it
+            is a ``nn.Linear`` (the classifier), as the paper does.  The
+            first layer's input is the network input and always stays
+            float.  ``None`` treats them like every other layer.
+            Defaults to 8.
+        overrides (dict): ``{pattern: {'w_bits': .., 'a_bits': ..}}``;
+            applied in order after ``first_last_bits``, later patterns win.
+        skip (list[str]): Patterns of layers to leave float.
+        error_compensation (bool): Solve layers in forward order with
+            inputs from the already-quantized network (the paper's
+            Algorithm 1). ``False`` is the fast mode: one float pass for
+            all layers. Defaults to True.
+        calib_samples (int, optional): Number of calibration samples
+            (counted along the batch dimension) to use; ``None`` uses all
+            batches given. Defaults to None.
+        rows_per_layer (int, optional): Rows (im2col patches or tokens)
+            sampled per layer over the whole calibration set, spread evenly
+            over the batches; ``None`` uses every row. Defaults to 16384.
+        max_rounds (int): Cap on the solver's alternating rounds.
+            Defaults to 100.
+        refine_integer (bool): After the bit-plane updates converge, refine
+            the integers coordinate by coordinate (never worse than the
+            paper's updates). Defaults to True.
+        bn_reestimation (bool): Re-estimate BatchNorm running statistics on
+            the calibration data after quantization. Defaults to False.
+        act_samples (int): Values kept per activation for fitting its
+            scale. Defaults to 2**18.
+        max_stats_bytes (int, optional): Budget for one layer's statistics
+            (``A`` is N x N per group, float64); a layer over budget is
+            refused with a suggestion. Defaults to 2 GiB.
+        seed (int): Seed of every random choice (row sampling, activation
+            subsampling). Defaults to 0.
+    """
+
+    w_bits: int = 4
+    a_bits: Optional[int] = 8
+    method: str = 'bitsplit'
+    first_last_bits: Optional[int] = 8
+    overrides: Dict[str, Dict[str, Optional[int]]] = field(
+        default_factory=dict)
+    skip: List[str] = field(default_factory=list)
+    error_compensation: bool = True
+    calib_samples: Optional[int] = None
+    rows_per_layer: Optional[int] = 16384
+    max_rounds: int = 100
+    refine_integer: bool = True
+    bn_reestimation: bool = False
+    act_samples: int = 1 << 18
+    max_stats_bytes: Optional[int] = 2 << 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, 'w_bits')
+        if self.a_bits is not None:
+            check_bits(self.a_bits, 'a_bits')
+        if self.first_last_bits is not None:
+            check_bits(self.first_last_bits, 'first_last_bits')
+        if self.method not in METHODS:
+            raise ValueError(f'method must be one of {METHODS}, '
+                             f'got {self.method!r}')
+        if not isinstance(self.overrides, Mapping):
+            raise TypeError('overrides must be a dict {pattern: {w_bits, '
+                            f'a_bits}}, got {type(self.overrides).__name__}')
+        self.overrides = {
+            str(pattern): _check_override(pattern, value)
+            for pattern, value in self.overrides.items()
+        }
+        if isinstance(self.skip, str) or not isinstance(self.skip, Sequence):
+            raise TypeError('skip must be a list of name patterns, got '
+                            f'{self.skip!r}')
+        self.skip = [str(p) for p in self.skip]
+        for name in ('calib_samples', 'rows_per_layer', 'max_stats_bytes'):
+            _check_positive(name, getattr(self, name), optional=True)
+        for name in ('max_rounds', 'act_samples'):
+            _check_positive(name, getattr(self, name), optional=False)
+        for name in ('error_compensation', 'refine_integer',
+                     'bn_reestimation'):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f'{name} must be True or False, got '
+                                f'{getattr(self, name)!r}')
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f'seed must be an int, got {self.seed!r}')
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> 'QuantConfig':
+        """Build a config from a dict, refusing unknown keys by name.
+
+        Args:
+            cfg (Mapping): Keyword arguments of :class:`QuantConfig`.
+
+        Returns:
+            QuantConfig: The validated config.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hints.append(f'{key!r}' + (
+                    f' (did you mean {close[0]!r}?)' if close else ''))
+            raise ValueError(
+                f'unknown quantizer config key(s): {", ".join(hints)}; '
+                f'valid keys: {", ".join(sorted(known))}')
+        return cls(**dict(cfg))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return the config as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    def resolve(self, names: Sequence[str], first: Optional[str] = None,
+                last_linear: Optional[str] = None
+                ) -> Dict[str, Optional[LayerSpec]]:
+        """Decide every layer's bits.
+
+        Args:
+            names (Sequence[str]): The quantizable layers, in forward order.
+            first (str, optional): The first layer executed.
+            last_linear (str, optional): The last layer executed, when it
+                is a ``nn.Linear``.
+
+        Returns:
+            dict: ``{name: LayerSpec}``, ``None`` for skipped layers.
+
+        Raises:
+            ValueError: A skip or override pattern matches no layer.
+        """
+        specs: Dict[str, Optional[LayerSpec]] = {}
+        for name in names:
+            specs[name] = LayerSpec(self.w_bits, self.a_bits)
+            if self.first_last_bits is not None and name in (first,
+                                                              last_linear):
+                a_bits = None if self.a_bits is None else \
+                    self.first_last_bits
+                specs[name] = LayerSpec(self.first_last_bits, a_bits)
+        for pattern, value in self.overrides.items():
+            for name in _match(pattern, names, 'overrides'):
+                spec = specs[name]
+                specs[name] = LayerSpec(
+                    value.get('w_bits', spec.w_bits),
+                    value['a_bits'] if 'a_bits' in value else spec.a_bits)
+        if first is not None and specs.get(first) is not None:
+            # The network input stays float.
+            specs[first] = LayerSpec(specs[first].w_bits, None)
+        for pattern in self.skip:
+            for name in _match(pattern, names, 'skip'):
+                specs[name] = None
+        return specs
+
+
+def _match(pattern: str, names: Sequence[str], where: str) -> List[str]:
+    matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if not matched:
+        shown = ', '.join(list(names)[:8])
+        more = '' if len(names) <= 8 else f', ... ({len(names)} in all)'
+        raise ValueError(
+            f'{where} pattern {pattern!r} matches no quantizable layer; '
+            f'layers are named like: {shown}{more}')
+    return matched
+
+
+def _check_override(pattern: Any, value: Any) -> Dict[str, Optional[int]]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f'overrides[{pattern!r}] must be a dict with '
+                        f'w_bits and/or a_bits, got {value!r}')
+    unknown = sorted(set(value) - {'w_bits', 'a_bits'})
+    if unknown:
+        raise ValueError(f'overrides[{pattern!r}] has unknown key(s) '
+                         f'{unknown}; valid: w_bits, a_bits')
+    if 'w_bits' in value:
+        check_bits(value['w_bits'], f'overrides[{pattern!r}].w_bits')
+    if value.get('a_bits') is not None:
+        check_bits(value['a_bits'], f'overrides[{pattern!r}].a_bits')
+    return dict(value)
+
+
+def _check_positive(name: str, value: Any, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{name} must be a positive int'
+                         f'{" or None" if optional else ""}, got {value!r}')

@@ -1,0 +1,598 @@
+"""``mmquant.quantize``: BitSplit PTQ of any ``nn.Module``.
+
+The run, for a model and a few calibration batches:
+
+1. *Discovery*: one forward pass with hooks finds the ``nn.Conv2d`` and
+   ``nn.Linear`` layers (subclasses included) that run, their forward
+   order and how often each runs per pass, and checks that each calls its
+   own op with its own weight (layers that do not, e.g. weight-standardised
+   convs, stay float and the report says why).
+2. *Statistics*: per layer ``A = X^T X``, ``C = X^T Y``, ``sum y^2`` from
+   the op's real inputs (im2col with the call's own geometry) and its float
+   outputs; rows are sampled with a seeded generator.
+   - fast mode: one float pass for all layers;
+   - error-compensated mode (the paper's Algorithm 1): float targets from
+     one float pass, then layer by layer, in forward order, inputs from the
+     network whose earlier layers are already quantized (weights and
+     activations, the layer's own input quantizer applied); each pass stops
+     as soon as the layer has run.
+3. *Solve* (BitSplit from ``(A, C)``), swap in :class:`QuantizedLayer`.
+4. Optionally re-estimate BatchNorm statistics.
+
+A module that runs more than once per pass gets statistics from all its
+calls (one set of integers serves every call).
+"""
+import copy
+import math
+import time
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Tuple, Union)
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmquant.core.activation import ActivationObserver
+from mmquant.core.rtn import mse_rtn
+from mmquant.core.solver import solve_layer
+from mmquant.core.stats import LayerGeometry, StatsAccumulator
+from mmquant.nn.quantized_layer import QuantizedLayer
+from .capture import LayerCapture, OpCall, StopForward
+from .config import LayerSpec, QuantConfig
+from .report import LayerReport, QuantReport
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+Logger = Callable[[str], None]
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """Run ``model`` on one calibration batch.
+
+    A tensor is passed as the only argument, a tuple/list as positional
+    arguments and a dict as keyword arguments.
+
+    Args:
+        model (nn.Module): The model.
+        batch: One calibration batch.
+
+    Returns:
+        The model's output.
+    """
+    if isinstance(batch, Tensor):
+        return model(batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    raise TypeError('a calibration batch must be a Tensor, tuple, list or '
+                    f'dict, got {type(batch).__name__}; pass forward_fn= '
+                    'to feed other batch types to the model')
+
+
+def quantize(model: nn.Module,
+             calib_data: Iterable[Any],
+             config: Union[QuantConfig, Mapping[str, Any], None] = None,
+             forward_fn: Optional[ForwardFn] = None,
+             inplace: bool = False,
+             logger: Optional[Logger] = None
+             ) -> Tuple[nn.Module, QuantReport]:
+    """Quantize the Conv2d/Linear layers of any model with BitSplit.
+
+    Args:
+        model (nn.Module): A float model. It is run in eval mode.
+        calib_data (Iterable): Calibration batches. How a batch reaches the
+            model is up to ``forward_fn``.
+        config (QuantConfig | dict, optional): The run's configuration
+            (a dict is validated by :meth:`QuantConfig.from_dict`).
+            Defaults to ``QuantConfig()`` (W4A8, error-compensated).
+        forward_fn (callable, optional): ``forward_fn(model, batch)`` runs
+            the model on one batch. Defaults to :func:`default_forward`.
+        inplace (bool): Quantize ``model`` itself instead of a deep copy.
+            Defaults to False.
+        logger (callable, optional): Receives progress messages; defaults
+            to mmengine's current logger when mmengine is importable, else
+            ``print``.
+
+    Returns:
+        tuple: The quantized model (its quantized layers replaced by
+        :class:`~mmquant.nn.QuantizedLayer`) and the :class:`QuantReport`.
+
+    Raises:
+        ValueError: For an empty ``calib_data``, a model without runnable
+            Conv2d/Linear layers, a pattern that matches no layer, or a bad
+            config.
+        TypeError: For calibration batches of mixed types.
+    """
+    if config is None:
+        config = QuantConfig()
+    elif isinstance(config, Mapping):
+        config = QuantConfig.from_dict(config)
+    elif not isinstance(config, QuantConfig):
+        raise TypeError('config must be a QuantConfig or a dict, got '
+                        f'{type(config).__name__}')
+    run = _Run(model if inplace else copy.deepcopy(model), config,
+               forward_fn or default_forward, logger or _default_logger())
+    return run.execute(calib_data)
+
+
+def _default_logger() -> Logger:
+    try:
+        from mmengine.logging import MMLogger
+    except ImportError:  # pragma: no cover - mmengine is a dependency
+        return print
+    logger = MMLogger.get_current_instance()
+    return logger.info
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    items: Sequence[Any] = ()
+    if isinstance(batch, (tuple, list)):
+        items = batch
+    elif isinstance(batch, Mapping):
+        items = list(batch.values())
+    for item in items:
+        if isinstance(item, Tensor) and item.dim():
+            return item.shape[0]
+    return 1
+
+
+class _LayerState:
+    """Calibration state of one quantizable layer."""
+
+    def __init__(self, name: str, module: nn.Module, order: int) -> None:
+        self.name = name
+        self.module = module
+        self.order = order
+        self.calls = 0  # per forward pass
+        self.missed = 0
+        self.spec: Optional[LayerSpec] = None
+        self.geometry: Optional[LayerGeometry] = None
+        self.acc: Optional[StatsAccumulator] = None
+        self.observer: Optional[ActivationObserver] = None
+        self.rows_per_call: Optional[int] = None
+        self.generator = torch.Generator()
+        # error-compensated mode: sampled row indices and float targets
+        self.indices: List[Optional[Tensor]] = []
+        self.targets: List[Tensor] = []
+        self.report = LayerReport(name=name, type=type(module).__name__)
+
+    @property
+    def linear(self) -> bool:
+        return isinstance(self.module, nn.Linear)
+
+
+class _Run:
+
+    def __init__(self, model: nn.Module, config: QuantConfig,
+                 forward_fn: ForwardFn, log: Logger) -> None:
+        self.model = model
+        self.cfg = config
+        self.forward_fn = forward_fn
+        self.log = log
+        self.timing: Dict[str, float] = dict(
+            forward=0.0, statistics=0.0, solver=0.0, activations=0.0,
+            bn=0.0)
+        self.batches: List[Any] = []
+        self.layers: List[_LayerState] = []
+
+    # ----------------------------------------------------------------- run
+    def execute(self, calib_data: Iterable[Any]
+                ) -> Tuple[nn.Module, QuantReport]:
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        self._collect_batches(calib_data)
+        with torch.no_grad():
+            self._discover()
+            self._resolve()
+            active = [s for s in self.layers if s.spec is not None]
+            mode = self._mode()
+            self.log(f'mmquant: {self.cfg.method} {mode} W{self.cfg.w_bits}'
+                     f'A{self.cfg.a_bits or "-"} on {len(active)} layers, '
+                     f'{self.n_samples} calibration samples in '
+                     f'{len(self.batches)} batches')
+            if self.cfg.method == 'rtn':
+                self._run_rtn(active)
+            elif self.cfg.error_compensation:
+                self._run_error_compensated(active)
+            else:
+                self._run_fast(active)
+            if self.cfg.bn_reestimation:
+                self._reestimate_bn()
+        self.model.train(was_training)
+        self.timing['total'] = time.perf_counter() - start
+        report = QuantReport(
+            config=self.cfg.to_dict(),
+            mode=mode,
+            layers=[s.report for s in self.layers],
+            timing={k: round(v, 4) for k, v in self.timing.items()},
+            calib_samples=self.n_samples)
+        return self.model, report
+
+    def _mode(self) -> str:
+        if self.cfg.method == 'rtn':
+            return 'rtn'
+        return 'error_compensated' if self.cfg.error_compensation \
+            else 'fast'
+
+    def _collect_batches(self, calib_data: Iterable[Any]) -> None:
+        limit = self.cfg.calib_samples
+        count = 0
+        first_type = None
+        for batch in calib_data:
+            kind = type(batch)
+            if first_type is None:
+                first_type = kind
+            elif not (isinstance(batch, first_type)
+                      or issubclass(first_type, kind)):
+                raise TypeError(
+                    'calibration batches must all have one type: batch '
+                    f'{len(self.batches)} is {kind.__name__}, the first '
+                    f'was {first_type.__name__}')
+            self.batches.append(batch)
+            count += _batch_size(batch)
+            if limit is not None and count >= limit:
+                break
+        if not self.batches:
+            raise ValueError('calib_data is empty: quantization needs at '
+                             'least one calibration batch')
+        self.n_samples = count
+
+    def _forward(self, batch: Any) -> None:
+        """One (possibly early-stopped) forward pass; the time spent in
+        the capture hooks is booked to statistics, not to forward."""
+        t0 = time.perf_counter()
+        hooks0 = self.timing['statistics'] + self.timing['activations']
+        try:
+            self.forward_fn(self.model, batch)
+        except StopForward:
+            pass
+        finally:
+            hooks = self.timing['statistics'] + self.timing[
+                'activations'] - hooks0
+            self.timing['forward'] += time.perf_counter() - t0 - hooks
+
+    # ----------------------------------------------------------- discovery
+    def _discover(self) -> None:
+        candidates = [(name, m) for name, m in self.model.named_modules()
+                      if isinstance(m, (nn.Conv2d, nn.Linear))
+                      and not _inside_quantized(self.model, name)]
+        if not candidates:
+            raise ValueError(
+                f'{type(self.model).__name__} has no nn.Conv2d or nn.Linear '
+                'layer to quantize')
+        seen: Dict[str, Tuple[int, int, int]] = {}
+        counter = [0]
+        captures = []
+        for name, module in candidates:
+            def note(call: OpCall, name: str = name) -> None:
+                if name not in seen:
+                    seen[name] = (counter[0], 0, 0)
+                    counter[0] += 1
+            captures.append((name, LayerCapture(module, note)))
+        for _, cap in captures:
+            cap.__enter__()
+        try:
+            self._forward(self.batches[0])
+        finally:
+            for _, cap in captures:
+                cap.__exit__(None, None, None)
+        states = []
+        late = []
+        for name, module in candidates:
+            cap = dict(captures)[name]
+            if name in seen:
+                state = _LayerState(name, module, seen[name][0])
+                state.calls = cap.calls
+                state.missed = cap.missed
+                states.append(state)
+            else:
+                state = _LayerState(name, module, 10**9)
+                state.calls = cap.calls
+                if cap.calls:
+                    state.report.note = (
+                        'its forward never calls conv2d/linear with its own '
+                        'weight (e.g. a transformed weight): left float')
+                else:
+                    state.report.note = 'not called by the forward pass: ' \
+                        'left float'
+                late.append(state)
+        states.sort(key=lambda s: s.order)
+        for state in states:
+            if state.missed:
+                state.report.note = (
+                    f'{state.missed} of {state.calls} calls did not run its '
+                    'op with its own weight: left float')
+        if not states:
+            raise ValueError(
+                'no nn.Conv2d/nn.Linear layer of '
+                f'{type(self.model).__name__} ran during the calibration '
+                'forward pass; check forward_fn')
+        self.layers = states + late
+
+    def _resolve(self) -> None:
+        runnable = [s for s in self.layers
+                    if s.order < 10**9 and not s.missed]
+        names = [s.name for s in runnable]
+        first = names[0] if names else None
+        last = runnable[-1] if runnable else None
+        last_linear = last.name if last is not None and last.linear \
+            else None
+        specs = self.cfg.resolve(names, first, last_linear)
+        for state in runnable:
+            state.spec = specs[state.name]
+            if state.spec is None:
+                state.report.note = 'skipped by config: left float'
+        for i, state in enumerate(self.layers):
+            state.generator.manual_seed(self.cfg.seed * 1000003 + i)
+
+    # ------------------------------------------------------------ sampling
+    def _prepare(self, state: _LayerState, call: OpCall) -> None:
+        """Create the layer's accumulator from its first call."""
+        if state.acc is not None:
+            return
+        module = state.module
+        if state.linear:
+            geom = LayerGeometry.from_module(module)
+        else:
+            geom = LayerGeometry(
+                kind='conv',
+                in_channels=module.in_channels,
+                out_channels=module.out_channels,
+                kernel_size=tuple(module.weight.shape[-2:]),
+                stride=call.stride,
+                padding=call.padding,
+                dilation=call.dilation,
+                groups=call.groups)
+        state.geometry = geom
+        try:
+            state.acc = StatsAccumulator(
+                geom, max_bytes=self.cfg.max_stats_bytes)
+        except ValueError as err:
+            raise ValueError(f'layer {state.name!r}: {err}') from None
+        state.observer = ActivationObserver(
+            max_samples=self.cfg.act_samples,
+            generator=torch.Generator().manual_seed(
+                self.cfg.seed + 7919 * state.order))
+        rows = self.cfg.rows_per_layer
+        if rows is not None:
+            state.rows_per_call = max(
+                1, math.ceil(rows / (len(self.batches) * state.calls)))
+
+    def _sample(self, state: _LayerState, total: int) -> Optional[Tensor]:
+        if state.rows_per_call is None or state.rows_per_call >= total:
+            return None
+        return torch.randperm(total, generator=state.generator)[
+            :state.rows_per_call]
+
+    # -------------------------------------------------------- fast mode
+    def _run_fast(self, active: List[_LayerState]) -> None:
+        def on_call(state: _LayerState) -> Callable[[OpCall], None]:
+            def handle(call: OpCall) -> None:
+                self._prepare(state, call)
+                t0 = time.perf_counter()
+                x = state.acc.input_rows(call.op_input)
+                y = state.acc.output_rows(call.output)
+                idx = self._sample(state, x.shape[0])
+                if idx is not None:
+                    x, y = x[idx], y[idx]
+                state.acc.update_rows(x, y)
+                if state.spec.a_bits is not None:
+                    state.observer.update(call.module_input)
+                self.timing['statistics'] += time.perf_counter() - t0
+            return handle
+
+        captures = [LayerCapture(s.module, on_call(s)) for s in active]
+        for cap in captures:
+            cap.__enter__()
+        try:
+            self._progress_passes('statistics (float pass)')
+        finally:
+            for cap in captures:
+                cap.__exit__(None, None, None)
+        for state in active:
+            self._solve_and_swap(state)
+
+    def _progress_passes(self, what: str) -> None:
+        t0 = time.perf_counter()
+        n = len(self.batches)
+        for i, batch in enumerate(self.batches):
+            self._forward(batch)
+            if (i + 1) % max(1, n // 4) == 0 or i + 1 == n:
+                done = time.perf_counter() - t0
+                eta = done / (i + 1) * (n - i - 1)
+                self.log(f'mmquant: {what}: batch {i + 1}/{n}, '
+                         f'{done:.1f}s elapsed, ETA {eta:.1f}s')
+
+    # ------------------------------------------- error-compensated mode
+    def _run_error_compensated(self, active: List[_LayerState]) -> None:
+        # 1. float targets of every layer at its sampled rows
+        def on_float(state: _LayerState) -> Callable[[OpCall], None]:
+            def handle(call: OpCall) -> None:
+                self._prepare(state, call)
+                t0 = time.perf_counter()
+                y = state.acc.output_rows(call.output)
+                idx = self._sample(state, y.shape[0])
+                state.indices.append(idx)
+                state.targets.append(y if idx is None else y[idx].clone())
+                self.timing['statistics'] += time.perf_counter() - t0
+            return handle
+
+        captures = [LayerCapture(s.module, on_float(s)) for s in active]
+        for cap in captures:
+            cap.__enter__()
+        try:
+            self._progress_passes('float targets')
+        finally:
+            for cap in captures:
+                cap.__exit__(None, None, None)
+
+        # 2. layer by layer, inputs from the partially quantized network
+        t_start = time.perf_counter()
+        for k, state in enumerate(active):
+            inputs: List[Tensor] = []
+
+            def handle(call: OpCall, state: _LayerState = state) -> None:
+                t0 = time.perf_counter()
+                j = len(inputs)
+                x = state.acc.input_rows(call.op_input)
+                idx = state.indices[j]
+                inputs.append(x if idx is None else x[idx].clone())
+                if state.spec.a_bits is not None:
+                    state.observer.update(call.module_input)
+                self.timing['statistics'] += time.perf_counter() - t0
+
+            def stop(calls: int, state: _LayerState = state) -> None:
+                if calls % state.calls == 0:
+                    raise StopForward
+
+            with LayerCapture(state.module, handle, stop):
+                for batch in self.batches:
+                    self._forward(batch)
+            t0 = time.perf_counter()
+            act = self._fit_activation(state)
+            for x, y in zip(inputs, state.targets):
+                if act is not None:
+                    x = _fake_quant_rows(x, *act, state.spec.a_bits)
+                state.acc.update_rows(x, y)
+            del inputs
+            state.targets, state.indices = [], []
+            self.timing['statistics'] += time.perf_counter() - t0
+            self._solve_and_swap(state, act)
+            done = time.perf_counter() - t_start
+            self.log(
+                f'mmquant: [{k + 1}/{len(active)}] {state.name}: '
+                f'W{state.spec.w_bits}A{state.spec.a_bits or "-"} rel. err '
+                f'{state.report.rel_error_rtn:.4f} (RTN) -> '
+                f'{state.report.rel_error:.4f}, ETA '
+                f'{done / (k + 1) * (len(active) - k - 1):.1f}s')
+
+    # ------------------------------------------------------------- RTN
+    def _run_rtn(self, active: List[_LayerState]) -> None:
+        with_acts = [s for s in active if s.spec.a_bits is not None]
+
+        def on_call(state: _LayerState) -> Callable[[OpCall], None]:
+            def handle(call: OpCall) -> None:
+                if state.observer is None:
+                    state.observer = ActivationObserver(
+                        max_samples=self.cfg.act_samples,
+                        generator=torch.Generator().manual_seed(
+                            self.cfg.seed + 7919 * state.order))
+                state.observer.update(call.module_input)
+            return handle
+
+        if with_acts:
+            captures = [LayerCapture(s.module, on_call(s))
+                        for s in with_acts]
+            for cap in captures:
+                cap.__enter__()
+            try:
+                self._progress_passes('activation ranges')
+            finally:
+                for cap in captures:
+                    cap.__exit__(None, None, None)
+        for state in active:
+            t0 = time.perf_counter()
+            q, scale = mse_rtn(state.module.weight.detach(),
+                               state.spec.w_bits)
+            self.timing['solver'] += time.perf_counter() - t0
+            self._swap(state, q, scale, self._fit_activation(state))
+            state.report.time_s = round(time.perf_counter() - t0, 4)
+
+    # ------------------------------------------------------------ common
+    def _fit_activation(self, state: _LayerState
+                        ) -> Optional[Tuple[float, bool]]:
+        if state.spec.a_bits is None or state.report.act_scale is not None:
+            if state.report.act_scale is not None:
+                return state.report.act_scale, state.report.act_signed
+            return None
+        t0 = time.perf_counter()
+        scale, signed = state.observer.fit(state.spec.a_bits)
+        state.report.act_scale = float(scale)
+        state.report.act_signed = bool(signed)
+        self.timing['activations'] += time.perf_counter() - t0
+        return float(scale), bool(signed)
+
+    def _solve_and_swap(self, state: _LayerState,
+                        act: Optional[Tuple[float, bool]] = None) -> None:
+        t0 = time.perf_counter()
+        weight = state.module.weight.detach()
+        result = solve_layer(weight, state.acc, state.spec.w_bits,
+                             max_rounds=self.cfg.max_rounds,
+                             refine_integer=self.cfg.refine_integer)
+        self.timing['solver'] += time.perf_counter() - t0
+        yy = float(state.acc.yy.sum())
+        rep = state.report
+        rep.rows = int(state.acc.n_rows)
+        rep.objective_rtn = float(result.objective_init.sum())
+        rep.objective = float(result.objective.sum())
+        rep.rel_error_rtn = _rel(rep.objective_rtn, yy)
+        rep.rel_error = _rel(rep.objective, yy)
+        rep.rounds = int(result.rounds)
+        if act is None:
+            act = self._fit_activation(state)
+        self._swap(state, result.qweight, result.scale, act)
+        state.acc = None  # free A and C
+        rep.time_s = round(time.perf_counter() - t0, 4)
+
+    def _swap(self, state: _LayerState, qweight: Tensor, scale: Tensor,
+              act: Optional[Tuple[float, bool]]) -> None:
+        spec = state.spec
+        qlayer = QuantizedLayer(
+            state.module, qweight, scale, spec.w_bits,
+            spec.a_bits if act is not None else None,
+            act_scale=None if act is None else act[0],
+            act_signed=False if act is None else act[1])
+        _set_submodule(self.model, state.name, qlayer)
+        rep = state.report
+        rep.w_bits, rep.a_bits = spec.w_bits, qlayer.a_bits
+        rep.calls = state.calls
+
+    def _reestimate_bn(self) -> None:
+        t0 = time.perf_counter()
+        bns = [m for m in self.model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        saved = [(m, m.momentum) for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+            m.train()
+        try:
+            self._progress_passes('BatchNorm re-estimation')
+        finally:
+            for m, momentum in saved:
+                m.momentum = momentum
+                m.eval()
+        self.timing['bn'] += time.perf_counter() - t0
+
+
+def _rel(obj: float, yy: float) -> float:
+    if yy <= 0:
+        return 0.0 if obj <= 0 else float('inf')
+    return math.sqrt(max(obj, 0.0) / yy)
+
+
+def _fake_quant_rows(x: Tensor, scale: float, signed: bool,
+                     bits: int) -> Tensor:
+    from mmquant.core.activation import fake_quantize_activation
+    return fake_quantize_activation(x, scale, bits, signed)
+
+
+def _inside_quantized(model: nn.Module, name: str) -> bool:
+    parts = name.split('.')
+    module = model
+    for part in parts[:-1]:
+        module = getattr(module, part)
+        if isinstance(module, QuantizedLayer):
+            return True
+    return False
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition('.')
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,95 @@
+"""What a quantization run did, layer by layer, as JSON-able records."""
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class LayerReport:
+    """One layer's outcome.
+
+    Args:
+        name (str): The layer's module name.
+        type (str): Its class name.
+        w_bits (int, optional): Weight bits; ``None`` if left float.
+        a_bits (int, optional): Input activation bits; ``None`` if float.
+        act_scale (float, optional): Input activation scale.
+        act_signed (bool, optional): Whether the input grid is signed.
+        calls (int): Calls of the layer per forward pass.
+        rows (int): Calibration rows its statistics were built from.
+        objective_rtn (float, optional): ``sum_m ||y_m - s_m X q_m||^2`` of
+            the MSE round-to-nearest weights (the initialisation).
+        objective (float, optional): The same for the final weights.
+        rel_error_rtn (float, optional): ``sqrt(objective_rtn / ||Y||^2)``.
+        rel_error (float, optional): ``sqrt(objective / ||Y||^2)``.
+        rounds (int): Solver rounds.
+        time_s (float): Seconds spent on this layer's statistics and solve.
+        note (str): Why a layer was left float, if it was.
+    """
+
+    name: str
+    type: str
+    w_bits: Optional[int] = None
+    a_bits: Optional[int] = None
+    act_scale: Optional[float] = None
+    act_signed: Optional[bool] = None
+    calls: int = 0
+    rows: int = 0
+    objective_rtn: Optional[float] = None
+    objective: Optional[float] = None
+    rel_error_rtn: Optional[float] = None
+    rel_error: Optional[float] = None
+    rounds: int = 0
+    time_s: float = 0.0
+    note: str = ''
+
+
+@dataclass
+class QuantReport:
+    """The report of one :func:`mmquant.quantize` run.
+
+    Args:
+        config (dict): The :class:`~mmquant.QuantConfig` as a dict.
+        mode (str): ``'error_compensated'`` or ``'fast'`` (or ``'rtn'``).
+        layers (list[LayerReport]): One record per quantizable layer, in
+            forward order (layers never called come last).
+        timing (dict): Seconds per phase (``forward``, ``statistics``,
+            ``solver``, ``activations``, ``bn``, ``total``).
+        calib_samples (int): Calibration samples used.
+        extra (dict): Anything the caller adds (metrics, file sizes).
+    """
+
+    config: Dict[str, Any]
+    mode: str
+    layers: List[LayerReport] = field(default_factory=list)
+    timing: Dict[str, float] = field(default_factory=dict)
+    calib_samples: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantized_layers(self) -> List[LayerReport]:
+        """The layers that were quantized."""
+        return [lay for lay in self.layers if lay.w_bits is not None]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return the report as a JSON-able dict."""
+        out = asdict(self)
+        out['summary'] = {
+            'quantized_layers': len(self.quantized_layers),
+            'float_layers': len(self.layers) - len(self.quantized_layers),
+        }
+        return out
+
+    def save(self, path: str) -> None:
+        """Write the report as JSON (atomically).
+
+        Args:
+            path (str): Output file.
+        """
+        tmp = f'{path}.tmp{os.getpid()}'
+        with open(tmp, 'w') as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,143 @@
+"""mmquant.quantize on plain PyTorch models."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import mmquant
+from mmquant import QuantConfig
+from mmquant.core.grid import qmax
+from mmquant.nn import QuantizedLayer
+
+from .models import DeepNet, TinyNet, init_model, smooth_images
+
+
+def batches(n_batches=4, bs=8, size=16, seed=0):
+    x = smooth_images(n_batches * bs, size, seed)
+    return list(x.split(bs))
+
+
+def rel_err(model, ref, x):
+    with torch.no_grad():
+        a, b = model(x), ref(x)
+    return float((a - b).norm() / b.norm())
+
+
+def qlayers(model):
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, QuantizedLayer)}
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    return init_model(TinyNet())
+
+
+def test_w8a8_close_to_float_and_integers_in_range(tiny):
+    cfg = QuantConfig(w_bits=8, a_bits=8, rows_per_layer=4096)
+    qmodel, report = mmquant.quantize(tiny, batches(), cfg)
+    layers = qlayers(qmodel)
+    assert set(layers) == {'stem', 'dw', 'grouped', 'same', 'pw', 'head'}
+    for name, layer in layers.items():
+        assert layer.qweight.dtype == torch.int8
+        assert int(layer.qweight.abs().max()) <= qmax(layer.w_bits)
+        assert torch.isfinite(layer.weight_scale).all()
+    # the original model is untouched
+    assert not qlayers(tiny)
+    assert rel_err(qmodel, tiny, smooth_images(16, seed=1)) < 0.02
+    # the first layer keeps a float input, first/last layers are 8-bit
+    assert layers['stem'].a_bits is None
+    assert layers['head'].w_bits == 8
+    # the reused module got statistics from both calls
+    same = {r.name: r for r in report.layers}['same']
+    assert same.calls == 2
+    json.dumps(report.to_dict())
+
+
+def test_w4a8_bitsplit_beats_rtn(tiny):
+    x = smooth_images(32, seed=2)
+    data = batches()
+    errs = {}
+    for method in ('rtn', 'bitsplit'):
+        cfg = QuantConfig(w_bits=4, a_bits=8, method=method,
+                          first_last_bits=None)
+        qmodel, report = mmquant.quantize(tiny, data, cfg)
+        errs[method] = rel_err(qmodel, tiny, x)
+        assert report.mode == ('rtn' if method == 'rtn'
+                               else 'error_compensated')
+    assert errs['bitsplit'] < errs['rtn']
+    # the solver improves every layer over its RTN initialisation
+    for lay in report.quantized_layers:
+        assert lay.objective <= lay.objective_rtn * (1 + 1e-6), lay.name
+
+
+def test_error_compensation_beats_fast_mode():
+    model = init_model(DeepNet(depth=6), seed=3)
+    data = batches(4, 8, 12, seed=4)
+    x = smooth_images(32, 12, seed=5)
+    errs = {}
+    for ec in (False, True):
+        cfg = QuantConfig(w_bits=3, a_bits=4, error_compensation=ec,
+                          first_last_bits=None)
+        qmodel, _ = mmquant.quantize(model, data, cfg)
+        errs[ec] = rel_err(qmodel, model, x)
+    assert errs[True] < errs[False], errs
+
+
+def test_overrides_and_skip(tiny):
+    cfg = QuantConfig(w_bits=4, a_bits=None, overrides={'g*': dict(
+        w_bits=2)}, skip=['pw'], error_compensation=False)
+    qmodel, report = mmquant.quantize(tiny, batches(2), cfg)
+    layers = qlayers(qmodel)
+    assert 'pw' not in layers and isinstance(qmodel.pw, nn.Conv2d)
+    assert layers['grouped'].w_bits == 2
+    assert layers['dw'].w_bits == 4
+    assert all(lay.a_bits is None for lay in layers.values())
+    notes = {r.name: r.note for r in report.layers}
+    assert 'skipped' in notes['pw']
+
+
+def test_quantized_model_attributes_read_through(tiny):
+    qmodel, _ = mmquant.quantize(tiny, batches(1), QuantConfig(
+        error_compensation=False))
+    assert qmodel.head.out_features == 10
+    assert qmodel.dw.groups == 16
+    assert torch.equal(qmodel.dw.weight,
+                       qmodel.dw.qweight.float() *
+                       qmodel.dw.weight_scale.view(-1, 1, 1, 1))
+
+
+def test_forward_fn_for_dict_batches(tiny):
+    data = [dict(images=x) for x in batches(2)]
+    qmodel, _ = mmquant.quantize(
+        tiny, data, QuantConfig(w_bits=8, error_compensation=False),
+        forward_fn=lambda m, b: m(b['images']))
+    assert len(qlayers(qmodel)) == 6
+
+
+def test_calib_samples_limits_batches(tiny):
+    _, report = mmquant.quantize(tiny, batches(4, 8), QuantConfig(
+        calib_samples=12, error_compensation=False))
+    assert report.calib_samples == 16  # two whole batches of 8
+
+
+@pytest.mark.parametrize('bad, error, match', [
+    (dict(model=nn.Sequential(nn.ReLU())), ValueError,
+     'no nn.Conv2d or nn.Linear'),
+    (dict(data=[]), ValueError, 'calib_data is empty'),
+    (dict(data=[torch.zeros(2, 3, 8, 8), (torch.zeros(2, 3, 8, 8), )]),
+     TypeError, 'one type'),
+    (dict(config=dict(skip=['nope.*'])), ValueError,
+     "skip pattern 'nope.\\*' matches no"),
+    (dict(config=dict(overrides={'x': dict(w_bits=9)})), ValueError,
+     'w_bits must be an integer in 2..8'),
+    (dict(config=dict(w_bit=4)), ValueError,
+     "unknown quantizer config key.*'w_bit' \\(did you mean 'w_bits'"),
+    (dict(config=dict(a_bits=1)), ValueError, 'a_bits must be'),
+])
+def test_bad_input(tiny, bad, error, match):
+    with pytest.raises(error, match=match):
+        mmquant.quantize(bad.get('model', tiny),
+                         bad.get('data', batches(1)),
+                         bad.get('config', None))
