@@ -1,1 +1,4 @@
 """Quantized model wrappers for OpenMMLab runners."""
+from .quantized_model import QuantizedModel
+
+__all__ = ['QuantizedModel']

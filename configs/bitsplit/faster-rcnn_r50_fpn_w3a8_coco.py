@@ -1,0 +1,3 @@
+_base_ = ['./faster-rcnn_r50_fpn_w4a8_coco.py']
+
+quantizer = dict(w_bits=3)
