@@ -65,8 +65,36 @@ print(f'stack ok: torch {torch.__version__}, mmcv {mmcv.__version__} '
 EOF
 }
 
+# The bundled example's data: real Fashion-MNIST from Debian's packages,
+# unpacked into data/fashion-mnist (mmpretrain's FashionMNIST reads the
+# uncompressed idx files).
+ensure_data() {
+    local src=/usr/share/datasets/fashion-mnist dst="$ROOT/data/fashion-mnist"
+    if [[ ! -f "$src/t10k-images-idx3-ubyte.gz" ]]; then
+        if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            log "installing Debian's dataset-fashion-mnist (bundled example)"
+            apt-get update -qq \
+                && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+                || die "could not install Debian's dataset-fashion-mnist"
+        else
+            log "WARNING: $src is missing; the bundled example and its" \
+                "tests need it: sudo apt-get install dataset-fashion-mnist"
+            return 0
+        fi
+    fi
+    mkdir -p "$dst"
+    local f out
+    for f in "$src"/*-ubyte.gz; do
+        out="$dst/$(basename "$f" .gz)"
+        if [[ ! -s "$out" ]]; then
+            gunzip -c "$f" > "$out.tmp" && mv "$out.tmp" "$out"
+        fi
+    done
+}
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" ]] \
         && check_ops 2>/dev/null; then
+    ensure_data
     log "environment $VENV is up to date"
     exit 0
 fi
@@ -137,6 +165,8 @@ log "stage 3/4: mmengine, mmpretrain, mmdet, test tools and mmquant"
 "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/runtime.txt" \
     -r "$REQ/tests.txt"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+
+ensure_data
 
 # --- 4. verify -------------------------------------------------------------
 log "stage 4/4: checking that the stack imports and mmcv.ops runs"
