@@ -107,9 +107,10 @@ class QuantizedLayer(nn.Module):
             return getattr(layer, name)
 
     def extra_repr(self) -> str:
+        grid = 'signed' if self.act_signed else 'unsigned'
         acts = 'float' if self.a_bits is None else (
-            f'{self.a_bits} bits, {"signed" if self.act_signed else "unsigned"}'
-            f', scale={self.act_scale.item():.4g}')
+            f'{self.a_bits} bits, {grid}, '
+            f'scale={self.act_scale.item():.4g}')
         return f'w_bits={self.w_bits}, input={acts}'
 
 

@@ -22,11 +22,12 @@ The run, for a model and a few calibration batches:
 A module that runs more than once per pass gets statistics from all its
 calls (one set of integers serves every call).
 """
+import contextlib
 import copy
 import math
 import time
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
-                    Sequence, Tuple, Union)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, Union)
 
 import torch
 import torch.nn.functional as F
@@ -272,13 +273,8 @@ class _Run:
                     seen[name] = (counter[0], 0, 0)
                     counter[0] += 1
             captures.append((name, LayerCapture(module, note)))
-        for _, cap in captures:
-            cap.__enter__()
-        try:
+        with _attached(cap for _, cap in captures):
             self._forward(self.batches[0])
-        finally:
-            for _, cap in captures:
-                cap.__exit__(None, None, None)
         states = []
         late = []
         for name, module in candidates:
@@ -384,14 +380,8 @@ class _Run:
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
-        captures = [LayerCapture(s.module, on_call(s)) for s in active]
-        for cap in captures:
-            cap.__enter__()
-        try:
+        with _attached([LayerCapture(s.module, on_call(s)) for s in active]):
             self._progress_passes('statistics (float pass)')
-        finally:
-            for cap in captures:
-                cap.__exit__(None, None, None)
         for state in active:
             self._solve_and_swap(state)
 
@@ -420,14 +410,8 @@ class _Run:
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
-        captures = [LayerCapture(s.module, on_float(s)) for s in active]
-        for cap in captures:
-            cap.__enter__()
-        try:
+        with _attached([LayerCapture(s.module, on_float(s)) for s in active]):
             self._progress_passes('float targets')
-        finally:
-            for cap in captures:
-                cap.__exit__(None, None, None)
 
         # 2. layer by layer, inputs from the partially quantized network
         t_start = time.perf_counter()
@@ -484,15 +468,9 @@ class _Run:
             return handle
 
         if with_acts:
-            captures = [LayerCapture(s.module, on_call(s))
-                        for s in with_acts]
-            for cap in captures:
-                cap.__enter__()
-            try:
+            with _attached([LayerCapture(s.module, on_call(s))
+                            for s in with_acts]):
                 self._progress_passes('activation ranges')
-            finally:
-                for cap in captures:
-                    cap.__exit__(None, None, None)
         for state in active:
             t0 = time.perf_counter()
             q, scale = mse_rtn(state.module.weight.detach(),
@@ -568,6 +546,15 @@ class _Run:
                 m.momentum = momentum
                 m.eval()
         self.timing['bn'] += time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _attached(captures: Iterable[LayerCapture]) -> Iterator[None]:
+    """Attach several :class:`LayerCapture` for the duration of a block."""
+    with contextlib.ExitStack() as stack:
+        for cap in captures:
+            stack.enter_context(cap)
+        yield
 
 
 def _rel(obj: float, yy: float) -> float:
