@@ -71,6 +71,12 @@ class QuantConfig:
         refine_integer (bool): After the bit-plane updates converge, refine
             the integers coordinate by coordinate (never worse than the
             paper's updates). Defaults to True.
+        damping (float): Ridge towards the float weights, relative to the
+            mean of ``diag(A)`` and multiplied by ``N / rows`` when a layer
+            has fewer calibration rows than inputs: the solver minimises
+            ``|Y - X W_q^T|^2 + lam |W - W_q|^2``. It keeps such layers
+            (heads, late 1x1-spatial layers, small calibration sets) from
+            fitting the calibration set. Defaults to 0.1.
         bn_reestimation (bool): Re-estimate BatchNorm running statistics on
             the calibration data after quantization. Defaults to False.
         act_samples (int): Values kept per activation for fitting its
@@ -94,6 +100,7 @@ class QuantConfig:
     rows_per_layer: Optional[int] = 16384
     max_rounds: int = 100
     refine_integer: bool = True
+    damping: float = 0.1
     bn_reestimation: bool = False
     act_samples: int = 1 << 18
     max_stats_bytes: Optional[int] = 2 << 30
@@ -128,6 +135,11 @@ class QuantConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f'{name} must be True or False, got '
                                 f'{getattr(self, name)!r}')
+        if isinstance(self.damping, bool) or not isinstance(
+                self.damping, (int, float)) or not 0 <= self.damping < 1e6:
+            raise ValueError('damping must be a number >= 0, got '
+                             f'{self.damping!r}')
+        self.damping = float(self.damping)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f'seed must be an int, got {self.seed!r}')
 

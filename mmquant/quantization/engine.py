@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmquant.core.activation import ActivationObserver
-from mmquant.core.rtn import mse_rtn
+from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 from mmquant.nn.quantized_layer import QuantizedLayer
@@ -497,15 +497,22 @@ class _Run:
                         act: Optional[Tuple[float, bool]] = None) -> None:
         t0 = time.perf_counter()
         weight = state.module.weight.detach()
+        yy = float(state.acc.yy.sum())
+        ridge = _damp(state.acc, weight, self.cfg.damping)
         result = solve_layer(weight, state.acc, state.spec.w_bits,
                              max_rounds=self.cfg.max_rounds,
                              refine_integer=self.cfg.refine_integer)
         self.timing['solver'] += time.perf_counter() - t0
-        yy = float(state.acc.yy.sum())
         rep = state.report
         rep.rows = int(state.acc.n_rows)
-        rep.objective_rtn = float(result.objective_init.sum())
-        rep.objective = float(result.objective.sum())
+        # the report gives the true output error, without the ridge term
+        q_rtn, s_rtn = mse_rtn_float64(
+            state.acc.weight_matrix(weight).reshape(weight.shape[0], -1)
+            .to(torch.float64), state.spec.w_bits)
+        rep.objective_rtn = float(result.objective_init.sum()) - ridge(
+            q_rtn, s_rtn)
+        rep.objective = float(result.objective.sum()) - ridge(
+            result.qweight, result.scale)
         rep.rel_error_rtn = _rel(rep.objective_rtn, yy)
         rep.rel_error = _rel(rep.objective, yy)
         rep.rounds = int(result.rounds)
@@ -555,6 +562,48 @@ def _attached(captures: Iterable[LayerCapture]) -> Iterator[None]:
         for cap in captures:
             stack.enter_context(cap)
         yield
+
+
+def _damp(acc: StatsAccumulator, weight: Tensor,
+          damping: float) -> Callable[[Tensor, Tensor], float]:
+    """Add a ridge pulling the weights towards the float weights.
+
+    ``A += lam I``, ``C += lam W^T``, ``yy += lam |w|^2`` per group, with
+    ``lam = damping * max(1, N / rows) * mean(diag A)``: the objective
+    becomes
+    ``|Y - X W_q^T|^2 + lam |W - W_q|^2``. Directions the calibration rows
+    do not see (fewer rows than inputs, dead inputs) then follow the float
+    weights instead of fitting the calibration set.
+
+    Args:
+        acc (StatsAccumulator): The layer's statistics (modified).
+        weight (Tensor): The float weight.
+        damping (float): Relative ridge strength; 0 disables it.
+
+    Returns:
+        callable: ``ridge(q, scale)``, the ridge term's value summed over
+        channels, to subtract from the damped objective.
+    """
+    G, N = acc.A.shape[:2]
+    W = acc.weight_matrix(weight).to(acc.A)  # (G, Mg, N)
+    # fewer rows than inputs: the statistics see only part of the input
+    # space, so the ridge grows with N / rows
+    scale = damping * max(1.0, N / max(int(acc.n_rows), 1))
+    lam = scale * torch.diagonal(acc.A, dim1=1, dim2=2).mean(dim=1)
+    if damping > 0:
+        acc.A += lam[:, None, None] * torch.eye(
+            acc.A.shape[1], dtype=acc.A.dtype, device=acc.A.device)
+        acc.C += lam[:, None, None] * W.transpose(1, 2)
+        acc.yy += lam[:, None] * (W * W).sum(dim=2)
+
+    def ridge(q: Tensor, scale: Tensor) -> float:
+        if damping <= 0:
+            return 0.0
+        qw = q.reshape(G, W.shape[1], -1).to(W) * scale.reshape(
+            G, -1, 1).to(W)
+        return float((lam[:, None] * ((W - qw)**2).sum(dim=2)).sum())
+
+    return ridge
 
 
 def _rel(obj: float, yy: float) -> float:
