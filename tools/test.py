@@ -13,6 +13,7 @@ same path as mmdet's or mmpretrain's ``tools/test.py``.
 import argparse
 import os.path as osp
 import sys
+from typing import Any, Dict, List, Optional
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
@@ -20,7 +21,7 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Evaluate an mmquant INT checkpoint')
     parser.add_argument('config', help='the model config')
@@ -28,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', help='folder for logs and results')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def build_test_config(cfg: Config, checkpoint: str) -> Config:
@@ -55,8 +56,9 @@ def build_test_config(cfg: Config, checkpoint: str) -> Config:
     return cfg
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Run the test loop; returns the evaluator's metrics."""
+    args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -64,7 +66,7 @@ def main() -> None:
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg = build_test_config(cfg, args.checkpoint)
     runner = Runner.from_cfg(cfg)
-    runner.test()
+    return runner.test()
 
 
 if __name__ == '__main__':

@@ -78,11 +78,22 @@ def build_calib_dataloader(dl_cfg: Dict[str, Any],
         ValueError: If the dataset is empty.
     """
     dataset_cfg = dl_cfg['dataset']
-    dataset = DATASETS.build(dataset_cfg) if isinstance(
-        dataset_cfg, dict) else dataset_cfg
+    where = _describe(dataset_cfg)
+    empty = (f'the calibration dataset is empty{where}: check the '
+             "dataloader's data_root/ann_file/data_prefix (and, for "
+             "mmdet's training set, filter_cfg: images without boxes are "
+             'dropped), or set a calib_dataloader')
+    try:
+        dataset = DATASETS.build(dataset_cfg) if isinstance(
+            dataset_cfg, dict) else dataset_cfg
+    except ValueError as err:
+        # mmengine's BaseDataset serializes its data list with
+        # np.concatenate, which fails this way on an empty list.
+        if 'need at least one array to concatenate' in str(err):
+            raise ValueError(empty) from err
+        raise
     if len(dataset) == 0:
-        raise ValueError('the calibration dataset is empty: check the '
-                         "dataloader's data_root/ann_file")
+        raise ValueError(empty)
     gen = torch.Generator().manual_seed(seed)
     count = min(num_samples, len(dataset))
     indices = torch.randperm(len(dataset), generator=gen)[:count].tolist()
@@ -100,6 +111,17 @@ def build_calib_dataloader(dl_cfg: Dict[str, Any],
         shuffle=False,
         num_workers=dl_cfg.get('num_workers', 0),
         collate_fn=collate_fn)
+
+
+def _describe(dataset_cfg: Any) -> str:
+    """`` (CocoDataset, ann_file=..., data_root=...)`` for messages."""
+    if not isinstance(dataset_cfg, dict):
+        return f' ({type(dataset_cfg).__name__})'
+    parts = [str(dataset_cfg.get('type', '?'))]
+    for key in ('data_root', 'ann_file', 'data_prefix'):
+        if dataset_cfg.get(key):
+            parts.append(f'{key}={dataset_cfg[key]!r}')
+    return f" ({', '.join(parts)})"
 
 
 def preprocess_batches(model: nn.Module, dataloader: DataLoader

@@ -1,6 +1,6 @@
 """Evaluate a model with its config's test dataloader and evaluator."""
 import copy
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -34,13 +34,15 @@ def evaluate(model: nn.Module,
         if not cfg.get(key):
             raise ValueError(f'the config has no {key}: cannot evaluate')
     dl_cfg = copy.deepcopy(cfg.test_dataloader)
+    subset_ids = None
     if max_samples is not None:
         dataset = Runner.build_dataloader(
             dict(dl_cfg, num_workers=0, persistent_workers=False)).dataset
         metainfo = dataset.metainfo
-        dl_cfg['dataset'] = Subset(dataset,
-                                   range(min(max_samples, len(dataset))))
+        count = min(max_samples, len(dataset))
+        dl_cfg['dataset'] = Subset(dataset, range(count))
         dl_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
+        subset_ids = _image_ids(dataset, count)
     else:
         metainfo = None
     if dl_cfg.get('num_workers', 0) == 0:
@@ -50,6 +52,8 @@ def evaluate(model: nn.Module,
         metainfo = dataloader.dataset.metainfo
     evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
     evaluator.dataset_meta = metainfo
+    if subset_ids is not None:
+        _restrict_image_ids(evaluator, subset_ids)
     was_training = model.training
     model.eval()
     bar = ProgressBar(len(dataloader))
@@ -61,3 +65,24 @@ def evaluate(model: nn.Module,
     print()
     model.train(was_training)
     return evaluator.evaluate(len(dataloader.dataset))
+
+
+def _image_ids(dataset: Any, count: int) -> Optional[List[Any]]:
+    """The ``img_id`` of the first ``count`` samples, if they have one."""
+    if not hasattr(dataset, 'get_data_info'):
+        return None
+    ids = [dataset.get_data_info(i).get('img_id') for i in range(count)]
+    return None if any(i is None for i in ids) else ids
+
+
+def _restrict_image_ids(evaluator: Evaluator, img_ids: List[Any]) -> None:
+    """Score COCO-style metrics on the evaluated images only.
+
+    ``CocoMetric`` (and its relatives) score the predictions against
+    *every* image of their annotation file unless told otherwise
+    (``img_ids``); on a subset the images never predicted would count as
+    all-missed and the mAP would be wrong.
+    """
+    for metric in evaluator.metrics:
+        if hasattr(metric, 'img_ids') and metric.img_ids is None:
+            metric.img_ids = list(img_ids)

@@ -18,6 +18,7 @@ class QuantizedModel(BaseModel):
 
         custom_imports = dict(imports=['mmquant'])
         model = dict(
+            _delete_=True,  # do not merge the base model's keys in
             type='mmquant.QuantizedModel',
             architecture=_base_.model,
             int_checkpoint='work_dirs/ptq/retinanet_w4a8_int.pth')
@@ -39,13 +40,22 @@ class QuantizedModel(BaseModel):
             own preprocessor is used. Accepted so that configs inheriting a
             top-level ``data_preprocessor`` still build.
         init_cfg (dict, optional): Unused; weights come from checkpoints.
+        **merged: Keys that mmengine's config inheritance merged in from
+            the base config's ``model`` when the child config writes
+            ``model = dict(type='mmquant.QuantizedModel',
+            architecture=_base_.model)`` without ``_delete_=True``
+            (``backbone``, ``neck``, ``head``, ``train_cfg`` ...). They are
+            accepted only if each equals the architecture's own entry;
+            anything else fails with a message naming it.
     """
 
     def __init__(self,
                  architecture: Union[Dict[str, Any], nn.Module],
                  int_checkpoint: Optional[str] = None,
                  data_preprocessor: Optional[Dict[str, Any]] = None,
-                 init_cfg: Optional[Dict[str, Any]] = None) -> None:
+                 init_cfg: Optional[Dict[str, Any]] = None,
+                 **merged: Any) -> None:
+        _check_merged_keys(architecture, merged)
         if isinstance(architecture, dict):
             architecture = ROOT_MODELS.build(architecture)
         if not isinstance(architecture, BaseModel):
@@ -66,6 +76,22 @@ class QuantizedModel(BaseModel):
         """Run the architecture in ``mode`` (``loss``/``predict``/
         ``tensor``)."""
         return self.architecture(inputs, data_samples, mode)
+
+
+def _check_merged_keys(architecture: Any, merged: Dict[str, Any]) -> None:
+    """Accept only the base ``model`` keys a config merge left behind."""
+    if not merged:
+        return
+    arch = architecture if isinstance(architecture, dict) else {}
+    stray = sorted(k for k in merged
+                   if k not in arch or arch[k] != merged[k])
+    if stray:
+        raise TypeError(
+            f'QuantizedModel got unexpected argument(s) {stray}. If they '
+            "come from the base config's model (a child config writing "
+            "model=dict(type='mmquant.QuantizedModel', architecture=...) "
+            "is merged into the base's model dict), add _delete_=True to "
+            'that dict; the model itself goes in `architecture`.')
 
 
 def _load_int_container(module: QuantizedModel, state_dict: Dict[str, Any],
