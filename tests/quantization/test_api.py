@@ -141,3 +141,20 @@ def test_bad_input(tiny, bad, error, match):
         mmquant.quantize(bad.get('model', tiny),
                          bad.get('data', batches(1)),
                          bad.get('config', None))
+
+
+def test_bn_reestimation_matches_quantized_batch_statistics():
+    model = init_model(TinyNet(), seed=5)
+    data = batches(2, 8)
+    qmodel, report = mmquant.quantize(
+        model, data, QuantConfig(w_bits=3, a_bits=None, bn_reestimation=True,
+                                 error_compensation=False))
+    assert report.timing['bn'] > 0
+    # the BN follows the stem: its new running mean is the mean of the
+    # quantized stem's outputs over the calibration batches
+    with torch.no_grad():
+        outs = torch.cat([qmodel.stem(x) for x in data])
+    expected = outs.mean(dim=(0, 2, 3))
+    assert torch.allclose(qmodel.bn.running_mean, expected, atol=1e-5)
+    assert not torch.allclose(model.bn.running_mean, expected, atol=1e-3)
+    assert not qmodel.bn.training and qmodel.bn.momentum == 0.1
