@@ -9,9 +9,9 @@ see :mod:`mmquant.core.grid`)::
 
 with ``A = X^T X``, ``c = X^T y`` (a column of ``C = X^T Y``) and
 ``yy = ||y||^2``. The data enters only through ``(A, C, yy)``; ``X`` is never
-needed again. The solver keeps ``h = A q`` (inside a sweep: the residuals
-``(c / s - h) / diag(A)``) up to date incrementally, so that the objective
-and every coordinate update are exact and cheap.
+needed again. The solver keeps ``h = A q`` (as ``h / diag(A)``), ``C^T q``
+and ``q^T A q`` up to date incrementally, so that the objective and every
+coordinate update are exact and cheap.
 
 Algorithm (all channels and, in :func:`solve_layer`, all groups at once):
 
@@ -38,6 +38,7 @@ Algorithm (all channels and, in :func:`solve_layer`, all groups at once):
 Every step is an exact minimisation, so the objective never increases.
 See ``docs/solver.md`` for the complexity and the degenerate-case policy.
 """
+import contextlib
 import functools
 import warnings
 from dataclasses import dataclass, field
@@ -56,14 +57,34 @@ __all__ = ['SolverResult', 'bitsplit_solve', 'solve_layer', 'objective']
 # declared when no coordinate is a candidate. Protects against endless
 # flip-flopping on rounding noise when t sits on a tie.
 _TOL = 1e-9
-# Coordinates per lazy-update block (residuals are refreshed by one GEMM
-# per block); smaller when there are many channels, so that a block tile
+# Coordinates per lazy-update block (u = A q / diag(A) is refreshed by one
+# GEMM per block); smaller when there are many channels, so that a block tile
 # stays below torch's 32768-element threshold for multi-threaded kernels
 # (the per-coordinate updates are too small to gain from threads).
 _BLOCK = 128
 _TILE = 32767
 # Largest non-zero fraction of a block's moves that uses a sparse GEMM.
 _SPARSE = 0.1
+# Intra-op threads used by the solver's rounds (None: leave torch's setting).
+# The rounds are thousands of small tensor operations; waking a thread pool
+# for each costs more than it gains, and on a machine shared with other
+# jobs it can cost milliseconds per operation.
+SOLVER_THREADS: Optional[int] = 1
+
+
+@contextlib.contextmanager
+def _solver_threads():
+    """Run the block in :data:`SOLVER_THREADS` intra-op threads."""
+    before = torch.get_num_threads()
+    want = SOLVER_THREADS
+    if want is None or want >= before:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -176,10 +197,10 @@ class _BatchedSolver:
     """State of one batched solve over ``G`` independent problems.
 
     Layout is channel-major (selecting channels gathers rows). Per channel
-    the state is the integers ``q`` and the residuals
-    ``R = (C^T / s - q A) / diag(A)`` (``(G, Mg, N)``; ``t = q + R`` are the
-    coordinate targets), the scale ``s``, ``c = C^T q``, ``d = q^T A q``
-    and the objective (``(G, Mg)``). ``A`` is ``(G, N, N)``, symmetric
+    the state is the integers ``q`` and ``u = (q A) / diag(A)``
+    (``(G, Mg, N)``), the scale ``s``, ``c = C^T q``, ``d = q^T A q`` and
+    the objective (``(G, Mg)``). The coordinate targets are
+    ``t = q + C^T / (s diag(A)) - u``. ``A`` is ``(G, N, N)``, symmetric
     positive semi-definite, with zero rows (and zero rows of ``C``) at
     dead coordinates.
 
@@ -189,7 +210,7 @@ class _BatchedSolver:
     """
 
     def __init__(self, A: Tensor, Ct: Tensor, yy: Tensor, q: Tensor,
-                 s: Tensor, bits: int) -> None:
+                 s: Tensor, bits: int, h: Tensor) -> None:
         self.A, self.Ct, self.yy, self.q, self.s = A, Ct, yy, q, s
         self.top = qmax(bits)
         self.diag = torch.diagonal(A, dim1=1, dim2=2)[:, None, :]
@@ -197,12 +218,10 @@ class _BatchedSolver:
         self.inv_a = torch.where(self.alive, 1.0 / torch.where(
             self.alive, self.diag, 1.0), 0.0)  # (G, 1, N)
         self.cta = Ct * self.inv_a  # C^T / diag(A)
-        h = torch.bmm(q, A)
-        self.R = (self.cta / s[:, :, None]).sub_(h.mul_(self.inv_a))
+        self.u = h.mul_(self.inv_a)  # h = q A
         self.table = _plane_table(bits).to(A.device)
         self.nb, self.off = 4 * self.top + 5, 2 * (self.top + 1)
-        self.c = (Ct * q).sum(2)
-        self.d = self._d(q, self.R, self.c, s)
+        self.c, self.d = self._terms(q, self.u, Ct)
         self.obj = yy - 2 * s * self.c + s * s * self.d
         self.history: List[float] = [float(self.obj.sum())]
         self.rounds = 0
@@ -210,15 +229,17 @@ class _BatchedSolver:
 
     @property
     def bfull(self) -> Tensor:
-        """``A[i, j] / A[j, j]`` (zero for dead ``j``): how much residual
-        ``R_j`` drops when ``q_i`` grows by one. Built on first use."""
+        """``A[i, j] / A[j, j]`` (zero for dead ``j``): how much ``u_j``
+        (and minus target ``t_j``) grows when ``q_i`` grows by one. Built
+        on first use."""
         if self._bfull is None:
             self._bfull = self.A * self.inv_a
         return self._bfull
 
-    def _d(self, q: Tensor, R: Tensor, c: Tensor, s: Tensor) -> Tensor:
-        """``q^T A q = c / s - sum q diag(A) R`` (``A q = C^T/s - a R``)."""
-        return c / s - (q * R).mul_(self.diag).sum(2)
+    def _terms(self, q: Tensor, u: Tensor,
+               Ct: Tensor) -> Tuple[Tensor, Tensor]:
+        """``c = C^T q`` and ``d = q^T A q = sum q diag(A) u``."""
+        return (Ct * q).sum(2), (q * u).mul_(self.diag).sum(2)
 
     def best(self, t: Tensor, q: Tensor, integer: bool) -> Tensor:
         """Best reachable value for targets ``t`` from current ``q``."""
@@ -242,31 +263,25 @@ class _BatchedSolver:
             tuple: whether anything moved, and the channels that moved
             (``None`` when all did).
         """
-        q, R, cta, Ct, s, yy, c, d = _select(
-            (self.q, self.R, self.cta, self.Ct, self.s, self.yy, self.c,
+        q, u, cta, Ct, s, yy, c, d = _select(
+            (self.q, self.u, self.cta, self.Ct, self.s, self.yy, self.c,
              self.d), ch)
         # Closed-form scale |c| / d; a negative optimum is absorbed by -q.
         ok = (d > 0) & (c != 0)
         new = c.abs() / torch.where(ok, d, 1.0)
         ok &= torch.isfinite(new) & (new > 0)
         flip = ok & (c < 0)
-        new = torch.where(ok, new, s)
-        # R = C^T/(s a) - qA/a: rescale the first term (and negate the
-        # second for flipped channels).
         if bool(flip.any()):
             sign = torch.where(flip, -1.0, 1.0)
             q.mul_(sign[:, :, None])
-            R.mul_(sign[:, :, None])
+            u.mul_(sign[:, :, None])
             c = c * sign
-            coef = 1.0 / new - sign / s
-        else:
-            coef = 1.0 / new - 1.0 / s
-        R.addcmul_(cta, coef[:, :, None])
-        s = new
+        s = torch.where(ok, new, s)
         obj = yy - 2 * s * c + s * s * d
         # Candidates: coordinates where some channel improves (q - t)^2
         # by more than _TOL.
-        t = q + R
+        inv_s = (1.0 / s)[:, :, None]
+        t = torch.addcmul(q - u, cta, inv_s)
         new_q = self.best(t, q, integer)
         # (q - t)^2 - (new - t)^2 = (q - new) (q + new - 2 t)
         gain = (q - new_q).mul_((q + new_q).sub_(t, alpha=2))
@@ -277,49 +292,57 @@ class _BatchedSolver:
         del mask
         if coords:
             sub = None
-            n_moved = int(moved_ch.sum())
-            if 2 * n_moved <= moved_ch.numel():
+            if 2 * int(moved_ch.sum()) <= moved_ch.numel():
                 # sweep only the channels that move (others would not)
                 sub = moved_ch.nonzero().flatten()
-            qs, Rs, Cts, ss, yys = _select((q, R, Ct, s, yy), sub)
-            self._sweep(qs, Rs, coords, integer)
-            cn = (Cts * qs).sum(2)
-            dn = self._d(qs, Rs, cn, ss)
+            qs, us, ctas, Cts, ss, yys, inv_ss, cn, dn = _select(
+                (q, u, cta, Ct, s, yy, inv_s, c, d), sub)
+            if sub is None:  # the sweep updates c and d in place
+                cn, dn = cn.clone(), dn.clone()
+            self._sweep(qs, us, ctas, inv_ss, Cts, cn, dn, coords, integer)
             objs = yys - 2 * ss * cn + ss * ss * dn
             if sub is None:
                 c, d, obj = cn, dn, objs
             else:
                 q.index_copy_(1, sub, qs)
-                R.index_copy_(1, sub, Rs)
+                u.index_copy_(1, sub, us)
                 obj.index_copy_(1, sub, objs)
                 c.index_copy_(1, sub, cn)
                 d.index_copy_(1, sub, dn)
         if ch is None:
             self.s, self.obj, self.c, self.d = s, obj, c, d
         else:
-            for name, val in (('q', q), ('R', R), ('s', s), ('obj', obj),
+            for name, val in (('q', q), ('u', u), ('s', s), ('obj', obj),
                               ('c', c), ('d', d)):
                 getattr(self, name).index_copy_(1, ch, val)
         if not coords:
             return False, None
         if 2 * int(moved_ch.sum()) > moved_ch.numel():
-            return True, ch  # mostly everyone still moves: keep them all
+            return True, ch  # most channels still move: keep them all
         sub = moved_ch.nonzero().flatten()
         return True, sub if ch is None else ch.index_select(0, sub)
 
-    def _sweep(self, Q: Tensor, R: Tensor, coords: List[int],
+    def _sweep(self, Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
+               Ct: Tensor, c: Tensor, d: Tensor, coords: List[int],
                integer: bool) -> None:
         """One Gauss-Seidel pass over ``coords`` (ascending), in place.
 
-        The residuals ``R`` of all coordinates are refreshed by one GEMM
-        per block of coordinates; inside a block only the block's targets
-        move, by one rank-1 update of a ``B x m`` tile per moved
-        coordinate. The step of coordinate ``i`` is ``clip(round(t_i))``
-        (integers) or a table lookup (bit planes).
+        ``U`` of all coordinates is refreshed by one GEMM per block of
+        coordinates; inside a block only the block's targets move, by one
+        rank-1 update of a ``B x m`` tile per moved coordinate. The step of
+        coordinate ``i`` is ``clip(round(t_i))`` (integers) or a table
+        lookup (bit planes). ``c`` and ``d`` follow per block:
+        ``c += C_b^T delta``, ``d += delta^T A_b (2 q + delta)`` restricted
+        to the block ``b`` (``A q`` on the block is ``diag(A) u``).
 
         Args:
             Q: ``(G, m, N)`` integers (float64), updated in place.
-            R: ``(G, m, N)`` residuals, updated in place.
+            U: ``(G, m, N)`` ``(q A) / diag(A)``, updated in place.
+            cta: ``(G, m, N)`` ``C^T / diag(A)``.
+            inv_s: ``(G, m, 1)`` inverse scales.
+            Ct: ``(G, m, N)`` ``C^T``.
+            c: ``(G, m)`` ``C^T q``, updated in place.
+            d: ``(G, m)`` ``q^T A q``, updated in place.
             coords: Ascending coordinates to visit.
             integer: Integer coordinates instead of bit planes.
         """
@@ -333,8 +356,8 @@ class _BatchedSolver:
                 idx = rel = None
                 brows = bfull[:, c0:c1]  # (G, B, N)
                 bb = brows[:, :, c0:c1].clone()
-                q0 = Q[:, :, c0:c1].transpose(1, 2).contiguous()
-                tb = R[:, :, c0:c1].transpose(1, 2).add(q0)
+                q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1].clone()
+                tb = torch.addcmul(q0 - u0, cta[:, :, c0:c1], inv_s)
             else:
                 idx = torch.tensor(blk, device=dev)
                 if c1 - c0 <= 2 * len(blk):
@@ -346,13 +369,15 @@ class _BatchedSolver:
                     rel = None
                     brows = bfull.index_select(1, idx)
                     bb = brows.index_select(2, idx)
-                q0 = Q.index_select(2, idx).transpose(1, 2).contiguous()
-                tb = R.index_select(2, idx).transpose(1, 2).add(q0)
+                q0, u0 = Q.index_select(2, idx), U.index_select(2, idx)
+                tb = torch.addcmul(q0 - u0, cta.index_select(2, idx), inv_s)
             # tb: (G, B, m) targets of the block; bb[:, i, j]: drop of
             # target j per unit move of q_i (zero diagonal: t_i does not
             # depend on q_i).
-            tb = tb.contiguous()
-            qb = q0.clone()
+            tb = tb.transpose(1, 2).contiguous()
+            # a copy even where the transposed view is already contiguous
+            qb = q0.transpose(1, 2).clone(
+                memory_format=torch.contiguous_format)
             torch.diagonal(bb, dim1=1, dim2=2).zero_()
             bcols = bb.unsqueeze(3).unbind(1)  # (G, B, 1) each
             trows = tb.unsqueeze(2).unbind(1)  # (G, 1, m) each
@@ -364,7 +389,16 @@ class _BatchedSolver:
                 moved = _visit_planes(trows, qrows, bcols, keys, tb, table,
                                       top)
             if moved:
-                delta = qb.sub_(q0).transpose(1, 2)  # (G, m, B)
+                delta = qb.transpose(1, 2).sub(q0)  # (G, m, B)
+                if idx is None:
+                    c += (delta * Ct[:, :, c0:c1]).sum(2)
+                    a = self.diag[:, :, c0:c1]
+                else:
+                    c += (delta * Ct.index_select(2, idx)).sum(2)
+                    a = self.diag.index_select(2, idx)
+                # (A delta) on the block = a * (delta + delta @ bb)
+                ad = torch.bmm(delta, bb).add_(delta)
+                d += (u0.mul_(2).add_(ad)).mul_(delta).mul_(a).sum(2)
                 if idx is None:
                     Q[:, :, c0:c1] += delta
                 else:
@@ -373,7 +407,7 @@ class _BatchedSolver:
                         delta = delta.new_zeros(*delta.shape[:2],
                                                 c1 - c0).index_copy_(
                                                     2, rel, delta)
-                _update_residuals(R, delta, brows)
+                _add_product(U, delta, brows)
 
     def run_phase(self, integer: bool, max_rounds: int) -> None:
         """Rounds until nothing moves or ``max_rounds``."""
@@ -384,6 +418,10 @@ class _BatchedSolver:
             self.history.append(float(self.obj.sum()))
             if not moved:
                 break
+        # drop the rounding drift of the incremental c and d
+        self.c, self.d = self._terms(self.q, self.u, self.Ct)
+        s = self.s
+        self.obj = self.yy - 2 * s * self.c + s * s * self.d
 
 
 def _visit_integer(trows: Tuple[Tensor, ...], qrows: Tuple[Tensor, ...],
@@ -425,22 +463,22 @@ def _visit_planes(trows: Tuple[Tensor, ...], qrows: Tuple[Tensor, ...],
     return moved
 
 
-def _update_residuals(R: Tensor, delta: Tensor, brows: Tensor) -> None:
-    """``R -= delta @ brows`` (``(G, m, B) @ (G, B, N)``).
+def _add_product(U: Tensor, delta: Tensor, brows: Tensor) -> None:
+    """``U += delta @ brows`` (``(G, m, B) @ (G, B, N)``).
 
     ``delta`` is mostly zeros after the first round; for a single group a
     sparse (CSR) product is used when at most ``_SPARSE`` of it is non-zero.
     """
-    if R.shape[0] == 1 and R.device.type == 'cpu':
+    if U.shape[0] == 1 and U.device.type == 'cpu':
         d = delta[0]
         nnz = int(torch.count_nonzero(d))
         if nnz <= _SPARSE * d.numel():
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # "CSR support is in beta"
                 sparse = d.to_sparse_csr()
-            R[0].addmm_(sparse, brows[0], alpha=-1)
+            U[0].addmm_(sparse, brows[0])
             return
-    R.baddbmm_(delta, brows, alpha=-1)
+    U.baddbmm_(delta, brows)
 
 
 def _select(tensors: Tuple[Tensor, ...],
@@ -473,8 +511,31 @@ def _solve_batched(weight: Tensor, A: Tensor, C: Tensor, yy: Tensor,
         objective_init ``(G, Mg)``, objective ``(G, Mg)``, rounds, history.
     """
     G, Mg, N = weight.shape
-    top = qmax(bits)
     _check_gram(A, C)
+    with _solver_threads():
+        q, s = _initial(weight, bits, q_init, scale_init)
+    h = torch.bmm(q, A)  # one large GEMM: torch's own thread setting
+    with _solver_threads():
+        Ct = C.transpose(1, 2).contiguous()
+        st = _BatchedSolver(A, Ct, yy, q, s, bits, h)
+        obj_init = st.obj.clone()
+        if N > 0 and Mg > 0 and max_rounds > 0:
+            st.run_phase(False, max_rounds)
+            if refine_integer:
+                st.run_phase(True, max_rounds)
+        scale32 = st.s.to(torch.float32)
+        s64 = scale32.to(torch.float64)
+        # Objective with the stored (float32) scales; c is exact, d up to
+        # the rounding of the incremental updates.
+        obj = yy - 2 * s64 * st.c + s64 * s64 * st.d
+    return st.q, scale32, obj_init, obj, st.rounds, st.history
+
+
+def _initial(weight: Tensor, bits: int, q_init: Optional[Tensor],
+             scale_init: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Initial ``q (G, Mg, N)`` and ``s (G, Mg)``: MSE-RTN or given."""
+    G, Mg, N = weight.shape
+    top = qmax(bits)
     w2 = weight.reshape(G * Mg, N)
     if q_init is None and scale_init is None:
         q2, s2 = mse_rtn_float64(w2, bits)
@@ -489,21 +550,7 @@ def _solve_batched(weight: Tensor, A: Tensor, C: Tensor, yy: Tensor,
             s2 = torch.where(ok, num / torch.where(ok, den, 1.0), 1.0)
         else:
             s2 = scale_init.reshape(-1)
-    q = q2.reshape(G, Mg, N).clone()
-    s = s2.reshape(G, Mg).clone()
-    Ct = C.transpose(1, 2).contiguous()
-    st = _BatchedSolver(A, Ct, yy, q, s, bits)
-    obj_init = st.obj.clone()
-    if N > 0 and Mg > 0 and max_rounds > 0:
-        st.run_phase(False, max_rounds)
-        if refine_integer:
-            st.run_phase(True, max_rounds)
-    scale32 = st.s.to(torch.float32)
-    s64 = scale32.to(torch.float64)
-    # Objective with the stored (float32) scales; c is exact, d up to the
-    # rounding of the incremental updates.
-    obj = yy - 2 * s64 * st.c + s64 * s64 * st.d
-    return st.q, scale32, obj_init, obj, st.rounds, st.history
+    return q2.reshape(G, Mg, N).clone(), s2.reshape(G, Mg).clone()
 
 
 def _check_gram(A: Tensor, C: Tensor) -> None:

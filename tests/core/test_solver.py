@@ -474,3 +474,10 @@ def test_solve_layer_needs_statistics():
     acc = StatsAccumulator(LayerGeometry.from_module(conv))
     with pytest.raises(ValueError, match='no statistics'):
         solve_layer(conv.weight.detach(), acc, 4)
+
+
+def test_solver_restores_torch_threads(problem):
+    P = problem(12, 3, 50, seed=4)
+    before = torch.get_num_threads()
+    bitsplit_solve(P['W'], P['A'], P['C'], 4, P['yy'])
+    assert torch.get_num_threads() == before
