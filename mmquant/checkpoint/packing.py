@@ -26,13 +26,13 @@ from typing import Tuple
 
 import torch
 
+from mmquant.core.grid import MAX_BITS, MIN_BITS, check_bits, qmax
+
 __all__ = [
     'MIN_BITS', 'MAX_BITS', 'int_range', 'packed_nbytes', 'pack_int',
     'unpack_int'
 ]
 
-MIN_BITS = 2
-MAX_BITS = 8
 
 # Number of values processed per vectorised step.  Must be a multiple of 8
 # so that every chunk starts on a byte boundary for every width.
@@ -40,27 +40,6 @@ _CHUNK = 1 << 21
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64,
                torch.uint8)
-
-
-def _check_bits(bits: int) -> int:
-    """Validate a bit width.
-
-    Args:
-        bits: Requested bit width.
-
-    Returns:
-        The bit width as a Python ``int``.
-
-    Raises:
-        ValueError: If ``bits`` is not an integer in ``[2, 8]``.
-    """
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise ValueError(f'bits must be an int in [{MIN_BITS}, {MAX_BITS}], '
-                         f'got {bits!r}')
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f'bits must be in [{MIN_BITS}, {MAX_BITS}], '
-                         f'got {bits}')
-    return bits
 
 
 def int_range(bits: int) -> Tuple[int, int]:
@@ -76,8 +55,8 @@ def int_range(bits: int) -> Tuple[int, int]:
     Raises:
         ValueError: If ``bits`` is outside ``[2, 8]``.
     """
-    qmax = (1 << (_check_bits(bits) - 1)) - 1
-    return -qmax, qmax
+    top = qmax(bits)
+    return -top, top
 
 
 def packed_nbytes(numel: int, bits: int) -> int:
@@ -94,7 +73,7 @@ def packed_nbytes(numel: int, bits: int) -> int:
         ValueError: If ``numel`` is negative or not an int, or ``bits`` is
             outside ``[2, 8]``.
     """
-    _check_bits(bits)
+    check_bits(bits)
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f'numel must be a non-negative int, got {numel!r}')
     return (numel * bits + 7) // 8
@@ -232,7 +211,7 @@ def pack_int(q: torch.Tensor, bits: int) -> torch.Tensor:
             min/max), or ``q`` holds non-integral or non-finite values.
         TypeError: If ``q`` is not a tensor of integer or floating dtype.
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     flat = _to_int64(q, bits)
     numel = flat.numel()
     nbytes = packed_nbytes(numel, bits)
@@ -274,7 +253,7 @@ def unpack_int(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
             reserved code ``2**(bits-1)`` (corrupted data).
         TypeError: If ``packed`` is not a tensor.
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     nbytes = packed_nbytes(numel, bits)
     if not isinstance(packed, torch.Tensor):
         raise TypeError('packed must be a torch.Tensor, got '
