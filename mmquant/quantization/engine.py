@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmquant.core.activation import ActivationObserver
+from mmquant.core.activation import (ActivationObserver,
+                                     fake_quantize_activation)
 from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
@@ -348,10 +349,7 @@ class _Run:
                 geom, max_bytes=self.cfg.max_stats_bytes)
         except ValueError as err:
             raise ValueError(f'layer {state.name!r}: {err}') from None
-        state.observer = ActivationObserver(
-            max_samples=self.cfg.act_samples,
-            generator=torch.Generator().manual_seed(
-                self.cfg.seed + 7919 * state.order))
+        state.observer = self._observer(state)
         rows = self.cfg.rows_per_layer
         if rows is not None:
             state.rows_per_call = max(
@@ -439,7 +437,8 @@ class _Run:
             act = self._fit_activation(state)
             for x, y in zip(inputs, state.targets):
                 if act is not None:
-                    x = _fake_quant_rows(x, *act, state.spec.a_bits)
+                    x = fake_quantize_activation(x, act[0],
+                                                 state.spec.a_bits, act[1])
                 state.acc.update_rows(x, y)
             del inputs
             state.targets, state.indices = [], []
@@ -460,10 +459,7 @@ class _Run:
         def on_call(state: _LayerState) -> Callable[[OpCall], None]:
             def handle(call: OpCall) -> None:
                 if state.observer is None:
-                    state.observer = ActivationObserver(
-                        max_samples=self.cfg.act_samples,
-                        generator=torch.Generator().manual_seed(
-                            self.cfg.seed + 7919 * state.order))
+                    state.observer = self._observer(state)
                 state.observer.update(call.module_input)
             return handle
 
@@ -480,12 +476,20 @@ class _Run:
             state.report.time_s = round(time.perf_counter() - t0, 4)
 
     # ------------------------------------------------------------ common
+    def _observer(self, state: _LayerState) -> ActivationObserver:
+        """The seeded activation observer of one layer's input."""
+        return ActivationObserver(
+            max_samples=self.cfg.act_samples,
+            generator=torch.Generator().manual_seed(
+                self.cfg.seed + 7919 * state.order))
+
     def _fit_activation(self, state: _LayerState
                         ) -> Optional[Tuple[float, bool]]:
-        if state.spec.a_bits is None or state.report.act_scale is not None:
-            if state.report.act_scale is not None:
-                return state.report.act_scale, state.report.act_signed
+        """Fit (once) and return the layer's input scale and grid."""
+        if state.spec.a_bits is None:
             return None
+        if state.report.act_scale is not None:
+            return state.report.act_scale, state.report.act_signed
         t0 = time.perf_counter()
         scale, signed = state.observer.fit(state.spec.a_bits)
         state.report.act_scale = float(scale)
@@ -610,12 +614,6 @@ def _rel(obj: float, yy: float) -> float:
     if yy <= 0:
         return 0.0 if obj <= 0 else float('inf')
     return math.sqrt(max(obj, 0.0) / yy)
-
-
-def _fake_quant_rows(x: Tensor, scale: float, signed: bool,
-                     bits: int) -> Tensor:
-    from mmquant.core.activation import fake_quantize_activation
-    return fake_quantize_activation(x, scale, bits, signed)
 
 
 def _inside_quantized(model: nn.Module, name: str) -> bool:
