@@ -1,0 +1,702 @@
+"""Float vs quantized benchmark tables: run, record and render.
+
+:func:`run_benchmark` quantizes each model of a benchmark list with each
+method at each bit width, evaluates every result with the config's own
+test loop, and records one row per run (metrics, INT file size, PTQ wall
+time). :func:`render_markdown` turns the rows into OpenMMLab-style tables,
+:func:`update_readme` replaces the Results section of an algorithm README
+between two markers, and :func:`render_metafile` writes a ``metafile.yml``
+in OpenMMLab's model-index format.
+
+A benchmark list is an mmengine config with ``models`` (a list of dicts
+with ``name``, ``config``, ``checkpoint``, optional ``dataset``) and
+optionally ``methods``, ``bits``, ``calib_samples`` and ``eval_samples``.
+"""
+import json
+import os
+import os.path as osp
+import platform
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from torch import nn
+
+from mmquant.checkpoint.float_loading import sha256_file
+from mmquant.checkpoint.int_model import save_quantized
+from .calibration import (build_calib_dataloader, build_forward_fn,
+                          calib_dataloader_cfg, preprocess_batches)
+from .evaluation import evaluate
+from .ptq import build_float_model, build_quantizer
+
+#: Quantizer settings of every benchmark method (merged over the model
+#: config's own ``quantizer`` dict).
+METHODS: Dict[str, Dict[str, Any]] = {
+    'rtn': dict(type='mmquant.RTNQuantizer'),
+    'bitsplit-fast': dict(type='mmquant.BitSplitQuantizer',
+                          error_compensation=False),
+    'bitsplit': dict(type='mmquant.BitSplitQuantizer',
+                     error_compensation=True),
+}
+#: How each method is named in tables.
+METHOD_TITLES = {
+    'float': 'float',
+    'rtn': 'RTN',
+    'bitsplit-fast': 'BitSplit (fast)',
+    'bitsplit': 'BitSplit (EC)',
+}
+DEFAULT_BITS = ('w8a8', 'w4a8', 'w3a8', 'w2a8')
+#: (metric key, column title, scale) per task; the first is the one the
+#: delta vs float refers to.
+TASK_METRICS = {
+    'Image Classification': (('accuracy/top1', 'Top-1 (%)', 1.0),
+                             ('accuracy/top5', 'Top-5 (%)', 1.0)),
+    'Object Detection': (('coco/bbox_mAP', 'box AP', 100.0),
+                         ('coco/bbox_mAP_50', 'AP50', 100.0)),
+}
+README_START = '<!-- mmquant-benchmark:start -->'
+README_END = '<!-- mmquant-benchmark:end -->'
+_BITS_RE = re.compile(r'^w([2-8])a([2-8]|f)$')
+
+
+@dataclass
+class BenchmarkModel:
+    """One model of a benchmark list.
+
+    Args:
+        name (str): Name shown in the tables.
+        config (str): The model config (mmpretrain or mmdet).
+        checkpoint (str): Its float checkpoint.
+        dataset (str): Dataset name for the tables and the metafile.
+    """
+
+    name: str
+    config: str
+    checkpoint: str
+    dataset: str = ''
+
+
+@dataclass
+class BenchmarkRow:
+    """The result of one (model, method, bits) run.
+
+    Args:
+        model (str): The model's name.
+        config (str): Its config file.
+        task (str): ``'Image Classification'`` or ``'Object Detection'``.
+        dataset (str): The dataset name.
+        method (str): ``'float'`` or a key of :data:`METHODS`.
+        bits (str): ``'fp32'`` or ``'w{k}a{k}'``.
+        metrics (dict): The evaluator's metrics.
+        params (int): Parameters of the float model.
+        flops (int): Multiply-accumulates of the Conv2d/Linear layers for
+            one calibration image.
+        file_bytes (int): Size of the float or INT checkpoint file.
+        ptq_seconds (float, optional): Wall time of the quantization.
+        file (str): The checkpoint written (or read, for float).
+    """
+
+    model: str
+    config: str
+    task: str
+    dataset: str
+    method: str
+    bits: str
+    metrics: Dict[str, Any]
+    params: int
+    flops: int
+    file_bytes: int
+    ptq_seconds: Optional[float] = None
+    file: str = ''
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> Tuple[str, str, str]:
+        """(model, method, bits): what identifies a run."""
+        return (self.model, self.method, self.bits)
+
+
+def parse_bits(bits: str) -> Tuple[int, Optional[int]]:
+    """Parse ``'w4a8'`` into ``(4, 8)`` (``'w4af'``: float activations).
+
+    Args:
+        bits (str): The bit-width tag.
+
+    Returns:
+        tuple: ``(w_bits, a_bits or None)``.
+
+    Raises:
+        ValueError: If the tag is not ``w<2..8>a<2..8|f>``.
+    """
+    match = _BITS_RE.match(str(bits).lower())
+    if match is None:
+        raise ValueError(f'bad bit-width tag {bits!r}: expected '
+                         "'w<2..8>a<2..8>' (e.g. 'w4a8') or 'w<2..8>af' "
+                         'for float activations')
+    a = match.group(2)
+    return int(match.group(1)), None if a == 'f' else int(a)
+
+
+def check_methods(methods: Sequence[str]) -> List[str]:
+    """Validate method names.
+
+    Args:
+        methods (Sequence[str]): Keys of :data:`METHODS`.
+
+    Returns:
+        list[str]: The methods.
+    """
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f'unknown benchmark method {method!r}; choose '
+                             f'from {sorted(METHODS)}')
+    return list(methods)
+
+
+def load_benchmark_list(path: str) -> Tuple[List[BenchmarkModel], Config]:
+    """Read a benchmark list config.
+
+    Args:
+        path (str): The list config (``models = [dict(name, config,
+            checkpoint, dataset), ...]``).
+
+    Returns:
+        tuple: The models and the whole config (for defaults).
+    """
+    cfg = Config.fromfile(path)
+    entries = cfg.get('models')
+    if not entries:
+        raise ValueError(f'{path}: a benchmark list needs a non-empty '
+                         '`models` list')
+    models = []
+    for i, entry in enumerate(entries):
+        missing = [k for k in ('name', 'config', 'checkpoint')
+                   if not entry.get(k)]
+        if missing:
+            raise ValueError(f'{path}: models[{i}] lacks {missing}')
+        unknown = set(entry) - {'name', 'config', 'checkpoint', 'dataset'}
+        if unknown:
+            raise ValueError(f'{path}: models[{i}] has unknown keys '
+                             f'{sorted(unknown)}')
+        models.append(BenchmarkModel(**dict(entry)))
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f'{path}: model names must be unique: {names}')
+    return models, cfg
+
+
+def replace_data_root(cfg: Config, data_root: str) -> Config:
+    """Point every path under the config's ``data_root`` to another root.
+
+    The config's top-level ``data_root`` variable names the old root; every
+    string in the config that starts with it (dataset roots, COCO
+    annotation files of the evaluators) is rewritten.
+
+    Args:
+        cfg (Config): The model config.
+        data_root (str): The new root.
+
+    Returns:
+        Config: A new config.
+    """
+    old = cfg.get('data_root')
+    if not old:
+        raise ValueError(f'{cfg.filename}: --data-root needs the config to '
+                         'define a top-level `data_root`')
+    old_norm = old.rstrip('/')
+    new_norm = data_root.rstrip('/')
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(walk(v) for v in value)
+        if isinstance(value, str) and (value == old or value.startswith(
+                old_norm + '/') or value == old_norm):
+            return new_norm + value[len(old_norm):]
+        return value
+
+    new = Config(walk(cfg.to_dict()), filename=cfg.filename)
+    return new
+
+
+def model_task(model: nn.Module) -> str:
+    """``'Object Detection'`` for mmdet detectors, else classification.
+
+    Args:
+        model (nn.Module): The float model.
+
+    Returns:
+        str: The task name used in tables and metafiles.
+    """
+    if hasattr(model, 'bbox_head') or hasattr(model, 'roi_head'):
+        return 'Object Detection'
+    return 'Image Classification'
+
+
+def count_macs(model: nn.Module, batch: Dict[str, Any],
+               forward_fn: Callable[[nn.Module, Any], Any]) -> int:
+    """Multiply-accumulates of the Conv2d/Linear layers per image.
+
+    Counted with forward hooks on one calibration batch (works on every
+    model; no tracing) and divided by the batch size.
+
+    Args:
+        model (nn.Module): The model.
+        batch (dict): A preprocessed batch.
+        forward_fn (callable): ``forward_fn(model, batch)``.
+
+    Returns:
+        int: MACs per image (rounded down).
+    """
+    total = [0]
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_out = (module.in_channels // module.groups
+                       * module.kernel_size[0] * module.kernel_size[1])
+        else:
+            per_out = module.in_features
+        total[0] += output.numel() * per_out
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            forward_fn(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] // max(1, len(batch['inputs']))
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_',
+                               suffix=osp.basename(path))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def machine_description(device: str) -> str:
+    """One line naming the machine the benchmark ran on.
+
+    Args:
+        device (str): The torch device used.
+
+    Returns:
+        str: e.g. ``'x86_64 CPU, 2 cores, torch 2.9.1+cu128, device cpu'``.
+    """
+    text = (f'{platform.machine()} CPU, {os.cpu_count()} cores, '
+            f'{torch.get_num_threads()} torch threads, torch '
+            f'{torch.__version__}, device {device}')
+    if device.startswith('cuda') and torch.cuda.is_available():
+        text += f' ({torch.cuda.get_device_name(device)})'
+    return text
+
+
+def save_results(path: str, rows: List[BenchmarkRow],
+                 info: Dict[str, Any]) -> None:
+    """Write the rows and run information as JSON, atomically.
+
+    Args:
+        path (str): The JSON file.
+        rows (list[BenchmarkRow]): The results.
+        info (dict): Machine, command, settings.
+    """
+    data = dict(info=info, rows=[asdict(r) for r in rows])
+    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True)
+                       + '\n')
+
+
+def load_results(path: str) -> Tuple[List[BenchmarkRow], Dict[str, Any]]:
+    """Read a JSON file written by :func:`save_results`.
+
+    Args:
+        path (str): The JSON file.
+
+    Returns:
+        tuple: The rows and the run information.
+    """
+    with open(path) as f:
+        data = json.load(f)
+    return [BenchmarkRow(**r) for r in data['rows']], data.get('info', {})
+
+
+def run_benchmark(models: Sequence[BenchmarkModel],
+                  methods: Sequence[str],
+                  bits: Sequence[str],
+                  work_dir: str,
+                  calib_samples: int = 256,
+                  eval_samples: Optional[int] = None,
+                  device: str = 'cpu',
+                  data_root: Optional[str] = None,
+                  resume: bool = False,
+                  info: Optional[Dict[str, Any]] = None
+                  ) -> List[BenchmarkRow]:
+    """Quantize and evaluate every (model, method, bits) combination.
+
+    Each model is evaluated in float once; its calibration batches are
+    built once and shared by all runs. Every run writes its INT checkpoint
+    to ``<work_dir>/<model>/<method>_<bits>_int.pth``, and
+    ``<work_dir>/results.json`` is rewritten after every run, so an
+    interrupted benchmark keeps what it measured (``resume=True`` skips the
+    runs already there).
+
+    Args:
+        models (Sequence[BenchmarkModel]): The models.
+        methods (Sequence[str]): Keys of :data:`METHODS`.
+        bits (Sequence[str]): Bit-width tags, e.g. ``'w4a8'``.
+        work_dir (str): Output folder.
+        calib_samples (int): Calibration images per model.
+        eval_samples (int, optional): Evaluate on the first samples only.
+        device (str): ``'cpu'`` or ``'cuda'``.
+        data_root (str, optional): Replaces every config's ``data_root``.
+        resume (bool): Keep and skip the runs of an earlier results.json.
+        info (dict, optional): Extra run information for the JSON.
+
+    Returns:
+        list[BenchmarkRow]: All rows (float first for each model).
+    """
+    methods = check_methods(methods)
+    parsed = [(b.lower(), parse_bits(b)) for b in bits]
+    if calib_samples < 1:
+        raise ValueError(f'calib_samples must be >= 1, got {calib_samples}')
+    logger = MMLogger.get_current_instance()
+    results_path = osp.join(work_dir, 'results.json')
+    rows: List[BenchmarkRow] = []
+    if resume and osp.exists(results_path):
+        rows, _ = load_results(results_path)
+        logger.info(f'mmquant.benchmark: resuming, {len(rows)} runs kept '
+                    f'from {results_path}')
+    done = {r.key for r in rows}
+    info = dict(info or {}, machine=machine_description(device),
+                calib_samples=calib_samples, eval_samples=eval_samples,
+                methods=list(methods), bits=[b for b, _ in parsed])
+    total = len(models) * (1 + len(methods) * len(parsed))
+    count = 0
+    t_start = time.perf_counter()
+    timed = 0
+
+    def progress(what: str) -> None:
+        nonlocal count
+        count += 1
+        elapsed = time.perf_counter() - t_start
+        eta = ''
+        if timed:
+            left = total - count + 1
+            eta = f', ETA {elapsed / timed * left / 60:.1f} min'
+        logger.info(f'mmquant.benchmark [{count}/{total}] {what}'
+                    f' (elapsed {elapsed / 60:.1f} min{eta})')
+
+    for entry in models:
+        cfg = Config.fromfile(entry.config)
+        if data_root:
+            cfg = replace_data_root(cfg, data_root)
+        wanted = [(entry.name, 'float', 'fp32')] + [
+            (entry.name, m, b) for m in methods for b, _ in parsed]
+        if all(k in done for k in wanted):
+            count += len(wanted)
+            continue
+        model = build_float_model(cfg, entry.checkpoint).to(device)
+        task = model_task(model)
+        params = sum(p.numel() for p in model.parameters())
+        loader = build_calib_dataloader(
+            calib_dataloader_cfg(cfg), calib_samples, seed=0)
+        batches = preprocess_batches(model, loader)
+        forward_fn = build_forward_fn(model, batches)
+        flops = count_macs(model, batches[0], forward_fn)
+        common = dict(model=entry.name, config=entry.config, task=task,
+                      dataset=entry.dataset, params=params, flops=flops)
+        if (entry.name, 'float', 'fp32') not in done:
+            progress(f'{entry.name}: float')
+            t0 = time.perf_counter()
+            metrics = evaluate(model, cfg, eval_samples)
+            timed += 1
+            rows.append(BenchmarkRow(
+                method='float', bits='fp32', metrics=_plain(metrics),
+                file_bytes=osp.getsize(entry.checkpoint),
+                file=entry.checkpoint,
+                extra=dict(eval_seconds=round(time.perf_counter() - t0, 2),
+                           sha256=sha256_file(entry.checkpoint)),
+                **common))
+            save_results(results_path, rows, info)
+        else:
+            count += 1
+        for method in methods:
+            for tag, (w_bits, a_bits) in parsed:
+                if (entry.name, method, tag) in done:
+                    count += 1
+                    continue
+                progress(f'{entry.name}: {METHOD_TITLES[method]} {tag}')
+                overrides = dict(METHODS[method], w_bits=w_bits,
+                                 a_bits=a_bits)
+                quantizer = build_quantizer(cfg, overrides)
+                t0 = time.perf_counter()
+                qmodel, report = quantizer.quantize(model, batches,
+                                                    forward_fn)
+                ptq_seconds = time.perf_counter() - t0
+                path = osp.join(work_dir, _slug(entry.name),
+                                f'{method}_{tag}_int.pth')
+                os.makedirs(osp.dirname(path), exist_ok=True)
+                save_quantized(qmodel, path, dict(
+                    quantizer=dict(type=type(quantizer).__name__,
+                                   **quantizer.config.to_dict()),
+                    source_config=cfg.pretty_text,
+                    float_checkpoint=entry.checkpoint,
+                    mode=report.mode))
+                t1 = time.perf_counter()
+                metrics = evaluate(qmodel, cfg, eval_samples)
+                timed += 1
+                rows.append(BenchmarkRow(
+                    method=method, bits=tag, metrics=_plain(metrics),
+                    file_bytes=osp.getsize(path), file=path,
+                    ptq_seconds=round(ptq_seconds, 2),
+                    extra=dict(eval_seconds=round(
+                        time.perf_counter() - t1, 2),
+                        layers=len(report.quantized_layers),
+                        timing=report.timing),
+                    **common))
+                save_results(results_path, rows, info)
+                del qmodel
+        del model, batches
+    logger.info(f'mmquant.benchmark: {len(rows)} runs in {results_path}')
+    return rows
+
+
+def _plain(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for key, value in metrics.items():
+        if hasattr(value, 'item'):
+            value = value.item()
+        if isinstance(value, (int, float, str)) or value is None:
+            out[str(key)] = value
+    return out
+
+
+def _slug(name: str) -> str:
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'model'
+
+
+def _size(num: int) -> str:
+    if num >= 1024 ** 2:
+        return f'{num / 1024 ** 2:.2f} MiB'
+    return f'{num / 1024:.0f} KiB'
+
+
+def _metric(row: BenchmarkRow, key: str, scale: float) -> Optional[float]:
+    value = row.metrics.get(key)
+    if not isinstance(value, (int, float)) or value < 0:
+        return None
+    return float(value) * scale
+
+
+def _fmt(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return '-'
+    return f'{value:+.2f}' if signed else f'{value:.2f}'
+
+
+def _link(path: str, base: str) -> str:
+    if not path:
+        return '-'
+    rel = osp.relpath(osp.abspath(path), osp.abspath(base)) if base \
+        else path
+    return f'[{osp.basename(path)}]({rel})'
+
+
+def render_header(info: Dict[str, Any], command: str = '') -> str:
+    """The line above the tables: machine, command, samples.
+
+    Args:
+        info (dict): The ``info`` of :func:`load_results`.
+        command (str): Used when ``info`` has no command.
+
+    Returns:
+        str: A paragraph ending with a blank line.
+    """
+    evals = info.get('eval_samples')
+    evals = (f'the first {evals} test samples' if evals
+             else 'the full test set')
+    return (f'Measured on: {info.get("machine", "?")}. Command: '
+            f'`{info.get("command", command)}`. '
+            f'{info.get("calib_samples")} calibration images, evaluated on '
+            f'{evals}.\n\n')
+
+
+def render_markdown(rows: Sequence[BenchmarkRow],
+                    link_base: str = '') -> str:
+    """OpenMMLab-style Markdown tables, one per model.
+
+    Columns: Model, Params(M), Flops(G), Method, Bits, the task's two
+    metrics, the delta of the first vs float, the INT (or float) file
+    size, PTQ wall time, Config and Download (the float checkpoint).
+
+    Args:
+        rows (Sequence[BenchmarkRow]): Rows of :func:`run_benchmark`.
+        link_base (str): Folder the links are relative to (the folder of
+            the Markdown file); ``''`` keeps paths as recorded.
+
+    Returns:
+        str: The Markdown text.
+    """
+    order = {m: i for i, m in enumerate(['float', *METHODS])}
+    by_model: Dict[str, List[BenchmarkRow]] = {}
+    for row in rows:
+        by_model.setdefault(row.model, []).append(row)
+    parts = []
+    for name, group in by_model.items():
+        first = group[0]
+        metrics = TASK_METRICS[first.task]
+        floats = [r for r in group if r.method == 'float']
+        base = _metric(floats[0], *metrics[0][::2]) if floats else None
+        title = f'### {name}'
+        if first.dataset:
+            title += f' ({first.dataset})'
+        header = (['Model', 'Params(M)', 'Flops(G)', 'Method', 'Bits']
+                  + [m[1] for m in metrics]
+                  + [f'Δ {metrics[0][1].split(" ")[0]}', 'File',
+                     'PTQ time (s)', 'Config', 'Download'])
+        lines = [title, '', '| ' + ' | '.join(header) + ' |',
+                 '|' + ' --- |' * len(header)]
+
+        def sort_key(r: BenchmarkRow) -> Tuple[int, int]:
+            w = 32 if r.bits == 'fp32' else parse_bits(r.bits)[0]
+            return (order.get(r.method, 99), -w)
+
+        for row in sorted(group, key=sort_key):
+            values = [_metric(row, key, scale) for key, _, scale in metrics]
+            delta = None
+            if row.method != 'float' and base is not None \
+                    and values[0] is not None:
+                delta = values[0] - base
+            cells = [name, f'{row.params / 1e6:.2f}',
+                     f'{row.flops / 1e9:.3f}',
+                     METHOD_TITLES.get(row.method, row.method),
+                     'FP32' if row.bits == 'fp32' else row.bits.upper(),
+                     *[_fmt(v) for v in values], _fmt(delta, signed=True),
+                     _size(row.file_bytes),
+                     '-' if row.ptq_seconds is None
+                     else f'{row.ptq_seconds:.1f}',
+                     _link(row.config, link_base),
+                     _link(row.file, link_base)
+                     if row.method == 'float' else '-']
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        parts.append('\n'.join(lines))
+    return '\n\n'.join(parts) + '\n'
+
+
+def update_readme(path: str, section: str) -> None:
+    """Replace the text between the benchmark markers of a README.
+
+    Args:
+        path (str): The README (must contain :data:`README_START` and
+            :data:`README_END`, in this order, once each).
+        section (str): The new text between them.
+    """
+    with open(path) as f:
+        text = f.read()
+    starts, ends = text.count(README_START), text.count(README_END)
+    if starts != 1 or ends != 1 or \
+            text.index(README_START) > text.index(README_END):
+        raise ValueError(
+            f'{path}: needs exactly one {README_START!r} followed by one '
+            f'{README_END!r} line to mark the generated results '
+            f'(found {starts} and {ends})')
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    _atomic_write_text(path, head + README_START + '\n' + section.strip()
+                       + '\n' + README_END + tail)
+
+
+def render_metafile(rows: Sequence[BenchmarkRow],
+                    readme: str = 'configs/bitsplit/README.md') -> str:
+    """A ``metafile.yml`` in OpenMMLab's model-index format.
+
+    Args:
+        rows (Sequence[BenchmarkRow]): Rows of :func:`run_benchmark`.
+        readme (str): The README the collection points to.
+
+    Returns:
+        str: The YAML text.
+    """
+    import yaml
+    collection = dict(
+        Name='BitSplit',
+        Metadata=dict(Training_Data='calibration images only',
+                      Architecture=['Post-Training Quantization']),
+        Paper=dict(
+            Title='Towards Accurate Post-Training Network Quantization '
+            'via Bit-Split and Stitching',
+            URL='http://proceedings.mlr.press/v119/wang20c.html'),
+        README=readme)
+    models = []
+    for row in rows:
+        metrics = TASK_METRICS[row.task]
+        results = {}
+        for key, title, scale in metrics:
+            value = _metric(row, key, scale)
+            if value is not None:
+                results[_METAFILE_KEYS.get(key, title)] = round(value, 2)
+        models.append({
+            'Name': f'{_slug(row.model)}_{row.method}_{row.bits}'.lower(),
+            'In Collection': 'BitSplit',
+            'Config': row.config,
+            'Metadata': {
+                'Method': METHOD_TITLES.get(row.method, row.method),
+                'Weight bits': 32 if row.bits == 'fp32'
+                else parse_bits(row.bits)[0],
+                'Activation bits': 32 if row.bits == 'fp32'
+                else parse_bits(row.bits)[1] or 32,
+                'Parameters': row.params,
+                'FLOPs': row.flops,
+                'File size': row.file_bytes,
+            },
+            'Results': [dict(Task=row.task, Dataset=row.dataset or '-',
+                             Metrics=results)],
+        })
+    return yaml.safe_dump(dict(Collections=[collection], Models=models),
+                          sort_keys=False, allow_unicode=True, width=79)
+
+
+_METAFILE_KEYS = {
+    'accuracy/top1': 'Top 1 Accuracy',
+    'accuracy/top5': 'Top 5 Accuracy',
+    'coco/bbox_mAP': 'box AP',
+    'coco/bbox_mAP_50': 'box AP@0.5',
+}
+
+
+def write_metafile(path: str, rows: Sequence[BenchmarkRow],
+                   readme: str) -> None:
+    """Write :func:`render_metafile` atomically.
+
+    Args:
+        path (str): The ``metafile.yml``.
+        rows (Sequence[BenchmarkRow]): The results.
+        readme (str): The README the collection points to.
+    """
+    _atomic_write_text(path, render_metafile(rows, readme))
+
+
+__all__ = [
+    'BenchmarkModel', 'BenchmarkRow', 'METHODS', 'DEFAULT_BITS',
+    'parse_bits', 'load_benchmark_list', 'replace_data_root',
+    'count_macs', 'run_benchmark', 'render_header', 'render_markdown',
+    'update_readme',
+    'render_metafile', 'write_metafile', 'save_results', 'load_results'
+]
