@@ -157,13 +157,19 @@ def build_meta(config: str, epochs: Optional[int],
         dict: The meta data.
     """
     import mmpretrain
-    meta = dict(
-        config=config.replace(os.sep, '/'),
-        epochs=epochs,
-        test_top1=round(metrics.get('accuracy/top1', float('nan')), 4),
-        test_top5=round(metrics.get('accuracy/top5', float('nan')), 4),
-        torch=str(torch.__version__),
-        mmpretrain=str(mmpretrain.__version__))
+    meta = dict(config=config.replace(os.sep, '/'), epochs=epochs)
+    if 'accuracy/top1' in metrics:
+        meta.update(
+            test_top1=round(metrics['accuracy/top1'], 4),
+            test_top5=round(metrics.get('accuracy/top5', float('nan')), 4))
+    meta['test_metrics'] = {k: round(float(v), 4)
+                            for k, v in metrics.items()
+                            if isinstance(v, (int, float))}
+    meta.update(torch=str(torch.__version__),
+                mmpretrain=str(mmpretrain.__version__))
+    if any(k.startswith('coco/') for k in metrics):
+        import mmdet
+        meta['mmdet'] = str(mmdet.__version__)
     # Plain JSON types only (``torch.__version__`` is a str subclass that
     # weights-only loading refuses).
     return json.loads(json.dumps(meta))
@@ -195,7 +201,14 @@ def main() -> None:
     out_dir = osp.dirname(args.out)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-    torch.save({'state_dict': state_dict, 'meta': meta}, args.out)
+    # temp file + rename: an interrupted save never leaves a partial file
+    tmp = f'{args.out}.tmp{os.getpid()}'
+    try:
+        torch.save({'state_dict': state_dict, 'meta': meta}, tmp)
+        os.replace(tmp, args.out)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
     reloaded = load_float_checkpoint(args.out)
     if list(reloaded) != list(state_dict) or not all(
             torch.equal(reloaded[k], state_dict[k]) for k in state_dict):

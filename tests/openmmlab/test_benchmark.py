@@ -210,6 +210,12 @@ def test_offline_list_is_valid():
         bm.check_methods(cfg.methods)
         for tag in cfg.bits:
             bm.parse_bits(tag)
+    readme = osp.join(root, 'configs', 'bitsplit', 'README.md')
+    with open(readme) as f:
+        text = f.read()
+    # exactly one marked section for tools/benchmark.py --readme
+    assert text.count(bm.README_START) == text.count(bm.README_END) == 1
+    assert text.index(bm.README_START) < text.index(bm.README_END)
 
 
 def test_results_json_is_atomic(tmp_path, monkeypatch):
