@@ -112,7 +112,7 @@ def main() -> None:
             resume=args.resume, info=info)
         rows, info = load_results(results)
     md_path = osp.join(work_dir, 'results.md')
-    header = render_header(info, command)
+    header = render_header(info, command, rows)
     _atomic_write_text(md_path, header + render_markdown(
         rows, osp.dirname(md_path)))
     logger.info(f'mmquant.benchmark: tables in {md_path}')

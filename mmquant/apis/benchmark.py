@@ -379,14 +379,18 @@ def run_benchmark(models: Sequence[BenchmarkModel],
     logger = MMLogger.get_current_instance()
     results_path = osp.join(work_dir, 'results.json')
     rows: List[BenchmarkRow] = []
+    sessions: List[Dict[str, Any]] = []
     if resume and osp.exists(results_path):
-        rows, _ = load_results(results_path)
+        rows, old = load_results(results_path)
+        sessions = list(old.get('sessions', []))
         logger.info(f'mmquant.benchmark: resuming, {len(rows)} runs kept '
                     f'from {results_path}')
     done = {r.key for r in rows}
-    info = dict(info or {}, machine=machine_description(device),
-                calib_samples=calib_samples, eval_samples=eval_samples,
-                methods=list(methods), bits=[b for b, _ in parsed])
+    # one entry per invocation (a resumed benchmark lists all of them)
+    sessions.append(dict(info or {}, machine=machine_description(device)))
+    info = dict(sessions=sessions, calib_samples=calib_samples,
+                eval_samples=eval_samples, methods=list(methods),
+                bits=[b for b, _ in parsed])
     total = len(models) * (1 + len(methods) * len(parsed))
     count = 0
     t_start = time.perf_counter()
@@ -469,13 +473,23 @@ def run_benchmark(models: Sequence[BenchmarkModel],
                     extra=dict(eval_seconds=round(
                         time.perf_counter() - t1, 2),
                         layers=len(report.quantized_layers),
-                        timing=report.timing),
+                        timing=report.timing,
+                        load_average=_load_average()),
                     **common))
                 save_results(results_path, rows, info)
                 del qmodel
         del model, batches
+    save_results(results_path, rows, info)
     logger.info(f'mmquant.benchmark: {len(rows)} runs in {results_path}')
     return rows
+
+
+def _load_average() -> Optional[float]:
+    """The 1-minute load average (timings under load are slower)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _plain(metrics: Dict[str, Any]) -> Dict[str, Any]:
@@ -519,12 +533,14 @@ def _link(path: str, base: str) -> str:
     return f'[{osp.basename(path)}]({rel})'
 
 
-def render_header(info: Dict[str, Any], command: str = '') -> str:
-    """The line above the tables: machine, command, samples.
+def render_header(info: Dict[str, Any], command: str = '',
+                  rows: Optional[Sequence[BenchmarkRow]] = None) -> str:
+    """The line above the tables: machine, commands, samples, load.
 
     Args:
         info (dict): The ``info`` of :func:`load_results`.
-        command (str): Used when ``info`` has no command.
+        command (str): Used when ``info`` has no sessions.
+        rows (Sequence[BenchmarkRow], optional): For the load averages.
 
     Returns:
         str: A paragraph ending with a blank line.
@@ -532,10 +548,22 @@ def render_header(info: Dict[str, Any], command: str = '') -> str:
     evals = info.get('eval_samples')
     evals = (f'the first {evals} test samples' if evals
              else 'the full test set')
-    return (f'Measured on: {info.get("machine", "?")}. Command: '
-            f'`{info.get("command", command)}`. '
+    sessions = info.get('sessions') or [dict(command=command)]
+    machines = sorted({str(s.get('machine', '?')) for s in sessions})
+    commands = '; '.join(f'`{s.get("command", command)}`'
+                         for s in sessions)
+    label = 'Command' if len(sessions) == 1 else \
+        'Commands (one benchmark, resumed)'
+    text = (f'Measured on: {"; ".join(machines)}. {label}: {commands}. '
             f'{info.get("calib_samples")} calibration images, evaluated on '
-            f'{evals}.\n\n')
+            f'{evals}.')
+    loads = [r.extra.get('load_average') for r in rows or []
+             if r.extra.get('load_average') is not None]
+    if loads:
+        text += (f' 1-minute load average during the quantized runs: '
+                 f'{min(loads):.1f}-{max(loads):.1f} (PTQ times grow with '
+                 'load).')
+    return text + '\n\n'
 
 
 def render_markdown(rows: Sequence[BenchmarkRow],

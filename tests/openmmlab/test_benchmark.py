@@ -66,6 +66,7 @@ def test_rows_are_the_written_models(bench):
     assert saved == rows
     assert info['calib_samples'] == 12
     assert info['methods'] == ['rtn', 'bitsplit']
+    assert len(info['sessions']) == 1
 
 
 def test_resume_skips_finished_runs(bench, monkeypatch):
@@ -77,8 +78,13 @@ def test_resume_skips_finished_runs(bench, monkeypatch):
     monkeypatch.setattr(bm, 'build_float_model', no_run)
     again = bm.run_benchmark([model], ['rtn', 'bitsplit'],
                              ['w4a8', 'w2a8'], work_dir, calib_samples=12,
-                             resume=True)
+                             resume=True, info=dict(command='second'))
     assert again == rows
+    _, info = bm.load_results(osp.join(work_dir, 'results.json'))
+    assert [s.get('command') for s in info['sessions']] == [None, 'second']
+    header = bm.render_header(info, rows=rows)
+    assert 'Commands (one benchmark, resumed)' in header
+    assert '`second`' in header
 
 
 def test_markdown_rows(bench):
