@@ -25,6 +25,7 @@ Usage::
 
     python tools/benchmark_solver.py            # the full benchmark
     python tools/benchmark_solver.py --quick    # a small smoke run
+    python tools/benchmark_solver.py --sizes 256  # the 256 -> 256 layer only
 """
 import argparse
 import json
@@ -279,6 +280,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='direct-port rounds timed on the large problem')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads (default: torch\'s default)')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512],
+                        choices=[256, 512],
+                        help='which layers to run (channels in = out)')
     parser.add_argument('--json', default=None, help='write results here')
     args = parser.parse_args(argv)
     if args.threads:
@@ -292,10 +296,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows += run_problem('conv3x3 32->32', 32, 32, 1024, (4, 3), 100,
                             False, args.repeat, args.seed)
     else:
-        rows += run_problem('conv3x3 256->256', 256, 256, 8192, (4, 3), 100,
-                            False, args.repeat, args.seed)
-        rows += run_problem('conv3x3 512->512', 512, 512, 16384, (4, 3),
-                            args.timed_rounds, True, args.repeat, args.seed)
+        if 256 in args.sizes:
+            rows += run_problem('conv3x3 256->256', 256, 256, 8192, (4, 3),
+                                100, False, args.repeat, args.seed)
+        if 512 in args.sizes:
+            rows += run_problem('conv3x3 512->512', 512, 512, 16384, (4, 3),
+                                args.timed_rounds, True, args.repeat,
+                                args.seed)
     print(f'\nload average at end {os.getloadavg()[0]:.2f}\n')
     print(table(rows))
     if args.json:

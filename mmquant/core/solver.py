@@ -42,7 +42,7 @@ import contextlib
 import functools
 import warnings
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -60,11 +60,18 @@ _TOL = 1e-9
 # Coordinates per lazy-update block (u = A q / diag(A) is refreshed by one
 # GEMM per block); smaller when there are many channels, so that a block tile
 # stays below torch's 32768-element threshold for multi-threaded kernels
-# (the per-coordinate updates are too small to gain from threads).
+# (the per-iteration updates are too small to gain from threads).
 _BLOCK = 128
 _TILE = 32767
 # Largest non-zero fraction of a block's moves that uses a sparse GEMM.
 _SPARSE = 0.1
+# Inside a block, the channels that stopped moving are dropped from the tile
+# once the moving ones are at most this fraction of it.
+_COMPACT = 0.75
+# A round sweeps (and the next round checks) only the channels with a
+# candidate once they are at most this fraction of the current ones
+# (gathering them costs about as much as a few passes over all).
+_SHRINK = 0.8
 # Intra-op threads used by the solver's rounds (None: leave torch's setting).
 # The rounds are thousands of small tensor operations; waking a thread pool
 # for each costs more than it gains, and on a machine shared with other
@@ -193,6 +200,34 @@ def _check_finite(t: Tensor, name: str) -> None:
                          '(check the calibration data and the weights)')
 
 
+class _Workspace:
+    """Reusable flat buffers for the large temporaries of the rounds.
+
+    Allocating a fresh multi-megabyte tensor for every intermediate of
+    every round costs more than the arithmetic: the allocator hands such
+    blocks back to the operating system, and each new one is faulted in
+    again page by page.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._bufs: Dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: Sequence[int],
+            dtype: torch.dtype) -> Tensor:
+        """A contiguous ``shape`` view of buffer ``name`` (grown on
+        demand; the contents are undefined)."""
+        n = 1
+        for k in shape:
+            n *= k
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = torch.empty(max(n, 1), dtype=dtype,
+                              device=self.device)
+            self._bufs[name] = buf
+        return buf[:n].view(shape)
+
+
 class _BatchedSolver:
     """State of one batched solve over ``G`` independent problems.
 
@@ -226,6 +261,7 @@ class _BatchedSolver:
         self.history: List[float] = [float(self.obj.sum())]
         self.rounds = 0
         self._bfull: Optional[Tensor] = None
+        self.ws = _Workspace(A.device)
 
     @property
     def bfull(self) -> Tensor:
@@ -241,15 +277,36 @@ class _BatchedSolver:
         """``c = C^T q`` and ``d = q^T A q = sum q diag(A) u``."""
         return (Ct * q).sum(2), (q * u).mul_(self.diag).sum(2)
 
-    def best(self, t: Tensor, q: Tensor, integer: bool) -> Tensor:
-        """Best reachable value for targets ``t`` from current ``q``."""
-        top = self.top
+    def candidates(self, q: Tensor, u: Tensor, cta: Tensor, inv_s: Tensor,
+                   integer: bool) -> Tensor:
+        """Where the best reachable value ``new`` for the targets
+        ``t = q - u + cta inv_s`` lowers ``(q - t)^2`` by more than
+        ``_TOL``, as ``(q - new) (q + new - 2 t) > _TOL``.
+
+        Returns:
+            Tensor: bool, the shape of ``q``; a workspace buffer, valid
+            until the next call.
+        """
+        top, ws, shape = self.top, self.ws, q.shape
+        t = torch.sub(q, u, out=ws.get('t', shape, q.dtype))
+        t.addcmul_(cta, inv_s)
+        w, v = ws.get('w', shape, q.dtype), ws.get('v', shape, q.dtype)
         if integer:
-            return t.round().clamp_(-top, top)
-        key = torch.add((q + top) * self.nb + self.off,
-                        t.clamp(-top - 1.0, top + 1.0), alpha=2)
-        # key >= 0, so truncation is floor.
-        return q + self.table.take(key.long())
+            new = torch.round(t, out=v).clamp_(-top, top)
+            w = torch.add(q, new, out=w).sub_(t, alpha=2)
+            step = new.sub_(q)
+        else:
+            key = torch.mul(q, self.nb, out=w).add_(top * self.nb + self.off)
+            key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
+            # key >= 0, so truncation is floor
+            kl = ws.get('k', shape, torch.long).copy_(key)
+            step = torch.index_select(self.table, 0, kl.view(-1),
+                                      out=v.view(-1)).view(shape)
+            w = torch.add(step, q, alpha=2, out=w).sub_(t, alpha=2)
+        # step = new - q: the gain is -step (q + new - 2 t) > _TOL
+        mask = torch.lt(w.mul_(step), -_TOL,
+                        out=ws.get('m', shape, torch.bool))
+        return mask.logical_and_(self.alive)
 
     def round_(self, ch: Optional[Tensor],
                integer: bool) -> Tuple[bool, Optional[Tensor]]:
@@ -281,18 +338,17 @@ class _BatchedSolver:
         # Candidates: coordinates where some channel improves (q - t)^2
         # by more than _TOL.
         inv_s = (1.0 / s)[:, :, None]
-        t = torch.addcmul(q - u, cta, inv_s)
-        new_q = self.best(t, q, integer)
-        # (q - t)^2 - (new - t)^2 = (q - new) (q + new - 2 t)
-        gain = (q - new_q).mul_((q + new_q).sub_(t, alpha=2))
-        mask = (gain > _TOL) & self.alive
-        del t, new_q, gain
-        coords = mask.any(dim=1).any(dim=0).nonzero().flatten().tolist()
-        moved_ch = mask.any(dim=2).any(dim=0)
+        mask = self.candidates(q, u, cta, inv_s, integer)
+        # (amax over a bool's bytes is any, and fast over the outer dims)
+        mask = mask.view(torch.uint8)
+        coords = mask.amax(dim=1).amax(dim=0).nonzero().flatten().tolist()
+        moved_ch = mask.amax(dim=2).amax(dim=0).bool()
         del mask
+        n_moved = int(moved_ch.sum())
+        keep_all = n_moved > _SHRINK * moved_ch.numel()
         if coords:
             sub = None
-            if 2 * int(moved_ch.sum()) <= moved_ch.numel():
+            if not keep_all:
                 # sweep only the channels that move (others would not)
                 sub = moved_ch.nonzero().flatten()
             qs, us, ctas, Cts, ss, yys, inv_ss, cn, dn = _select(
@@ -317,7 +373,7 @@ class _BatchedSolver:
                 getattr(self, name).index_copy_(1, ch, val)
         if not coords:
             return False, None
-        if 2 * int(moved_ch.sum()) > moved_ch.numel():
+        if keep_all:
             return True, ch  # most channels still move: keep them all
         sub = moved_ch.nonzero().flatten()
         return True, sub if ch is None else ch.index_select(0, sub)
@@ -327,13 +383,16 @@ class _BatchedSolver:
                integer: bool) -> None:
         """One Gauss-Seidel pass over ``coords`` (ascending), in place.
 
-        ``U`` of all coordinates is refreshed by one GEMM per block of
-        coordinates; inside a block only the block's targets move, by one
-        rank-1 update of a ``B x m`` tile per moved coordinate. The step of
-        coordinate ``i`` is ``clip(round(t_i))`` (integers) or a table
-        lookup (bit planes). ``c`` and ``d`` follow per block:
-        ``c += C_b^T delta``, ``d += delta^T A_b (2 q + delta)`` restricted
-        to the block ``b`` (``A q`` on the block is ``diag(A) u``).
+        The coordinates are taken in blocks. Per block, the targets of the
+        block's coordinates are formed once (a ``m x B`` tile) and
+        :func:`_visit_block` runs the pass over them, updating only the
+        tile; then ``u`` of all coordinates is brought up to date by one
+        product with the block's rows of ``bfull``, and ``q``, ``c`` and
+        ``d`` follow: ``c += C_b^T delta``,
+        ``d += delta^T A_b (2 q + delta)`` restricted to the block ``b``
+        (``A q`` on the block is ``diag(A) u``). Moves are sparse after
+        the first rounds; :meth:`_apply_sparse` then does all of this from
+        the non-zeros alone.
 
         Args:
             Q: ``(G, m, N)`` integers (float64), updated in place.
@@ -353,61 +412,101 @@ class _BatchedSolver:
             blk = coords[start:start + step]
             c0, c1 = blk[0], blk[-1] + 1
             if c1 - c0 == len(blk):  # contiguous: views, no gathers
-                idx = rel = None
-                brows = bfull[:, c0:c1]  # (G, B, N)
-                bb = brows[:, :, c0:c1].clone()
-                q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1].clone()
+                idx = None
+                bb = bfull[:, c0:c1, c0:c1].clone()
+                q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1]
                 tb = torch.addcmul(q0 - u0, cta[:, :, c0:c1], inv_s)
             else:
+                # only the block's B x B entries of bfull are gathered;
+                # the update of u reads the rows it needs in place
                 idx = torch.tensor(blk, device=dev)
-                if c1 - c0 <= 2 * len(blk):
-                    # the span's rows as a view; the GEMM skips the gaps
-                    rel = idx - c0
-                    brows = bfull[:, c0:c1]
-                    bb = brows.index_select(1, rel).index_select(2, idx)
-                else:
-                    rel = None
-                    brows = bfull.index_select(1, idx)
-                    bb = brows.index_select(2, idx)
-                q0, u0 = Q.index_select(2, idx), U.index_select(2, idx)
-                tb = torch.addcmul(q0 - u0, cta.index_select(2, idx), inv_s)
-            # tb: (G, B, m) targets of the block; bb[:, i, j]: drop of
+                nb = len(blk)
+                bb = bfull.view(bfull.shape[0], -1).index_select(
+                    1, (idx[:, None] * bfull.shape[2] + idx).view(-1)).view(
+                        -1, nb, nb)
+                # (a gather is faster than index_select along the last dim)
+                gidx = idx.expand(*Q.shape[:2], -1)
+                q0, u0 = Q.gather(2, gidx), U.gather(2, gidx)
+                tb = torch.addcmul(q0 - u0, cta.gather(2, gidx), inv_s)
+            torch.diagonal(bb, dim1=1, dim2=2).zero_()
+            # tb: (G, m, B) targets of the block; bb[:, i, j]: drop of
             # target j per unit move of q_i (zero diagonal: t_i does not
             # depend on q_i).
-            tb = tb.transpose(1, 2).contiguous()
-            # a copy even where the transposed view is already contiguous
-            qb = q0.transpose(1, 2).clone(
-                memory_format=torch.contiguous_format)
-            torch.diagonal(bb, dim1=1, dim2=2).zero_()
-            bcols = bb.unsqueeze(3).unbind(1)  # (G, B, 1) each
-            trows = tb.unsqueeze(2).unbind(1)  # (G, 1, m) each
-            qrows = qb.unsqueeze(2).unbind(1)
-            if integer:
-                moved = _visit_integer(trows, qrows, bcols, tb, top)
+            qb = q0.clone(memory_format=torch.contiguous_format)
+            keys = None if integer else torch.mul(qb, self.nb).add_(
+                top * self.nb + self.off)
+            moved = _visit_block(tb, qb, bb.triu(1), keys, table, top,
+                                 self.nb)
+            if not moved:
+                continue
+            delta = qb.sub(q0)  # (G, m, B)
+            if self._apply_sparse(Q, U, Ct, c, d, delta, bb, c0, idx):
+                continue
+            if idx is None:
+                c += (delta * Ct[:, :, c0:c1]).sum(2)
+                a = self.diag[:, :, c0:c1]
             else:
-                keys = ((qb + top) * self.nb + self.off).unsqueeze(2).unbind(1)
-                moved = _visit_planes(trows, qrows, bcols, keys, tb, table,
-                                      top)
-            if moved:
-                delta = qb.transpose(1, 2).sub(q0)  # (G, m, B)
-                if idx is None:
-                    c += (delta * Ct[:, :, c0:c1]).sum(2)
-                    a = self.diag[:, :, c0:c1]
+                c += (delta * Ct.gather(2, gidx)).sum(2)
+                a = self.diag.index_select(2, idx)
+            # (A delta) on the block = a * (delta + delta @ bb)
+            ad = torch.bmm(delta, bb).add_(delta)
+            d += ad.add_(u0, alpha=2).mul_(delta).mul_(a).sum(2)
+            if idx is None:
+                Q[:, :, c0:c1] += delta
+                U.baddbmm_(delta, bfull[:, c0:c1])
+            else:
+                Q.scatter_add_(2, gidx, delta)
+                if c1 - c0 <= 2 * len(blk):
+                    # the span's rows as a view, the gaps of delta zero
+                    span = delta.new_zeros(*delta.shape[:2], c1 - c0)
+                    span.index_copy_(2, idx - c0, delta)
+                    U.baddbmm_(span, bfull[:, c0:c1])
                 else:
-                    c += (delta * Ct.index_select(2, idx)).sum(2)
-                    a = self.diag.index_select(2, idx)
-                # (A delta) on the block = a * (delta + delta @ bb)
-                ad = torch.bmm(delta, bb).add_(delta)
-                d += (u0.mul_(2).add_(ad)).mul_(delta).mul_(a).sum(2)
-                if idx is None:
-                    Q[:, :, c0:c1] += delta
-                else:
-                    Q.index_add_(2, idx, delta)
-                    if rel is not None:  # spread over the span
-                        delta = delta.new_zeros(*delta.shape[:2],
-                                                c1 - c0).index_copy_(
-                                                    2, rel, delta)
-                _add_product(U, delta, brows)
+                    U.baddbmm_(delta, bfull.index_select(1, idx))
+
+    def _apply_sparse(self, Q: Tensor, U: Tensor, Ct: Tensor, c: Tensor,
+                      d: Tensor, delta: Tensor, bb: Tensor, c0: int,
+                      idx: Optional[Tensor]) -> bool:
+        """Apply a block's moves ``delta`` as a sparse matrix, if it is one.
+
+        For a single group on the CPU with at most ``_SPARSE`` of ``delta``
+        non-zero (typical after the first round): ``u += delta B_rows`` as
+        a CSR product whose columns are the global coordinates (only the
+        rows of ``bfull`` of the moved coordinates are read), and ``q``,
+        ``c`` and ``d`` from the non-zeros alone.
+
+        Returns:
+            bool: Whether the moves were applied (else nothing changed).
+        """
+        if Q.shape[0] != 1 or Q.device.type != 'cpu':
+            return False
+        dl = delta[0]
+        m, B = dl.shape
+        nz = dl.nonzero()  # row-major: already in CSR order
+        if nz.shape[0] > _SPARSE * dl.numel():
+            return False
+        N = Q.shape[2]
+        rows, cols = nz.unbind(1)
+        vals = dl.view(-1).take(rows * B + cols)
+        gcols = cols + c0 if idx is None else idx.take(cols)
+        flat = rows * N + gcols
+        crow = rows.new_zeros(m + 1)
+        torch.cumsum(torch.bincount(rows, minlength=m), 0, out=crow[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # "CSR support is in beta"
+            local = torch.sparse_csr_tensor(crow, cols, vals, (m, B))
+            glob = torch.sparse_csr_tensor(crow, gcols, vals, (m, N))
+            # (A delta) / a on the block's non-zeros: delta + delta @ bb
+            ad = torch.sparse.mm(local, bb[0]).view(-1).take(
+                rows * B + cols).add_(vals)
+        # c += C^T delta; d += delta^T A (2 q + delta) = sum delta a
+        # (2 u + (A delta) / a), with u read before the update
+        c[0].index_add_(0, rows, vals * Ct[0].reshape(-1).take(flat))
+        du = U[0].view(-1).take(flat).mul_(2).add_(ad).mul_(vals)
+        d[0].index_add_(0, rows, du.mul_(self.diag.view(-1).take(gcols)))
+        Q[0].view(-1).index_add_(0, flat, vals)
+        U[0].addmm_(glob, self.bfull[0])
+        return True
 
     def run_phase(self, integer: bool, max_rounds: int) -> None:
         """Rounds until nothing moves or ``max_rounds``."""
@@ -424,61 +523,80 @@ class _BatchedSolver:
         self.obj = self.yy - 2 * s * self.c + s * s * self.d
 
 
-def _visit_integer(trows: Tuple[Tensor, ...], qrows: Tuple[Tensor, ...],
-                   bcols: Tuple[Tensor, ...], tb: Tensor, top: int) -> bool:
-    """Integer Gauss-Seidel over the rows of one block tile (hot loop)."""
-    moved = False
-    equal, addcmul = torch.equal, tb.addcmul_
-    for i in range(len(trows)):
-        qo = qrows[i]
-        qn = trows[i].round().clamp_(-top, top)
-        if equal(qn, qo):
-            continue
-        d = qn - qo
-        qo.copy_(qn)
-        addcmul(bcols[i], d, value=-1)
-        moved = True
-    return moved
+def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
+                 table: Tensor, top: int, nb: int) -> bool:
+    """Gauss-Seidel over the ``B`` coordinates of one block (hot loop).
 
+    Channels are independent, so instead of visiting the coordinates one
+    by one for all channels, every iteration finds, for each channel, the
+    first coordinate at which it moves (an argmax over the block) and makes
+    that move: the result is exactly the ascending pass, in as many
+    iterations as the largest number of moves of one channel in the block.
+    Only targets *after* the moved coordinate are updated (``bu`` is the
+    strictly upper triangle), and the moved coordinate's step becomes zero
+    (the integer step is the rounded target; the plane table maps its own
+    end point to a zero step), so passed coordinates never move again.
+    Channels that stop moving are dropped from the tiles once they are at
+    least ``1 - _COMPACT`` of them.
 
-def _visit_planes(trows: Tuple[Tensor, ...], qrows: Tuple[Tensor, ...],
-                  bcols: Tuple[Tensor, ...], keys: Tuple[Tensor, ...],
-                  tb: Tensor, table: Tensor, top: int) -> bool:
-    """Bit-plane Gauss-Seidel over the rows of one block tile (hot loop).
+    Args:
+        tb: ``(G, m, B)`` targets, overwritten.
+        qb: ``(G, m, B)`` integers, updated in place.
+        bu: ``(G, B, B)`` strictly upper triangle of the target drops.
+        keys: ``(G, m, B)`` plane-table keys of ``qb`` (overwritten), or
+            ``None`` for integer steps.
+        table: The plane table.
+        top: ``qmax``.
+        nb: Table row length (a unit move of ``q`` moves the key by it).
 
-    The step is ``table[keys + 2 clip(t)]``; the key is ``>= 0``, so the
-    ``long()`` truncation is a floor.
+    Returns:
+        bool: Whether anything moved.
     """
-    moved = False
     lo, hi = -top - 1.0, top + 1.0
-    zero = torch.zeros_like(qrows[0]) if qrows else None
-    equal, add, take, addcmul = torch.equal, torch.add, table.take, tb.addcmul_
-    for i in range(len(trows)):
-        d = take(add(keys[i], trows[i].clamp(lo, hi), alpha=2).long())
-        if equal(d, zero):
-            continue
-        qrows[i].add_(d)
-        addcmul(bcols[i], d, value=-1)
+    G, B = tb.shape[0], tb.shape[2]
+    sel: Optional[Tensor] = None  # channels of the tiles (None: all)
+    q = qb
+    moved = False
+    # each iteration moves every moving channel strictly forward: at most
+    # B moving iterations and one that finds nothing
+    for _ in range(B + 1):
+        if keys is None:
+            step = tb.round().clamp_(-top, top).sub_(q)
+        else:
+            # the key is >= 0, so the long() truncation is a floor
+            key = torch.add(keys, tb.clamp(lo, hi), alpha=2).long()
+            step = table.index_select(0, key.view(-1)).view(key.shape)
+        # first moving coordinate per channel (max returns the first
+        # maximum; 0 with a zero step where the channel does not move)
+        has, first = step.bool().view(torch.uint8).max(2, keepdim=True)
+        # channels moving in some group
+        act = has.view(-1) if G == 1 else has.view(has.shape[:2]).any(0)
+        n_act = int(act.sum())
+        if n_act == 0:
+            break
         moved = True
+        d = step.gather(2, first)  # (G, m, 1)
+        q.scatter_add_(2, first, d)
+        if keys is not None:
+            keys.scatter_add_(2, first, d * nb)
+        if G == 1:
+            rows = bu[0].index_select(0, first.view(-1))[None]
+        else:
+            rows = bu.gather(1, first.expand(-1, -1, B))
+        tb.addcmul_(rows, d, value=-1)
+        if n_act <= _COMPACT * act.numel():
+            keep = act.nonzero().flatten()
+            if sel is None:
+                sel = keep
+            else:
+                qb.index_copy_(1, sel, q)
+                sel = sel.index_select(0, keep)
+            q, tb = q.index_select(1, keep), tb.index_select(1, keep)
+            if keys is not None:
+                keys = keys.index_select(1, keep)
+    if sel is not None:
+        qb.index_copy_(1, sel, q)
     return moved
-
-
-def _add_product(U: Tensor, delta: Tensor, brows: Tensor) -> None:
-    """``U += delta @ brows`` (``(G, m, B) @ (G, B, N)``).
-
-    ``delta`` is mostly zeros after the first round; for a single group a
-    sparse (CSR) product is used when at most ``_SPARSE`` of it is non-zero.
-    """
-    if U.shape[0] == 1 and U.device.type == 'cpu':
-        d = delta[0]
-        nnz = int(torch.count_nonzero(d))
-        if nnz <= _SPARSE * d.numel():
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')  # "CSR support is in beta"
-                sparse = d.to_sparse_csr()
-            U[0].addmm_(sparse, brows[0])
-            return
-    U.baddbmm_(delta, brows)
 
 
 def _select(tensors: Tuple[Tensor, ...],
