@@ -17,6 +17,10 @@ Examples::
     python tools/benchmark.py configs/benchmarks/in1k_coco.py \
         --data-root /data/imagenet --models ResNet-18 --device cuda
 
+    # models run in parallel in their own work dirs, then one table
+    python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
+        --render-only --merge work_dirs/benchmark/resnet_only
+
     # re-render the tables from an earlier results.json, no runs
     python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
         --render-only --readme configs/bitsplit/README.md
@@ -33,8 +37,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmquant.apis.benchmark import (  # noqa: E402
     DEFAULT_BITS, METHODS, check_methods, load_benchmark_list,
-    load_results, parse_bits, render_header, render_markdown, run_benchmark,
-    update_readme, write_metafile, _atomic_write_text)
+    load_results, merge_results, parse_bits, render_header,
+    render_markdown, run_benchmark, save_results, update_readme,
+    write_metafile, write_text_atomic)
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,6 +74,10 @@ def parse_args() -> argparse.Namespace:
                         help='keep the runs of an earlier results.json')
     parser.add_argument('--render-only', action='store_true',
                         help='only render an earlier results.json')
+    parser.add_argument('--merge', nargs='+', metavar='RESULTS',
+                        help='results.json files (or their work dirs) of '
+                        'runs made in parallel: merged into this work '
+                        "dir's results.json before rendering")
     parser.add_argument('--readme', help='README whose marked Results '
                         'section is regenerated')
     parser.add_argument('--metafile', help='metafile.yml to regenerate')
@@ -98,6 +107,13 @@ def main() -> None:
     results = osp.join(work_dir, 'results.json')
     command = 'python tools/benchmark.py ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
+    if args.merge:
+        parts = [osp.join(p, 'results.json') if osp.isdir(p) else p
+                 for p in args.merge]
+        rows, info = merge_results(
+            ([results] if osp.exists(results) else []) + parts)
+        save_results(results, rows, info)
+        logger.info(f'mmquant.benchmark: merged {parts} into {results}')
     if args.render_only:
         rows, info = load_results(results)
     else:
@@ -113,7 +129,7 @@ def main() -> None:
         rows, info = load_results(results)
     md_path = osp.join(work_dir, 'results.md')
     header = render_header(info, command, rows)
-    _atomic_write_text(md_path, header + render_markdown(
+    write_text_atomic(md_path, header + render_markdown(
         rows, osp.dirname(md_path)))
     logger.info(f'mmquant.benchmark: tables in {md_path}')
     if args.readme:

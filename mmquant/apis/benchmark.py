@@ -275,7 +275,13 @@ def count_macs(model: nn.Module, batch: Dict[str, Any],
     return total[0] // max(1, len(batch['inputs']))
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` via a temporary file and a rename.
+
+    Args:
+        path (str): The file; its folder is created.
+        text (str): The content.
+    """
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_',
@@ -319,7 +325,7 @@ def save_results(path: str, rows: List[BenchmarkRow],
         info (dict): Machine, command, settings.
     """
     data = dict(info=info, rows=[asdict(r) for r in rows])
-    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True)
                        + '\n')
 
 
@@ -335,6 +341,52 @@ def load_results(path: str) -> Tuple[List[BenchmarkRow], Dict[str, Any]]:
     with open(path) as f:
         data = json.load(f)
     return [BenchmarkRow(**r) for r in data['rows']], data.get('info', {})
+
+
+def merge_results(paths: Sequence[str]
+                  ) -> Tuple[List[BenchmarkRow], Dict[str, Any]]:
+    """The union of several ``results.json`` files.
+
+    Lets models of one benchmark run in parallel processes with their own
+    work dirs, then be rendered as one table. A run present in several
+    files is taken from the last.
+
+    Args:
+        paths (Sequence[str]): ``results.json`` files.
+
+    Returns:
+        tuple: The rows (first occurrence order) and the merged info
+        (all sessions, the union of methods and bits).
+
+    Raises:
+        ValueError: If the files were measured with other calibration or
+            evaluation sample counts.
+    """
+    rows: Dict[Tuple[str, str, str], BenchmarkRow] = {}
+    info: Dict[str, Any] = {}
+    sessions: List[Dict[str, Any]] = []
+    for path in paths:
+        part, part_info = load_results(path)
+        for row in part:
+            rows[row.key] = row
+        if not info:
+            info = dict(part_info)
+            info['methods'] = list(info.get('methods', []))
+            info['bits'] = list(info.get('bits', []))
+        else:
+            for key in ('calib_samples', 'eval_samples'):
+                if part_info.get(key) != info.get(key):
+                    raise ValueError(
+                        f'cannot merge {path}: {key}='
+                        f'{part_info.get(key)!r}, the others have '
+                        f'{info.get(key)!r}')
+            for key in ('methods', 'bits'):
+                info[key] += [v for v in part_info.get(key, [])
+                              if v not in info[key]]
+        sessions += [s for s in part_info.get('sessions', [])
+                     if s not in sessions]
+    info['sessions'] = sessions
+    return list(rows.values()), info
 
 
 def run_benchmark(models: Sequence[BenchmarkModel],
@@ -647,7 +699,7 @@ def update_readme(path: str, section: str) -> None:
             f'(found {starts} and {ends})')
     head, rest = text.split(README_START)
     _, tail = rest.split(README_END)
-    _atomic_write_text(path, head + README_START + '\n' + section.strip()
+    write_text_atomic(path, head + README_START + '\n' + section.strip()
                        + '\n' + README_END + tail)
 
 
@@ -718,7 +770,7 @@ def write_metafile(path: str, rows: Sequence[BenchmarkRow],
         rows (Sequence[BenchmarkRow]): The results.
         readme (str): The README the collection points to.
     """
-    _atomic_write_text(path, render_metafile(rows, readme))
+    write_text_atomic(path, render_metafile(rows, readme))
 
 
 __all__ = [
@@ -726,5 +778,6 @@ __all__ = [
     'parse_bits', 'load_benchmark_list', 'replace_data_root',
     'count_macs', 'run_benchmark', 'render_header', 'render_markdown',
     'update_readme',
-    'render_metafile', 'write_metafile', 'save_results', 'load_results'
+    'render_metafile', 'write_metafile', 'save_results', 'load_results',
+    'merge_results', 'write_text_atomic'
 ]

@@ -237,3 +237,20 @@ def test_results_json_is_atomic(tmp_path, monkeypatch):
         bm.save_results(str(path), [], dict(a=2))
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ['results.json']
+
+
+def test_merge_results(bench, tmp_path):
+    _, _, rows = bench
+    info = dict(calib_samples=12, eval_samples=None, methods=['rtn'],
+                bits=['w4a8'], sessions=[dict(command='a')])
+    first, second = str(tmp_path / 'a.json'), str(tmp_path / 'b.json')
+    bm.save_results(first, rows[:3], info)
+    bm.save_results(second, rows[2:], dict(
+        info, methods=['bitsplit'], sessions=[dict(command='b')]))
+    merged, merged_info = bm.merge_results([first, second])
+    assert merged == rows
+    assert merged_info['methods'] == ['rtn', 'bitsplit']
+    assert [s['command'] for s in merged_info['sessions']] == ['a', 'b']
+    bm.save_results(second, rows[2:], dict(info, calib_samples=64))
+    with pytest.raises(ValueError, match='calib_samples=64'):
+        bm.merge_results([first, second])
