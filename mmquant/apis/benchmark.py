@@ -59,6 +59,9 @@ TASK_METRICS = {
     'Object Detection': (('coco/bbox_mAP', 'box AP', 100.0),
                          ('coco/bbox_mAP_50', 'AP50', 100.0)),
 }
+#: Title of the column with the first metric's change vs float.
+DELTA_TITLES = {'Image Classification': 'Δ Top-1',
+                'Object Detection': 'Δ box AP'}
 README_START = '<!-- mmquant-benchmark:start -->'
 README_END = '<!-- mmquant-benchmark:end -->'
 _BITS_RE = re.compile(r'^w([2-8])a([2-8]|f)$')
@@ -649,7 +652,7 @@ def render_markdown(rows: Sequence[BenchmarkRow],
             title += f' ({first.dataset})'
         header = (['Model', 'Params(M)', 'Flops(G)', 'Method', 'Bits']
                   + [m[1] for m in metrics]
-                  + [f'Δ {metrics[0][1].split(" ")[0]}', 'File',
+                  + [DELTA_TITLES[first.task], 'File',
                      'PTQ time (s)', 'Config', 'Download'])
         lines = [title, '', '| ' + ' | '.join(header) + ' |',
                  '|' + ' --- |' * len(header)]
