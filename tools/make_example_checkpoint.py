@@ -44,6 +44,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmquant.checkpoint.float_loading import (  # noqa: E402
     extract_state_dict, load_float_checkpoint, load_float_checkpoint_file,
     sha256_file)
+from mmquant.fileio import save_atomic  # noqa: E402
 
 DEFAULT_OUT = 'checkpoints/fmnist_resnet_tiny.pth'
 
@@ -198,17 +199,8 @@ def main() -> None:
         print(f'sha256 of {src}: {sha256_file(src)}')
         return
 
-    out_dir = osp.dirname(args.out)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
     # temp file + rename: an interrupted save never leaves a partial file
-    tmp = f'{args.out}.tmp{os.getpid()}'
-    try:
-        torch.save({'state_dict': state_dict, 'meta': meta}, tmp)
-        os.replace(tmp, args.out)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    save_atomic({'state_dict': state_dict, 'meta': meta}, args.out)
     reloaded = load_float_checkpoint(args.out)
     if list(reloaded) != list(state_dict) or not all(
             torch.equal(reloaded[k], state_dict[k]) for k in state_dict):

@@ -27,10 +27,11 @@ import os
 import os.path as osp
 import pickle
 import re
-import secrets
 from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
 import torch
+
+from mmquant.fileio import atomic_write
 
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
@@ -218,52 +219,6 @@ def _prepare_tensors(
     return out
 
 
-def _fsync_dir(dirpath: str) -> None:
-    """Flush a directory entry to disk where the platform supports it.
-
-    Args:
-        dirpath: The directory to sync.
-
-    Raises:
-        OSError: If syncing fails for a reason other than lack of support.
-    """
-    if os.name == 'nt':  # Directories cannot be opened for fsync there.
-        return
-    fd = os.open(dirpath, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _open_temp(dirpath: str, basename: str) -> Tuple[int, str]:
-    """Create a new, exclusive temporary file next to the final file.
-
-    The file is created with mode ``0o666`` so that the process umask
-    applies, as for a file created by ``open(path, 'wb')``.
-
-    Args:
-        dirpath: Directory of the final file.
-        basename: Name of the final file.
-
-    Returns:
-        ``(fd, temp_path)``.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0)
-    flags |= getattr(os, 'O_CLOEXEC', 0)
-    while True:
-        # Keep the name well under NAME_MAX (255) for long basenames.
-        tmp = osp.join(dirpath,
-                       f'.{basename[:200]}.{secrets.token_hex(6)}.tmp')
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
 def save_container(path: PathLike, tensors: Mapping[str, torch.Tensor],
                    meta: Mapping[str, Any]) -> None:
     """Write an INT checkpoint file atomically.
@@ -311,20 +266,7 @@ def save_container(path: PathLike, tensors: Mapping[str, torch.Tensor],
     if osp.isdir(path):
         raise IsADirectoryError(errno.EISDIR,
                                 'checkpoint path is a directory', path)
-    fd, tmp = _open_temp(dirpath, basename)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(dirpath)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 _UNSAFE_GLOBAL_RE = re.compile(r'GLOBAL\s+([\w.]+)')

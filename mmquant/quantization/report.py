@@ -1,8 +1,9 @@
 """What a quantization run did, layer by layer, as JSON-able records."""
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
+
+from mmquant.fileio import write_text_atomic
 
 
 @dataclass
@@ -87,9 +88,4 @@ class QuantReport:
         Args:
             path (str): Output file.
         """
-        tmp = f'{path}.tmp{os.getpid()}'
-        with open(tmp, 'w') as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))

