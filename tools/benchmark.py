@@ -39,7 +39,8 @@ from mmquant.apis.benchmark import (  # noqa: E402
     DEFAULT_BITS, METHODS, check_methods, load_benchmark_list,
     load_results, merge_results, parse_bits, render_header,
     render_markdown, run_benchmark, save_results, update_readme,
-    write_metafile, write_text_atomic)
+    write_metafile)
+from mmquant.fileio import write_text_atomic  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -17,7 +17,6 @@ import os
 import os.path as osp
 import platform
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -29,10 +28,10 @@ from torch import nn
 
 from mmquant.checkpoint.float_loading import sha256_file
 from mmquant.checkpoint.int_model import save_quantized
-from .calibration import (build_calib_dataloader, build_forward_fn,
-                          calib_dataloader_cfg, preprocess_batches)
+from mmquant.fileio import write_text_atomic
 from .evaluation import evaluate
-from .ptq import build_float_model, build_quantizer
+from .ptq import (build_float_model, build_quantizer, int_checkpoint_meta,
+                  prepare_calibration)
 
 #: Quantizer settings of every benchmark method (merged over the model
 #: config's own ``quantizer`` dict).
@@ -278,29 +277,6 @@ def count_macs(model: nn.Module, batch: Dict[str, Any],
     return total[0] // max(1, len(batch['inputs']))
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` via a temporary file and a rename.
-
-    Args:
-        path (str): The file; its folder is created.
-        text (str): The content.
-    """
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_',
-                               suffix=osp.basename(path))
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def machine_description(device: str) -> str:
     """One line naming the machine the benchmark ran on.
 
@@ -474,10 +450,8 @@ def run_benchmark(models: Sequence[BenchmarkModel],
         model = build_float_model(cfg, entry.checkpoint).to(device)
         task = model_task(model)
         params = sum(p.numel() for p in model.parameters())
-        loader = build_calib_dataloader(
-            calib_dataloader_cfg(cfg), calib_samples, seed=0)
-        batches = preprocess_batches(model, loader)
-        forward_fn = build_forward_fn(model, batches)
+        batches, forward_fn = prepare_calibration(
+            model, cfg, calib_samples, build_quantizer(cfg).config.seed)
         flops = count_macs(model, batches[0], forward_fn)
         common = dict(model=entry.name, config=entry.config, task=task,
                       dataset=entry.dataset, params=params, flops=flops)
@@ -512,12 +486,8 @@ def run_benchmark(models: Sequence[BenchmarkModel],
                 path = osp.join(work_dir, _slug(entry.name),
                                 f'{method}_{tag}_int.pth')
                 os.makedirs(osp.dirname(path), exist_ok=True)
-                save_quantized(qmodel, path, dict(
-                    quantizer=dict(type=type(quantizer).__name__,
-                                   **quantizer.config.to_dict()),
-                    source_config=cfg.pretty_text,
-                    float_checkpoint=entry.checkpoint,
-                    mode=report.mode))
+                save_quantized(qmodel, path, int_checkpoint_meta(
+                    quantizer, report, cfg, entry.checkpoint))
                 t1 = time.perf_counter()
                 metrics = evaluate(qmodel, cfg, eval_samples)
                 timed += 1
@@ -782,5 +752,5 @@ __all__ = [
     'count_macs', 'run_benchmark', 'render_header', 'render_markdown',
     'update_readme',
     'render_metafile', 'write_metafile', 'save_results', 'load_results',
-    'merge_results', 'write_text_atomic'
+    'merge_results'
 ]

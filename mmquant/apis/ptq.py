@@ -7,7 +7,7 @@ import copy
 import os
 import os.path as osp
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.logging import MMLogger
@@ -112,6 +112,56 @@ def build_quantizer(cfg: Config,
     return quantizer
 
 
+def prepare_calibration(model: nn.Module,
+                        cfg: Config,
+                        calib_samples: int = 256,
+                        seed: int = 0,
+                        batch_size: Optional[int] = None
+                        ) -> Tuple[List[Dict[str, Any]],
+                                   Callable[[nn.Module, Any], Any]]:
+    """Preprocessed calibration batches and the forward that runs them.
+
+    Args:
+        model (nn.Module): The float model.
+        cfg (Config): The config (its calibration dataloader).
+        calib_samples (int): Calibration images. Defaults to 256.
+        seed (int): Seed of the image subset. Defaults to 0.
+        batch_size (int, optional): Overrides the batch size.
+
+    Returns:
+        tuple: The batches and ``forward_fn(model, batch)``.
+    """
+    loader = build_calib_dataloader(
+        calib_dataloader_cfg(cfg), calib_samples, seed=seed,
+        batch_size=batch_size)
+    batches = preprocess_batches(model, loader)
+    return batches, build_forward_fn(model, batches)
+
+
+def int_checkpoint_meta(quantizer: BaseQuantizer, report: Any, cfg: Config,
+                        checkpoint: Optional[str]) -> Dict[str, Any]:
+    """The ``meta`` stored in an INT checkpoint written from a config.
+
+    Args:
+        quantizer (BaseQuantizer): The quantizer used.
+        report (QuantReport): Its report.
+        cfg (Config): The model config.
+        checkpoint (str, optional): The float checkpoint.
+
+    Returns:
+        dict: Quantizer settings, source config, float checkpoint and its
+        sha256, and the mode.
+    """
+    return dict(
+        quantizer=dict(type=type(quantizer).__name__,
+                       **quantizer.config.to_dict()),
+        source_config=cfg.pretty_text,
+        float_checkpoint=checkpoint,
+        float_checkpoint_sha256=sha256_file(checkpoint)
+        if checkpoint else None,
+        mode=report.mode)
+
+
 def run_ptq(cfg: Config,
             checkpoint: Optional[str],
             work_dir: str,
@@ -141,11 +191,8 @@ def run_ptq(cfg: Config,
     qc = quantizer.config
     model = build_float_model(cfg, checkpoint)
     t0 = time.perf_counter()
-    loader = build_calib_dataloader(
-        calib_dataloader_cfg(cfg), calib_samples, seed=qc.seed,
-        batch_size=calib_batch_size)
-    batches = preprocess_batches(model, loader)
-    forward_fn = build_forward_fn(model, batches)
+    batches, forward_fn = prepare_calibration(
+        model, cfg, calib_samples, qc.seed, calib_batch_size)
     t_data = time.perf_counter() - t0
     qmodel, report = quantizer.quantize(model, batches, forward_fn)
     report.timing['calibration_data'] = round(t_data, 4)
@@ -160,14 +207,9 @@ def run_ptq(cfg: Config,
     name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
     a_tag = qc.a_bits if qc.a_bits is not None else 'f'
     out_path = osp.join(work_dir, f'{name}_w{qc.w_bits}a{a_tag}_int.pth')
-    meta = dict(
-        quantizer=dict(type=type(quantizer).__name__, **qc.to_dict()),
-        source_config=cfg.pretty_text,
-        float_checkpoint=checkpoint,
-        float_checkpoint_sha256=sha256_file(checkpoint)
-        if checkpoint else None,
-        mode=report.mode)
-    sizes = save_quantized(qmodel, out_path, meta)
+    sizes = save_quantized(
+        qmodel, out_path, int_checkpoint_meta(quantizer, report, cfg,
+                                              checkpoint))
     report.extra.update(int_checkpoint=out_path, sizes=sizes,
                         metrics=_jsonable(metrics))
     report.save(osp.join(work_dir, 'report.json'))
