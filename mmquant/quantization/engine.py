@@ -30,7 +30,6 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence, Tuple, Union)
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmquant.core.activation import (ActivationObserver,

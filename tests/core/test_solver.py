@@ -106,7 +106,7 @@ def reference_solve(W, X, Y, bits, refine, max_rounds=100, tol=1e-9):
         return plane_step(qv, t)
 
     def run(integer: bool):
-        nonlocal q, s
+        nonlocal s
         for _ in range(max_rounds):
             P = X @ q.t()
             c, d = (Y * P).sum(0), (P * P).sum(0)
