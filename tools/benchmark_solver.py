@@ -92,9 +92,9 @@ def make_layer_problem(cin: int, cout: int, rows: int, seed: int) -> Dict:
 def statistics_f64(X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096):
     """``A = X^T X``, ``C = X^T Y``, ``yy`` in float64, streamed by rows."""
     N, M = X.shape[1], Y.shape[1]
-    A = torch.zeros(N, N, dtype=torch.float64)
-    C = torch.zeros(N, M, dtype=torch.float64)
-    yy = torch.zeros(M, dtype=torch.float64)
+    A = X.new_zeros(N, N, dtype=torch.float64)
+    C = X.new_zeros(N, M, dtype=torch.float64)
+    yy = X.new_zeros(M, dtype=torch.float64)
     for r in range(0, X.shape[0], chunk):
         x = X[r:r + chunk].double()
         y = Y[r:r + chunk].double()
@@ -102,6 +102,12 @@ def statistics_f64(X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096):
         C.addmm_(x.t(), y)
         yy += (y * y).sum(0)
     return A, C, yy
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on CUDA)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 def direct_port(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor,
@@ -127,12 +133,15 @@ def direct_port(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor,
         dict: ``q`` (int, ``(M, N)``), ``scale`` ``(M,)``, ``init_s`` (the
         initialisation time) and ``round_s`` (per-round times).
     """
+    dev = X.device
+    _sync(dev)
     t0 = time.perf_counter()
     q0, s0 = mse_rtn(W, bits)  # the paper's weight-error step is a no-op
     planes = list(split_planes(q0, bits).float().unbind(0))
     frac = [2.0**-j for j in range(bits - 1)]
     alpha = s0 * 2**(bits - 2)
     A = X.t() @ X
+    _sync(dev)
     init_s = time.perf_counter() - t0
     round_s: List[float] = []
     N = X.shape[1]
@@ -154,6 +163,7 @@ def direct_port(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor,
                 lump = 2 * (ABn * sj - T[:, n])
                 B[:, n] = -torch.sign(lump)
                 B[lump.abs() < sj * A[n, n], n] = 0
+        _sync(dev)
         round_s.append(time.perf_counter() - t1)
     q = stitch_planes(torch.stack(planes).to(torch.int8), bits)
     scale = alpha / 2**(bits - 2)
@@ -168,12 +178,16 @@ def score(q, scale, A, C, yy) -> Dict:
 
 def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
                 direct_rounds: Optional[int], extrapolate: bool,
-                repeat: int, seed: int) -> List[Dict]:
+                repeat: int, seed: int,
+                device: str = 'cpu') -> List[Dict]:
     """Benchmark one layer problem; returns the table rows."""
+    dev = torch.device(device)
     P = make_layer_problem(cin, cout, rows, seed)
-    X, Y, W = P['X'], P['Y'], P['W']
+    X, Y, W = (P[k].to(dev) for k in ('X', 'Y', 'W'))
+    _sync(dev)
     t = time.perf_counter()
     A, C, yy = statistics_f64(X, Y)
+    _sync(dev)
     stats_s = time.perf_counter() - t
     N = X.shape[1]
     print(f'\n{name}: N = {N}, M = {cout}, K = {X.shape[0]} rows; '
@@ -190,8 +204,10 @@ def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
         def solve_both() -> None:
             for label, refine in (('mmquant', True), ('mmquant_planes',
                                                        False)):
+                _sync(dev)
                 t = time.perf_counter()
                 res = bitsplit_solve(W, A, C, bits, yy, refine_integer=refine)
+                _sync(dev)
                 runs[label].append(time.perf_counter() - t)
                 results[label] = res
 
@@ -283,26 +299,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512],
                         choices=[256, 512],
                         help='which layers to run (channels in = out)')
+    parser.add_argument('--device', default='cpu',
+                        help='where both solvers run (e.g. cuda)')
     parser.add_argument('--json', default=None, help='write results here')
     args = parser.parse_args(argv)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available')
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f'machine: {platform.machine()}, {os.cpu_count()} CPUs, '
           f'{torch.get_num_threads()} torch threads, torch '
           f'{torch.__version__}, python {platform.python_version()}, load '
-          f'average at start {os.getloadavg()[0]:.2f}')
+          f'average at start {os.getloadavg()[0]:.2f}, device {args.device}'
+          + (f' ({torch.cuda.get_device_name(args.device)})'
+             if args.device.startswith('cuda') else ''))
     rows: List[Dict] = []
     if args.quick:
         rows += run_problem('conv3x3 32->32', 32, 32, 1024, (4, 3), 100,
-                            False, args.repeat, args.seed)
+                            False, args.repeat, args.seed, args.device)
     else:
         if 256 in args.sizes:
             rows += run_problem('conv3x3 256->256', 256, 256, 8192, (4, 3),
-                                100, False, args.repeat, args.seed)
+                                100, False, args.repeat, args.seed,
+                                args.device)
         if 512 in args.sizes:
             rows += run_problem('conv3x3 512->512', 512, 512, 16384, (4, 3),
                                 args.timed_rounds, True, args.repeat,
-                                args.seed)
+                                args.seed, args.device)
     print(f'\nload average at end {os.getloadavg()[0]:.2f}\n')
     print(table(rows))
     if args.json:

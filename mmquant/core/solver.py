@@ -58,9 +58,10 @@ __all__ = ['SolverResult', 'bitsplit_solve', 'solve_layer', 'objective']
 # flip-flopping on rounding noise when t sits on a tie.
 _TOL = 1e-9
 # Coordinates per lazy-update block (u = A q / diag(A) is refreshed by one
-# GEMM per block); smaller when there are many channels, so that a block tile
-# stays below torch's 32768-element threshold for multi-threaded kernels
-# (the per-iteration updates are too small to gain from threads).
+# GEMM per block; at most 255, see _visit_block). With several intra-op
+# threads, smaller when there are many channels, so that a block tile stays
+# below torch's 32768-element threshold for multi-threaded kernels (the
+# per-iteration updates are too small to gain from threads).
 _BLOCK = 128
 _TILE = 32767
 # Largest non-zero fraction of a block's moves that uses a sparse GEMM.
@@ -407,7 +408,7 @@ class _BatchedSolver:
         """
         top, table, bfull = self.top, self.table, self.bfull
         dev = Q.device
-        step = max(16, min(_BLOCK, _TILE // max(1, Q.shape[0] * Q.shape[1])))
+        step = _block_size(Q.shape[0] * Q.shape[1])
         for start in range(0, len(coords), step):
             blk = coords[start:start + step]
             c0, c1 = blk[0], blk[-1] + 1
@@ -554,6 +555,7 @@ def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
     """
     lo, hi = -top - 1.0, top + 1.0
     G, B = tb.shape[0], tb.shape[2]
+    pos = _positions(B, tb.device)
     sel: Optional[Tensor] = None  # channels of the tiles (None: all)
     q = qb
     moved = False
@@ -566,15 +568,18 @@ def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
             # the key is >= 0, so the long() truncation is a floor
             key = torch.add(keys, tb.clamp(lo, hi), alpha=2).long()
             step = table.index_select(0, key.view(-1)).view(key.shape)
-        # first moving coordinate per channel (max returns the first
-        # maximum; 0 with a zero step where the channel does not move)
-        has, first = step.bool().view(torch.uint8).max(2, keepdim=True)
+        # first moving coordinate per channel: position j weighs B - j, so
+        # the largest weight of the moving positions is the first of them
+        # (a max with indices is several times slower than amax)
+        val = step.bool().view(torch.uint8).mul_(pos).amax(2, keepdim=True)
         # channels moving in some group
-        act = has.view(-1) if G == 1 else has.view(has.shape[:2]).any(0)
-        n_act = int(act.sum())
+        act = val.view(-1) if G == 1 else val.view(G, -1).amax(0)
+        n_act = int(act.count_nonzero())
         if n_act == 0:
             break
         moved = True
+        # (a channel that does not move gets position B - 1, zero step)
+        first = (B - val.long()).clamp_(max=B - 1)
         d = step.gather(2, first)  # (G, m, 1)
         q.scatter_add_(2, first, d)
         if keys is not None:
@@ -597,6 +602,25 @@ def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
     if sel is not None:
         qb.index_copy_(1, sel, q)
     return moved
+
+
+def _block_size(tile_rows: int) -> int:
+    """Coordinates per block for ``tile_rows`` channels (all groups).
+
+    With one intra-op thread, :data:`_BLOCK`; with more, small enough for
+    a ``tile_rows x block`` tile to stay below torch's threshold for
+    multi-threaded element-wise kernels (the per-iteration updates are too
+    small to gain from threads).
+    """
+    if torch.get_num_threads() <= 1:
+        return _BLOCK
+    return max(16, min(_BLOCK, _TILE // max(1, tile_rows)))
+
+
+@functools.lru_cache(maxsize=None)
+def _positions(B: int, device: torch.device) -> Tensor:
+    """``uint8`` weights ``B, B - 1, ..., 1`` (``B <= 255``)."""
+    return torch.arange(B, 0, -1, dtype=torch.uint8, device=device)
 
 
 def _select(tensors: Tuple[Tensor, ...],

@@ -555,3 +555,38 @@ def test_solver_restores_torch_threads(problem):
     before = torch.get_num_threads()
     bitsplit_solve(P['W'], P['A'], P['C'], 4, P['yy'])
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('bits,refine', [(3, True), (4, False)])
+def test_solver_on_cuda_equals_cpu(bits, refine, problem):
+    """The same rounds on a GPU (dense block updates instead of the CPU's
+    sparse ones): the same integers, rounds and scales."""
+    P = problem(300, 40, 600, seed=50 + bits)
+    cpu = bitsplit_solve(P['W'], P['A'], P['C'], bits, P['yy'],
+                         refine_integer=refine)
+    dev = torch.device('cuda')
+    gpu = bitsplit_solve(P['W'].to(dev), P['A'].to(dev), P['C'].to(dev),
+                         bits, P['yy'].to(dev), refine_integer=refine)
+    assert gpu.qweight.is_cuda and gpu.scale.is_cuda
+    assert gpu.rounds == cpu.rounds
+    assert torch.equal(gpu.qweight.cpu(), cpu.qweight)
+    torch.testing.assert_close(gpu.scale.cpu(), cpu.scale, rtol=1e-6,
+                               atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_solve_layer_on_cuda_equals_cpu():
+    """Grouped (depthwise) layer: all groups batched on the GPU."""
+    torch.manual_seed(0)
+    module = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    acc = _layer_stats(module, torch.relu(torch.randn(3, 8, 10, 10)))
+    weight = module.weight.detach()
+    cpu = solve_layer(weight, acc, 3)
+    dev = torch.device('cuda')
+    acc.A, acc.C, acc.yy = acc.A.to(dev), acc.C.to(dev), acc.yy.to(dev)
+    gpu = solve_layer(weight.to(dev), acc, 3)
+    assert gpu.qweight.is_cuda
+    assert torch.equal(gpu.qweight.cpu(), cpu.qweight)
+    torch.testing.assert_close(gpu.scale.cpu(), cpu.scale, rtol=1e-6,
+                               atol=0)
