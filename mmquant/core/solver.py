@@ -300,7 +300,9 @@ class _BatchedSolver:
             key = torch.mul(q, self.nb, out=w).add_(top * self.nb + self.off)
             key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
             # key >= 0, so truncation is floor
-            kl = ws.get('k', shape, torch.long).copy_(key)
+            # (int32 keys: converting to and indexing with them is about
+            # twice as fast as with int64)
+            kl = ws.get('k', shape, torch.int32).copy_(key)
             step = torch.index_select(self.table, 0, kl.view(-1),
                                       out=v.view(-1)).view(shape)
             w = torch.add(step, q, alpha=2, out=w).sub_(t, alpha=2)
@@ -323,7 +325,7 @@ class _BatchedSolver:
         """
         q, u, cta, Ct, s, yy, c, d = _select(
             (self.q, self.u, self.cta, self.Ct, self.s, self.yy, self.c,
-             self.d), ch)
+             self.d), ch, self.ws, 'round')
         # Closed-form scale |c| / d; a negative optimum is absorbed by -q.
         ok = (d > 0) & (c != 0)
         new = c.abs() / torch.where(ok, d, 1.0)
@@ -353,7 +355,7 @@ class _BatchedSolver:
                 # sweep only the channels that move (others would not)
                 sub = moved_ch.nonzero().flatten()
             qs, us, ctas, Cts, ss, yys, inv_ss, cn, dn = _select(
-                (q, u, cta, Ct, s, yy, inv_s, c, d), sub)
+                (q, u, cta, Ct, s, yy, inv_s, c, d), sub, self.ws, 'sweep')
             if sub is None:  # the sweep updates c and d in place
                 cn, dn = cn.clone(), dn.clone()
             self._sweep(qs, us, ctas, inv_ss, Cts, cn, dn, coords, integer)
@@ -565,8 +567,9 @@ def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
         if keys is None:
             step = tb.round().clamp_(-top, top).sub_(q)
         else:
-            # the key is >= 0, so the long() truncation is a floor
-            key = torch.add(keys, tb.clamp(lo, hi), alpha=2).long()
+            # the key is >= 0, so the int() truncation is a floor (int32:
+            # twice as fast to make and to index with as int64)
+            key = torch.add(keys, tb.clamp(lo, hi), alpha=2).int()
             step = table.index_select(0, key.view(-1)).view(key.shape)
         # first moving coordinate per channel: position j weighs B - j, so
         # the largest weight of the moving positions is the first of them
@@ -623,12 +626,27 @@ def _positions(B: int, device: torch.device) -> Tensor:
     return torch.arange(B, 0, -1, dtype=torch.uint8, device=device)
 
 
-def _select(tensors: Tuple[Tensor, ...],
-            idx: Optional[Tensor]) -> Tuple[Tensor, ...]:
-    """Channels ``idx`` (dim 1) of each tensor; the tensors if None."""
+def _select(tensors: Tuple[Tensor, ...], idx: Optional[Tensor],
+            ws: Optional[_Workspace] = None,
+            tag: str = '') -> Tuple[Tensor, ...]:
+    """Channels ``idx`` (dim 1) of each tensor; the tensors if None.
+
+    With a workspace, the selections of the ``(G, m, N)`` tensors are
+    written into its buffers ``tag``/position (valid until the next call
+    with the same tag): a fresh multi-megabyte copy per round cost more in
+    page faults than the copy itself.
+    """
     if idx is None:
         return tensors
-    return tuple(t.index_select(1, idx) for t in tensors)
+    out = []
+    for i, t in enumerate(tensors):
+        if ws is None or t.dim() < 3 or t.shape[2] == 1:
+            out.append(t.index_select(1, idx))
+            continue
+        shape = (t.shape[0], idx.numel(), t.shape[2])
+        out.append(torch.index_select(
+            t, 1, idx, out=ws.get(f'{tag}/{i}', shape, t.dtype)))
+    return tuple(out)
 
 
 def _solve_batched(weight: Tensor, A: Tensor, C: Tensor, yy: Tensor,
