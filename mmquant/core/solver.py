@@ -532,9 +532,10 @@ def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
 
     Channels are independent, so instead of visiting the coordinates one
     by one for all channels, every iteration finds, for each channel, the
-    first coordinate at which it moves (an argmax over the block) and makes
-    that move: the result is exactly the ascending pass, in as many
-    iterations as the largest number of moves of one channel in the block.
+    first coordinate at which it moves (a position-weighted maximum over
+    the block) and makes that move: the result is exactly the ascending
+    pass, in as many iterations as the largest number of moves of one
+    channel in the block.
     Only targets *after* the moved coordinate are updated (``bu`` is the
     strictly upper triangle), and the moved coordinate's step becomes zero
     (the integer step is the rounded target; the plane table maps its own
