@@ -78,6 +78,10 @@ _SHRINK = 0.8
 # for each costs more than it gains, and on a machine shared with other
 # jobs it can cost milliseconds per operation.
 SOLVER_THREADS: Optional[int] = 1
+# Run the block sweep (thousands of small tensor operations per round)
+# through TorchScript, whose interpreter calls them with less overhead than
+# Python; False runs the same function in Python (for debugging).
+USE_TORCHSCRIPT = True
 
 
 @contextlib.contextmanager
@@ -384,132 +388,19 @@ class _BatchedSolver:
     def _sweep(self, Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
                Ct: Tensor, c: Tensor, d: Tensor, coords: List[int],
                integer: bool) -> None:
-        """One Gauss-Seidel pass over ``coords`` (ascending), in place.
-
-        The coordinates are taken in blocks. Per block, the targets of the
-        block's coordinates are formed once (a ``m x B`` tile) and
-        :func:`_visit_block` runs the pass over them, updating only the
-        tile; then ``u`` of all coordinates is brought up to date by one
-        product with the block's rows of ``bfull``, and ``q``, ``c`` and
-        ``d`` follow: ``c += C_b^T delta``,
-        ``d += delta^T A_b (2 q + delta)`` restricted to the block ``b``
-        (``A q`` on the block is ``diag(A) u``). Moves are sparse after
-        the first rounds; :meth:`_apply_sparse` then does all of this from
-        the non-zeros alone.
-
-        Args:
-            Q: ``(G, m, N)`` integers (float64), updated in place.
-            U: ``(G, m, N)`` ``(q A) / diag(A)``, updated in place.
-            cta: ``(G, m, N)`` ``C^T / diag(A)``.
-            inv_s: ``(G, m, 1)`` inverse scales.
-            Ct: ``(G, m, N)`` ``C^T``.
-            c: ``(G, m)`` ``C^T q``, updated in place.
-            d: ``(G, m)`` ``q^T A q``, updated in place.
-            coords: Ascending coordinates to visit.
-            integer: Integer coordinates instead of bit planes.
-        """
-        top, table, bfull = self.top, self.table, self.bfull
-        dev = Q.device
+        """One Gauss-Seidel pass over ``coords`` (see
+        :func:`_sweep_blocks`), in place."""
         step = _block_size(Q.shape[0] * Q.shape[1])
-        for start in range(0, len(coords), step):
-            blk = coords[start:start + step]
-            c0, c1 = blk[0], blk[-1] + 1
-            if c1 - c0 == len(blk):  # contiguous: views, no gathers
-                idx = None
-                bb = bfull[:, c0:c1, c0:c1].clone()
-                q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1]
-                tb = torch.addcmul(q0 - u0, cta[:, :, c0:c1], inv_s)
-            else:
-                # only the block's B x B entries of bfull are gathered;
-                # the update of u reads the rows it needs in place
-                idx = torch.tensor(blk, device=dev)
-                nb = len(blk)
-                bb = bfull.view(bfull.shape[0], -1).index_select(
-                    1, (idx[:, None] * bfull.shape[2] + idx).view(-1)).view(
-                        -1, nb, nb)
-                # (a gather is faster than index_select along the last dim)
-                gidx = idx.expand(*Q.shape[:2], -1)
-                q0, u0 = Q.gather(2, gidx), U.gather(2, gidx)
-                tb = torch.addcmul(q0 - u0, cta.gather(2, gidx), inv_s)
-            torch.diagonal(bb, dim1=1, dim2=2).zero_()
-            # tb: (G, m, B) targets of the block; bb[:, i, j]: drop of
-            # target j per unit move of q_i (zero diagonal: t_i does not
-            # depend on q_i).
-            qb = q0.clone(memory_format=torch.contiguous_format)
-            keys = None if integer else torch.mul(qb, self.nb).add_(
-                top * self.nb + self.off)
-            moved = _visit_block(tb, qb, bb.triu(1), keys, table, top,
-                                 self.nb)
-            if not moved:
-                continue
-            delta = qb.sub(q0)  # (G, m, B)
-            if self._apply_sparse(Q, U, Ct, c, d, delta, bb, c0, idx):
-                continue
-            if idx is None:
-                c += (delta * Ct[:, :, c0:c1]).sum(2)
-                a = self.diag[:, :, c0:c1]
-            else:
-                c += (delta * Ct.gather(2, gidx)).sum(2)
-                a = self.diag.index_select(2, idx)
-            # (A delta) on the block = a * (delta + delta @ bb)
-            ad = torch.bmm(delta, bb).add_(delta)
-            d += ad.add_(u0, alpha=2).mul_(delta).mul_(a).sum(2)
-            if idx is None:
-                Q[:, :, c0:c1] += delta
-                U.baddbmm_(delta, bfull[:, c0:c1])
-            else:
-                Q.scatter_add_(2, gidx, delta)
-                if c1 - c0 <= 2 * len(blk):
-                    # the span's rows as a view, the gaps of delta zero
-                    span = delta.new_zeros(*delta.shape[:2], c1 - c0)
-                    span.index_copy_(2, idx - c0, delta)
-                    U.baddbmm_(span, bfull[:, c0:c1])
-                else:
-                    U.baddbmm_(delta, bfull.index_select(1, idx))
-
-    def _apply_sparse(self, Q: Tensor, U: Tensor, Ct: Tensor, c: Tensor,
-                      d: Tensor, delta: Tensor, bb: Tensor, c0: int,
-                      idx: Optional[Tensor]) -> bool:
-        """Apply a block's moves ``delta`` as a sparse matrix, if it is one.
-
-        For a single group on the CPU with at most ``_SPARSE`` of ``delta``
-        non-zero (typical after the first round): ``u += delta B_rows`` as
-        a CSR product whose columns are the global coordinates (only the
-        rows of ``bfull`` of the moved coordinates are read), and ``q``,
-        ``c`` and ``d`` from the non-zeros alone.
-
-        Returns:
-            bool: Whether the moves were applied (else nothing changed).
-        """
-        if Q.shape[0] != 1 or Q.device.type != 'cpu':
-            return False
-        dl = delta[0]
-        m, B = dl.shape
-        nz = dl.nonzero()  # row-major: already in CSR order
-        if nz.shape[0] > _SPARSE * dl.numel():
-            return False
-        N = Q.shape[2]
-        rows, cols = nz.unbind(1)
-        vals = dl.view(-1).take(rows * B + cols)
-        gcols = cols + c0 if idx is None else idx.take(cols)
-        flat = rows * N + gcols
-        crow = rows.new_zeros(m + 1)
-        torch.cumsum(torch.bincount(rows, minlength=m), 0, out=crow[1:])
-        with warnings.catch_warnings():
+        sparse_ok = Q.shape[0] == 1 and Q.device.type == 'cpu'
+        sweep = _kernel()
+        # (the plain interpreter: the profiling executor re-specialises
+        # for the shrinking tiles and gains nothing from them)
+        with warnings.catch_warnings(), torch.jit.optimized_execution(False):
             warnings.simplefilter('ignore')  # "CSR support is in beta"
-            local = torch.sparse_csr_tensor(crow, cols, vals, (m, B))
-            glob = torch.sparse_csr_tensor(crow, gcols, vals, (m, N))
-            # (A delta) / a on the block's non-zeros: delta + delta @ bb
-            ad = torch.sparse.mm(local, bb[0]).view(-1).take(
-                rows * B + cols).add_(vals)
-        # c += C^T delta; d += delta^T A (2 q + delta) = sum delta a
-        # (2 u + (A delta) / a), with u read before the update
-        c[0].index_add_(0, rows, vals * Ct[0].reshape(-1).take(flat))
-        du = U[0].view(-1).take(flat).mul_(2).add_(ad).mul_(vals)
-        d[0].index_add_(0, rows, du.mul_(self.diag.view(-1).take(gcols)))
-        Q[0].view(-1).index_add_(0, flat, vals)
-        U[0].addmm_(glob, self.bfull[0])
-        return True
+            sweep(Q, U, cta, inv_s, Ct, c, d, coords, step, not integer,
+                  self.bfull, self.diag, self.table, self.top, self.nb,
+                  self.off, _positions(step, Q.device), sparse_ok, _SPARSE,
+                  _COMPACT)
 
     def run_phase(self, integer: bool, max_rounds: int) -> None:
         """Rounds until nothing moves or ``max_rounds``."""
@@ -526,8 +417,9 @@ class _BatchedSolver:
         self.obj = self.yy - 2 * s * self.c + s * s * self.d
 
 
-def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
-                 table: Tensor, top: int, nb: int) -> bool:
+def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, keyed: bool,
+                 table: Tensor, top: int, nb: int, pos: Tensor,
+                 compact: float) -> bool:
     """Gauss-Seidel over the ``B`` coordinates of one block (hot loop).
 
     Channels are independent, so instead of visiting the coordinates one
@@ -539,73 +431,265 @@ def _visit_block(tb: Tensor, qb: Tensor, bu: Tensor, keys: Optional[Tensor],
     Only targets *after* the moved coordinate are updated (``bu`` is the
     strictly upper triangle), and the moved coordinate's step becomes zero
     (the integer step is the rounded target; the plane table maps its own
-    end point to a zero step), so passed coordinates never move again.
-    Channels that stop moving are dropped from the tiles once they are at
-    least ``1 - _COMPACT`` of them.
+    end point to a zero step), so passed coordinates never move again:
+    the tiles are narrowed to the columns after the earliest move, and
+    channels that stop moving are dropped from them once they are at least
+    ``1 - compact`` of them.
 
     Args:
         tb: ``(G, m, B)`` targets, overwritten.
-        qb: ``(G, m, B)`` integers, updated in place.
+        zb: ``(G, m, B)`` the state, updated in place: the integers
+            ``q``, or with ``keyed`` the plane-table keys
+            ``nb q + nb qmax + off``.
         bu: ``(G, B, B)`` strictly upper triangle of the target drops.
-        keys: ``(G, m, B)`` plane-table keys of ``qb`` (overwritten), or
-            ``None`` for integer steps.
+        keyed: Bit-plane steps from ``table`` (else integer steps).
         table: The plane table.
         top: ``qmax``.
         nb: Table row length (a unit move of ``q`` moves the key by it).
+        pos: ``uint8`` position weights ``B, B - 1, ..., 1``.
+        compact: :data:`_COMPACT`.
 
     Returns:
         bool: Whether anything moved.
     """
     lo, hi = -top - 1.0, top + 1.0
     G, B = tb.shape[0], tb.shape[2]
-    pos = _positions(B, tb.device)
+    bu0 = bu[0]
     sel: Optional[Tensor] = None  # channels of the tiles (None: all)
-    q = qb
+    z = zb
+    c = 0  # columns before c are settled for every channel
     moved = False
     # each iteration moves every moving channel strictly forward: at most
     # B moving iterations and one that finds nothing
     for _ in range(B + 1):
-        if keys is None:
-            step = tb.round().clamp_(-top, top).sub_(q)
-        else:
-            # the key is >= 0, so the int() truncation is a floor (int32:
+        tv, zv = tb[:, :, c:], z[:, :, c:]
+        if keyed:
+            # the key is >= 0, so the int32 truncation is a floor (int32:
             # twice as fast to make and to index with as int64)
-            key = torch.add(keys, tb.clamp(lo, hi), alpha=2).int()
+            key = torch.add(zv, tv.clamp(lo, hi), alpha=2).to(torch.int32)
             step = table.index_select(0, key.view(-1)).view(key.shape)
+        else:
+            step = tv.round().clamp_(-top, top).sub_(zv)
         # first moving coordinate per channel: position j weighs B - j, so
         # the largest weight of the moving positions is the first of them
-        # (a max with indices is several times slower than amax)
-        val = step.bool().view(torch.uint8).mul_(pos).amax(2, keepdim=True)
+        # (a max with indices is several times slower than amax; bool
+        # times uint8 is uint8)
+        val = step.to(torch.bool).mul(pos[c:]).amax(2, keepdim=True)
         # channels moving in some group
-        act = val.view(-1) if G == 1 else val.view(G, -1).amax(0)
+        if G == 1:
+            act = val.view(-1)
+        else:
+            act = val.view(G, -1).amax(0)
         n_act = int(act.count_nonzero())
         if n_act == 0:
             break
         moved = True
         # (a channel that does not move gets position B - 1, zero step)
-        first = (B - val.long()).clamp_(max=B - 1)
-        d = step.gather(2, first)  # (G, m, 1)
-        q.scatter_add_(2, first, d)
-        if keys is not None:
-            keys.scatter_add_(2, first, d * nb)
-        if G == 1:
-            rows = bu[0].index_select(0, first.view(-1))[None]
+        first = (B - val.to(torch.long)).clamp_(max=B - 1)
+        d = step.gather(2, first - c)  # (G, m, 1)
+        if keyed:
+            z.scatter_add_(2, first, d * nb)
         else:
-            rows = bu.gather(1, first.expand(-1, -1, B))
-        tb.addcmul_(rows, d, value=-1)
-        if n_act <= _COMPACT * act.numel():
+            z.scatter_add_(2, first, d)
+        if G == 1:
+            rows = bu0.index_select(0, first.view(-1))[:, c:]
+        else:
+            rows = bu.gather(1, first.expand(-1, -1, B))[:, :, c:]
+        tv.addcmul_(rows, d, value=-1)
+        c = int(first.min()) + 1
+        if c >= B:
+            break
+        if n_act <= compact * act.numel():
             keep = act.nonzero().flatten()
             if sel is None:
                 sel = keep
             else:
-                qb.index_copy_(1, sel, q)
+                zb.index_copy_(1, sel, z)
                 sel = sel.index_select(0, keep)
-            q, tb = q.index_select(1, keep), tb.index_select(1, keep)
-            if keys is not None:
-                keys = keys.index_select(1, keep)
+            z, tb = z.index_select(1, keep), tb.index_select(1, keep)
     if sel is not None:
-        qb.index_copy_(1, sel, q)
+        zb.index_copy_(1, sel, z)
     return moved
+
+
+def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
+                  Ct: Tensor, c: Tensor, d: Tensor, coords: List[int],
+                  step: int, keyed: bool, bfull: Tensor, diag: Tensor,
+                  table: Tensor, top: int, nb: int, off: int, pos: Tensor,
+                  sparse_ok: bool, sparse: float, compact: float) -> None:
+    """One Gauss-Seidel pass over ``coords`` (ascending), in place.
+
+    The coordinates are taken in blocks of ``step``. Per block, the
+    targets of the block's coordinates are formed once (a ``m x B`` tile)
+    and :func:`_visit_block` runs the pass over them, updating only the
+    tile; then ``u`` of all coordinates is brought up to date by one
+    product with the block's rows of ``bfull``, and ``q``, ``c`` and ``d``
+    follow: ``c += C_b^T delta``, ``d += delta^T A_b (2 q + delta)``
+    restricted to the block ``b`` (``A q`` on the block is
+    ``diag(A) u``). Moves are sparse after the first rounds;
+    :func:`_apply_sparse` then does all of this from the non-zeros alone.
+
+    Written for TorchScript (see :func:`_kernel`): the block loop runs
+    thousands of small tensor operations, and the interpreter calls them
+    with less overhead than Python does.
+
+    Args:
+        Q: ``(G, m, N)`` integers (float64), updated in place.
+        U: ``(G, m, N)`` ``(q A) / diag(A)``, updated in place.
+        cta: ``(G, m, N)`` ``C^T / diag(A)``.
+        inv_s: ``(G, m, 1)`` inverse scales.
+        Ct: ``(G, m, N)`` ``C^T``.
+        c: ``(G, m)`` ``C^T q``, updated in place.
+        d: ``(G, m)`` ``q^T A q``, updated in place.
+        coords: Ascending coordinates to visit.
+        step: Coordinates per block (at most 255).
+        keyed: Bit-plane steps from ``table`` (else integer steps).
+        bfull: ``(G, N, N)`` ``A[i, j] / A[j, j]``.
+        diag: ``(G, 1, N)`` ``diag(A)``.
+        table: The plane table (:func:`_plane_table`).
+        top: ``qmax``.
+        nb: Plane-table row length.
+        off: Plane-table bucket offset.
+        pos: ``uint8`` position weights ``step, ..., 1``.
+        sparse_ok: Whether :func:`_apply_sparse` may be used (one group
+            on the CPU).
+        sparse: :data:`_SPARSE`.
+        compact: :data:`_COMPACT`.
+    """
+    G, m, N = Q.shape[0], Q.shape[1], Q.shape[2]
+    for start in range(0, len(coords), step):
+        blk = coords[start:start + step]
+        c0, c1 = blk[0], blk[-1] + 1
+        B = len(blk)
+        idx: Optional[Tensor] = None
+        gidx = Q.new_empty(0, dtype=torch.long)
+        if c1 - c0 == B:  # contiguous: views, no gathers
+            bb = bfull[:, c0:c1, c0:c1].clone()
+            q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1]
+            tb = torch.addcmul(q0 - u0, cta[:, :, c0:c1], inv_s)
+        else:
+            # only the block's B x B entries of bfull are gathered; the
+            # update of u reads the rows it needs in place
+            ix = torch.tensor(blk, dtype=torch.long, device=Q.device)
+            idx = ix
+            bb = bfull.view(G, -1).index_select(
+                1, (ix.unsqueeze(1) * N + ix).view(-1)).view(G, B, B)
+            # (a gather is faster than index_select along the last dim)
+            gidx = ix.expand(G, m, B)
+            q0, u0 = Q.gather(2, gidx), U.gather(2, gidx)
+            tb = torch.addcmul(q0 - u0, cta.gather(2, gidx), inv_s)
+        torch.diagonal(bb, dim1=1, dim2=2).zero_()
+        # tb: (G, m, B) targets of the block; bb[:, i, j]: drop of target
+        # j per unit move of q_i (zero diagonal: t_i does not depend on
+        # q_i).
+        if keyed:
+            zb = torch.mul(q0, nb).add_(top * nb + off)
+        else:
+            zb = q0.clone(memory_format=torch.contiguous_format)
+        moved = _visit_block(tb, zb, bb.triu(1), keyed, table, top, nb,
+                             pos[pos.numel() - B:], compact)
+        if not moved:
+            continue
+        if keyed:  # back from keys to integers (exact: small integers)
+            zb.sub_(top * nb + off).div_(nb)
+        delta = zb.sub_(q0)  # (G, m, B)
+        if sparse_ok and _apply_sparse(Q, U, Ct, c, d, delta, bb, c0, idx,
+                                       bfull, diag, sparse):
+            continue
+        if idx is None:
+            c += (delta * Ct[:, :, c0:c1]).sum(2)
+            a = diag[:, :, c0:c1]
+        else:
+            c += (delta * Ct.gather(2, gidx)).sum(2)
+            a = diag.index_select(2, idx)
+        # (A delta) on the block = a * (delta + delta @ bb)
+        ad = torch.bmm(delta, bb).add_(delta)
+        d += ad.add_(u0, alpha=2).mul_(delta).mul_(a).sum(2)
+        if idx is None:
+            Q[:, :, c0:c1] += delta
+            U.baddbmm_(delta, bfull[:, c0:c1])
+        else:
+            Q.scatter_add_(2, gidx, delta)
+            if c1 - c0 <= 2 * B:
+                # the span's rows as a view, the gaps of delta zero
+                span = delta.new_zeros(G, m, c1 - c0)
+                span.index_copy_(2, idx - c0, delta)
+                U.baddbmm_(span, bfull[:, c0:c1])
+            else:
+                U.baddbmm_(delta, bfull.index_select(1, idx))
+
+
+def _apply_sparse(Q: Tensor, U: Tensor, Ct: Tensor, c: Tensor, d: Tensor,
+                  delta: Tensor, bb: Tensor, c0: int, idx: Optional[Tensor],
+                  bfull: Tensor, diag: Tensor, sparse: float) -> bool:
+    """Apply a block's moves ``delta`` as a sparse matrix, if it is one.
+
+    For a single group on the CPU with at most ``sparse`` of ``delta``
+    non-zero (typical after the first round): ``u += delta B_rows`` as a
+    CSR product whose columns are the global coordinates (only the rows
+    of ``bfull`` of the moved coordinates are read), and ``q``, ``c`` and
+    ``d`` from the non-zeros alone.
+
+    Returns:
+        bool: Whether the moves were applied (else nothing changed).
+    """
+    dl = delta[0]
+    m, B = dl.shape[0], dl.shape[1]
+    nz = dl.nonzero()  # row-major: already in CSR order
+    if nz.shape[0] > sparse * m * B:
+        return False
+    N = Q.shape[2]
+    rows, cols = nz[:, 0], nz[:, 1]
+    vals = dl.reshape(-1).take(rows * B + cols)
+    if idx is None:
+        gcols = cols + c0
+    else:
+        gcols = idx.take(cols)
+    flat = rows * N + gcols
+    crow = rows.new_zeros(m + 1)
+    torch.cumsum(torch.bincount(rows, minlength=m), 0, out=crow[1:])
+    local = torch.sparse_csr_tensor(crow, cols, vals, [m, B],
+                                    dtype=vals.dtype)
+    # (A delta) / a on the block's non-zeros: delta + delta @ bb
+    ad = torch.sparse.mm(local, bb[0]).view(-1).take(rows * B + cols)
+    ad.add_(vals)
+    # c += C^T delta; d += delta^T A (2 q + delta) = sum delta a
+    # (2 u + (A delta) / a), with u read before the update
+    c[0].index_add_(0, rows, vals * Ct[0].reshape(-1).take(flat))
+    du = U[0].reshape(-1).take(flat).mul_(2).add_(ad).mul_(vals)
+    d[0].index_add_(0, rows, du.mul_(diag.reshape(-1).take(gcols)))
+    Q[0].view(-1).index_add_(0, flat, vals)
+    # u += delta B_rows. A CSR product passes over all of u; a COO one
+    # costs about twice as much per non-zero but nothing else, and wins
+    # below about one non-zero per 2048 entries of u.
+    if nz.shape[0] * 2048 < m * N:
+        glob = torch.sparse_coo_tensor(torch.stack([rows, gcols]), vals,
+                                       [m, N], dtype=vals.dtype,
+                                       is_coalesced=True)
+    else:
+        glob = torch.sparse_csr_tensor(crow, gcols, vals, [m, N],
+                                       dtype=vals.dtype)
+    U[0].addmm_(glob, bfull[0])
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_sweep():
+    """:func:`_sweep_blocks` compiled by TorchScript (once, on first use;
+    the Python function if TorchScript is unavailable)."""
+    try:
+        return torch.jit.script(_sweep_blocks)
+    except Exception as err:  # e.g. no source access, TorchScript removed
+        warnings.warn('mmquant: TorchScript could not compile the solver '
+                      f'sweep ({type(err).__name__}: {err}); running it in '
+                      'Python (same results, slower)')
+        return _sweep_blocks
+
+
+def _kernel():
+    """The block sweep: scripted if :data:`USE_TORCHSCRIPT`, else the
+    Python function (identical results)."""
+    return _scripted_sweep() if USE_TORCHSCRIPT else _sweep_blocks
 
 
 def _block_size(tile_rows: int) -> int:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import mmquant.core.solver as solver_mod
 from mmquant.core.grid import plane_weights, qmax, split_planes
 from mmquant.core.rtn import mse_rtn
 from mmquant.core.solver import (SolverResult, _plane_table, bitsplit_solve,
@@ -548,6 +549,65 @@ def test_solve_layer_needs_statistics():
     acc = StatsAccumulator(LayerGeometry.from_module(conv))
     with pytest.raises(ValueError, match='no statistics'):
         solve_layer(conv.weight.detach(), acc, 4)
+
+
+def _solve_both_ways(monkeypatch, fn):
+    """``fn()`` with the TorchScript sweep and with the Python one."""
+    out = []
+    for scripted in (True, False):
+        monkeypatch.setattr(solver_mod, 'USE_TORCHSCRIPT', scripted)
+        out.append(fn())
+    return out
+
+
+def _assert_same_result(a, b):
+    assert torch.equal(a.qweight, b.qweight)
+    assert torch.equal(a.scale, b.scale)
+    assert a.rounds == b.rounds
+    assert a.history == b.history
+
+
+@pytest.mark.parametrize('bits,refine', [(3, True), (4, False)])
+def test_torchscript_sweep_equals_python_sweep(bits, refine, problem,
+                                               monkeypatch):
+    """The block sweep runs through TorchScript by default; the scripted
+    and the Python function give identical results (every path: dense and
+    sparse block updates, non-contiguous blocks, dropped channels)."""
+    assert isinstance(solver_mod._kernel(), torch.jit.ScriptFunction)
+    P = problem(300, 40, 600, seed=50 + bits)
+    a, b = _solve_both_ways(
+        monkeypatch, lambda: bitsplit_solve(
+            P['W'], P['A'], P['C'], bits, P['yy'], refine_integer=refine))
+    assert a.rounds > 3
+    _assert_same_result(a, b)
+    # several groups (the gather paths of the tiles)
+    torch.manual_seed(1)
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False)
+    acc = _layer_stats(conv, torch.relu(torch.randn(4, 6, 12, 12)))
+    a, b = _solve_both_ways(
+        monkeypatch, lambda: solve_layer(conv.weight.detach(), acc, bits))
+    _assert_same_result(a, b)
+
+
+def test_sweep_falls_back_to_python_without_torchscript(problem,
+                                                        monkeypatch):
+    """If TorchScript cannot compile the sweep, the solver says so once
+    and runs the Python function, with the same results."""
+    P = problem(60, 8, 200, seed=9)
+    want = bitsplit_solve(P['W'], P['A'], P['C'], 3, P['yy'])
+
+    def no_script(fn):
+        raise RuntimeError('TorchScript is not available')
+
+    monkeypatch.setattr(torch.jit, 'script', no_script)
+    solver_mod._scripted_sweep.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match='TorchScript could not compile'):
+            got = bitsplit_solve(P['W'], P['A'], P['C'], 3, P['yy'])
+        assert solver_mod._kernel() is solver_mod._sweep_blocks
+    finally:
+        solver_mod._scripted_sweep.cache_clear()
+    _assert_same_result(got, want)
 
 
 def test_solver_restores_torch_threads(problem):
