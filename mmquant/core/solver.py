@@ -247,6 +247,9 @@ class _BatchedSolver:
     Rounds only touch the *active* channels: a channel whose integers did
     not change in a round keeps its (optimal) scale and its
     coordinate-optimal integers, so it cannot become improvable again.
+    The rounds of a phase work on a compact copy of the active channels'
+    state (the working set, see :meth:`round_`), which shrinks with them;
+    a channel's integers are copied back once, when it leaves.
     """
 
     def __init__(self, A: Tensor, Ct: Tensor, yy: Tensor, q: Tensor,
@@ -267,6 +270,11 @@ class _BatchedSolver:
         self.rounds = 0
         self._bfull: Optional[Tensor] = None
         self.ws = _Workspace(A.device)
+        # the channels the rounds work on (None: all) and their state
+        # (q, u, cta, Ct, s, yy, c, d), see round_
+        self.wch: Optional[Tensor] = None
+        self.work: Tuple[Tensor, ...] = ()
+        self._parity = 0
 
     @property
     def bfull(self) -> Tensor:
@@ -315,21 +323,23 @@ class _BatchedSolver:
                         out=ws.get('m', shape, torch.bool))
         return mask.logical_and_(self.alive)
 
-    def round_(self, ch: Optional[Tensor],
-               integer: bool) -> Tuple[bool, Optional[Tensor]]:
-        """One round (scale, then one sweep) on channels ``ch``.
+    def round_(self, integer: bool) -> bool:
+        """One round (scale, then one sweep) on the working set.
+
+        The working set starts as all channels. Once at most
+        :data:`_SHRINK` of its channels have a candidate, the others leave
+        it (their state is stored back into the full arrays) and the next
+        rounds work on compact copies of the rest, stored back when they
+        leave or at the end of the phase.
 
         Args:
-            ch: Channel indices (dim 1), ``None`` for all.
             integer: Integer coordinates instead of bit planes.
 
         Returns:
-            tuple: whether anything moved, and the channels that moved
-            (``None`` when all did).
+            bool: Whether anything moved.
         """
-        q, u, cta, Ct, s, yy, c, d = _select(
-            (self.q, self.u, self.cta, self.Ct, self.s, self.yy, self.c,
-             self.d), ch, self.ws, 'round')
+        q, u, cta, Ct, s, yy, c, d = self.work
+        wch = self.wch
         # Closed-form scale |c| / d; a negative optimum is absorbed by -q.
         ok = (d > 0) & (c != 0)
         new = c.abs() / torch.where(ok, d, 1.0)
@@ -351,39 +361,35 @@ class _BatchedSolver:
         coords = mask.amax(dim=1).amax(dim=0).nonzero().flatten().tolist()
         moved_ch = mask.amax(dim=2).amax(dim=0).bool()
         del mask
-        n_moved = int(moved_ch.sum())
-        keep_all = n_moved > _SHRINK * moved_ch.numel()
+        if coords and int(moved_ch.sum()) <= _SHRINK * moved_ch.numel():
+            # the channels without a candidate would not move: they leave
+            self._publish(wch, s, obj, c, d)
+            if wch is not None:
+                out = (~moved_ch).nonzero().flatten()
+                rows = wch.index_select(0, out)
+                self.q.index_copy_(1, rows, q.index_select(1, out))
+                self.u.index_copy_(1, rows, u.index_select(1, out))
+            keep = moved_ch.nonzero().flatten()
+            q, u, cta, Ct, s, yy, inv_s, c, d = _select(
+                (q, u, cta, Ct, s, yy, inv_s, c, d), keep, self.ws,
+                f'work{self._parity}')
+            self._parity ^= 1
+            wch = keep if wch is None else wch.index_select(0, keep)
         if coords:
-            sub = None
-            if not keep_all:
-                # sweep only the channels that move (others would not)
-                sub = moved_ch.nonzero().flatten()
-            qs, us, ctas, Cts, ss, yys, inv_ss, cn, dn = _select(
-                (q, u, cta, Ct, s, yy, inv_s, c, d), sub, self.ws, 'sweep')
-            if sub is None:  # the sweep updates c and d in place
-                cn, dn = cn.clone(), dn.clone()
-            self._sweep(qs, us, ctas, inv_ss, Cts, cn, dn, coords, integer)
-            objs = yys - 2 * ss * cn + ss * ss * dn
-            if sub is None:
-                c, d, obj = cn, dn, objs
-            else:
-                q.index_copy_(1, sub, qs)
-                u.index_copy_(1, sub, us)
-                obj.index_copy_(1, sub, objs)
-                c.index_copy_(1, sub, cn)
-                d.index_copy_(1, sub, dn)
-        if ch is None:
+            self._sweep(q, u, cta, inv_s, Ct, c, d, coords, integer)
+            obj = yy - 2 * s * c + s * s * d
+        self.work, self.wch = (q, u, cta, Ct, s, yy, c, d), wch
+        self._publish(wch, s, obj, c, d)
+        return bool(coords)
+
+    def _publish(self, wch: Optional[Tensor], s: Tensor, obj: Tensor,
+                 c: Tensor, d: Tensor) -> None:
+        """Store the per-channel scalars of the working set ``wch``."""
+        if wch is None:
             self.s, self.obj, self.c, self.d = s, obj, c, d
-        else:
-            for name, val in (('q', q), ('u', u), ('s', s), ('obj', obj),
-                              ('c', c), ('d', d)):
-                getattr(self, name).index_copy_(1, ch, val)
-        if not coords:
-            return False, None
-        if keep_all:
-            return True, ch  # most channels still move: keep them all
-        sub = moved_ch.nonzero().flatten()
-        return True, sub if ch is None else ch.index_select(0, sub)
+            return
+        for name, val in (('s', s), ('obj', obj), ('c', c), ('d', d)):
+            getattr(self, name).index_copy_(1, wch, val)
 
     def _sweep(self, Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
                Ct: Tensor, c: Tensor, d: Tensor, coords: List[int],
@@ -404,13 +410,19 @@ class _BatchedSolver:
 
     def run_phase(self, integer: bool, max_rounds: int) -> None:
         """Rounds until nothing moves or ``max_rounds``."""
-        ch: Optional[Tensor] = None
+        self.wch = None
+        self.work = (self.q, self.u, self.cta, self.Ct, self.s, self.yy,
+                     self.c, self.d)
         for _ in range(max_rounds):
-            moved, ch = self.round_(ch, integer)
+            moved = self.round_(integer)
             self.rounds += 1
             self.history.append(float(self.obj.sum()))
             if not moved:
                 break
+        if self.wch is not None:  # the working set's integers back
+            self.q.index_copy_(1, self.wch, self.work[0])
+            self.u.index_copy_(1, self.wch, self.work[1])
+        self.work = ()
         # drop the rounding drift of the incremental c and d
         self.c, self.d = self._terms(self.q, self.u, self.Ct)
         s = self.s
