@@ -257,13 +257,15 @@ class _BatchedSolver:
         self.A, self.Ct, self.yy, self.q, self.s = A, Ct, yy, q, s
         self.top = qmax(bits)
         self.diag = torch.diagonal(A, dim1=1, dim2=2)[:, None, :]
-        self.alive = self.diag > 0
-        self.inv_a = torch.where(self.alive, 1.0 / torch.where(
-            self.alive, self.diag, 1.0), 0.0)  # (G, 1, N)
+        alive = self.diag > 0
+        self.inv_a = torch.where(alive, 1.0 / torch.where(
+            alive, self.diag, 1.0), 0.0)  # (G, 1, N)
         self.cta = Ct * self.inv_a  # C^T / diag(A)
         self.u = h.mul_(self.inv_a)  # h = q A
         self.table = _plane_table(bits).to(A.device)
         self.nb, self.off = 4 * self.top + 5, 2 * (self.top + 1)
+        self.nbt = A.new_tensor(float(self.nb))
+        self.key0 = A.new_tensor(float(self.top * self.nb + self.off))
         self.c, self.d = self._terms(q, self.u, Ct)
         self.obj = yy - 2 * s * self.c + s * s * self.d
         self.history: List[float] = [float(self.obj.sum())]
@@ -296,6 +298,9 @@ class _BatchedSolver:
         ``t = q - u + cta inv_s`` lowers ``(q - t)^2`` by more than
         ``_TOL``, as ``(q - new) (q + new - 2 t) > _TOL``.
 
+        A dead coordinate (``A[n, n] = 0``) has ``u = cta = 0``, hence
+        ``t = q`` and a zero step: never a candidate.
+
         Returns:
             Tensor: bool, the shape of ``q``; a workspace buffer, valid
             until the next call.
@@ -309,7 +314,8 @@ class _BatchedSolver:
             w = torch.add(q, new, out=w).sub_(t, alpha=2)
             step = new.sub_(q)
         else:
-            key = torch.mul(q, self.nb, out=w).add_(top * self.nb + self.off)
+            # nb q + (nb qmax + off) in one pass (exact: small integers)
+            key = torch.addcmul(self.key0, q, self.nbt, out=w)
             key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
             # key >= 0, so truncation is floor
             # (int32 keys: converting to and indexing with them is about
@@ -321,7 +327,7 @@ class _BatchedSolver:
         # step = new - q: the gain is -step (q + new - 2 t) > _TOL
         mask = torch.lt(w.mul_(step), -_TOL,
                         out=ws.get('m', shape, torch.bool))
-        return mask.logical_and_(self.alive)
+        return mask
 
     def round_(self, integer: bool) -> bool:
         """One round (scale, then one sweep) on the working set.
