@@ -42,7 +42,7 @@ import contextlib
 import functools
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -692,7 +692,7 @@ def _apply_sparse(Q: Tensor, U: Tensor, Ct: Tensor, c: Tensor, d: Tensor,
 
 
 @functools.lru_cache(maxsize=None)
-def _scripted_sweep():
+def _scripted_sweep() -> Callable[..., None]:
     """:func:`_sweep_blocks` compiled by TorchScript (once, on first use;
     the Python function if TorchScript is unavailable)."""
     try:
@@ -704,7 +704,7 @@ def _scripted_sweep():
         return _sweep_blocks
 
 
-def _kernel():
+def _kernel() -> Callable[..., None]:
     """The block sweep: scripted if :data:`USE_TORCHSCRIPT`, else the
     Python function (identical results)."""
     return _scripted_sweep() if USE_TORCHSCRIPT else _sweep_blocks
