@@ -35,14 +35,6 @@ def _load_tool():
 conv = _load_tool()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def tv_state():
     """A random torchvision mobilenet_v2 state dict in which every tensor

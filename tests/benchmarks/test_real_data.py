@@ -20,14 +20,6 @@ FMNIST = osp.join(ROOT, 'data', 'fashion-mnist')
 FMNIST_DET = osp.join(ROOT, 'data', 'fmnist_det')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _need(folder: str, what: str) -> None:
     if not osp.isdir(folder):
         pytest.skip(f'{folder} is missing ({what}); `bash tools/install.sh` '
