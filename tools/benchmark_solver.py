@@ -10,7 +10,9 @@ paper's numpy code gets float32 activations).
 
 mmquant's solver (:func:`mmquant.core.solver.bitsplit_solve`) works on the
 float64 sufficient statistics ``A = X^T X``, ``C = X^T Y``, ``yy`` and stops
-when nothing changes.
+when nothing changes. It runs with each round schedule: ``mmquant`` is the
+default (``'integer'``), ``planes only`` the paper's update space
+(``'planes'``), ``planes, then integers`` the ``'planes+integer'`` schedule.
 
 Both start from the same MSE round-to-nearest initialisation; both are
 scored with the same exact float64 objective ``sum_m ||y_m - s_m X q_m||^2``.
@@ -46,6 +48,19 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 from mmquant.core.grid import split_planes, stitch_planes  # noqa: E402
 from mmquant.core.rtn import mse_rtn  # noqa: E402
 from mmquant.core.solver import bitsplit_solve, objective  # noqa: E402
+
+
+# result keys -> the solver's schedule, and their labels in the table
+SCHEDULE_KEYS = {
+    'mmquant': 'integer',
+    'mmquant_planes': 'planes',
+    'mmquant_planes_integer': 'planes+integer'
+}
+SCHEDULE_LABELS = {
+    'mmquant': 'mmquant',
+    'mmquant_planes': 'mmquant, planes only',
+    'mmquant_planes_integer': 'mmquant, planes, then integers'
+}
 
 
 def make_layer_problem(cin: int, cout: int, rows: int, seed: int) -> Dict:
@@ -198,22 +213,21 @@ def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
         q0, s0 = mse_rtn(W, bits)
         row = dict(problem=name, N=N, M=cout, K=X.shape[0], bits=bits,
                    stats_s=stats_s, rtn=score(q0, s0, A, C, yy))
-        runs: Dict[str, List[float]] = {'mmquant': [], 'mmquant_planes': []}
+        runs: Dict[str, List[float]] = {key: [] for key in SCHEDULE_KEYS}
         results = {}
 
-        def solve_both() -> None:
-            for label, refine in (('mmquant', True), ('mmquant_planes',
-                                                       False)):
+        def solve_all() -> None:
+            for label, schedule in SCHEDULE_KEYS.items():
                 _sync(dev)
                 t = time.perf_counter()
-                res = bitsplit_solve(W, A, C, bits, yy, refine_integer=refine)
+                res = bitsplit_solve(W, A, C, bits, yy, schedule=schedule)
                 _sync(dev)
                 runs[label].append(time.perf_counter() - t)
                 results[label] = res
 
         # mmquant runs before and after the direct port (the machine may be
         # shared: the median of runs spread over the benchmark is reported)
-        solve_both()
+        solve_all()
         if direct_rounds:
             d = direct_port(X, Y, W, bits, direct_rounds)
             ran = len(d['round_s'])
@@ -231,17 +245,17 @@ def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
                                  **score(d['q'], d['scale'], A, C, yy))
             tag = (f'{ran} timed rounds -> 100 extrapolated'
                    if extrapolate else f'{ran} rounds')
-            print(f'  W{bits} direct port     {total:8.1f} s ({tag}; '
+            print(f'  W{bits} {"direct port":22s} {total:8.1f} s ({tag}; '
                   f'fastest round {min(d["round_s"]):.2f} s -> bound '
                   f'{bound:.1f} s)  rel. err {row["direct"]["rel_err"]:.5f}',
                   flush=True)
         for _ in range(repeat - 1):
-            solve_both()
+            solve_all()
         for label, res in results.items():
             row[label] = dict(time_s=statistics.median(runs[label]),
                               times_s=runs[label], rounds=res.rounds,
                               **score(res.qweight, res.scale, A, C, yy))
-            print(f'  W{bits} {label:15s} {row[label]["time_s"]:8.3f} s '
+            print(f'  W{bits} {label:22s} {row[label]["time_s"]:8.3f} s '
                   f'(runs: {", ".join(f"{t:.2f}" for t in runs[label])}) '
                   f'{res.rounds:4d} rounds  rel. err '
                   f'{row[label]["rel_err"]:.5f}', flush=True)
@@ -264,8 +278,8 @@ def table(rows: List[Dict]) -> str:
             lab = ('direct port, extrapolated' if base['extrapolated'] else
                    'direct port')
             entries.append((lab, base))
-        entries.append(('mmquant', r['mmquant']))
-        entries.append(('mmquant, planes only', r['mmquant_planes']))
+        for key, lab in SCHEDULE_LABELS.items():
+            entries.append((lab, r[key]))
         for lab, e in entries:
             t = '-' if e['time_s'] is None else f'{e["time_s"]:.2f}'
             rounds, obj, err = e['rounds'], f'{e["objective"]:.6g}', \

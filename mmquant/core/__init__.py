@@ -8,7 +8,8 @@ from .activation import (ActivationObserver, activation_grid,
 from .grid import (check_bits, dequantize, fake_quantize_weight,
                    plane_weights, qmax, split_planes, stitch_planes)
 from .rtn import mse_rtn
-from .solver import SolverResult, bitsplit_solve, objective, solve_layer
+from .solver import (SCHEDULES, SolverResult, bitsplit_solve,
+                     check_schedule, objective, solve_layer)
 from .stats import (LayerGeometry, StatsAccumulator, StatsMemoryError,
                     estimate_stats_bytes)
 
@@ -16,7 +17,7 @@ __all__ = [
     'ActivationObserver', 'activation_grid', 'fake_quantize_activation',
     'fit_activation_scale', 'check_bits', 'dequantize',
     'fake_quantize_weight', 'plane_weights', 'qmax', 'split_planes',
-    'stitch_planes', 'mse_rtn', 'SolverResult', 'bitsplit_solve',
-    'objective', 'solve_layer', 'LayerGeometry', 'StatsAccumulator',
+    'stitch_planes', 'mse_rtn', 'SCHEDULES', 'SolverResult',
+    'bitsplit_solve', 'check_schedule', 'objective', 'solve_layer', 'LayerGeometry', 'StatsAccumulator',
     'StatsMemoryError', 'estimate_stats_bytes'
 ]

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mmquant.core.grid import check_bits
+from mmquant.core.solver import check_schedule
+
+# Keys of earlier versions and what replaced them (named in the error).
+_REPLACED = {
+    'refine_integer': "replaced by schedule: refine_integer=True was "
+    "schedule='planes+integer', False was schedule='planes'"
+}
 
 #: Quantization methods for the weights.
 METHODS = ('bitsplit', 'rtn')
@@ -68,9 +75,12 @@ class QuantConfig:
             over the batches; ``None`` uses every row. Defaults to 16384.
         max_rounds (int): Cap on the solver's alternating rounds.
             Defaults to 100.
-        refine_integer (bool): After the bit-plane updates converge, refine
-            the integers coordinate by coordinate (never worse than the
-            paper's updates). Defaults to True.
+        schedule (str): The solver's coordinate updates (see
+            :data:`mmquant.core.solver.SCHEDULES`): ``'integer'`` (each
+            coordinate moves to its best integer, never worse than a
+            bit-plane move), ``'planes'`` (the paper's bit-plane updates
+            only) or ``'planes+integer'`` (plane rounds until nothing
+            changes, then integer rounds). Defaults to ``'integer'``.
         damping (float): Ridge towards the float weights, relative to the
             mean of ``diag(A)`` and multiplied by ``N / rows`` when a layer
             has fewer calibration rows than inputs: the solver minimises
@@ -99,7 +109,7 @@ class QuantConfig:
     calib_samples: Optional[int] = None
     rows_per_layer: Optional[int] = 16384
     max_rounds: int = 100
-    refine_integer: bool = True
+    schedule: str = 'integer'
     damping: float = 0.1
     bn_reestimation: bool = False
     act_samples: int = 1 << 18
@@ -130,8 +140,8 @@ class QuantConfig:
             _check_positive(name, getattr(self, name), optional=True)
         for name in ('max_rounds', 'act_samples'):
             _check_positive(name, getattr(self, name), optional=False)
-        for name in ('error_compensation', 'refine_integer',
-                     'bn_reestimation'):
+        check_schedule(self.schedule)
+        for name in ('error_compensation', 'bn_reestimation'):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f'{name} must be True or False, got '
                                 f'{getattr(self, name)!r}')
@@ -159,8 +169,13 @@ class QuantConfig:
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
-                hints.append(f'{key!r}' + (
-                    f' (did you mean {close[0]!r}?)' if close else ''))
+                if key in _REPLACED:
+                    hint = f' ({_REPLACED[key]})'
+                elif close:
+                    hint = f' (did you mean {close[0]!r}?)'
+                else:
+                    hint = ''
+                hints.append(f'{key!r}{hint}')
             raise ValueError(
                 f'unknown quantizer config key(s): {", ".join(hints)}; '
                 f'valid keys: {", ".join(sorted(known))}')

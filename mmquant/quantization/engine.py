@@ -504,7 +504,7 @@ class _Run:
         ridge = _damp(state.acc, weight, self.cfg.damping)
         result = solve_layer(weight, state.acc, state.spec.w_bits,
                              max_rounds=self.cfg.max_rounds,
-                             refine_integer=self.cfg.refine_integer)
+                             schedule=self.cfg.schedule)
         self.timing['solver'] += time.perf_counter() - t0
         rep = state.report
         rep.rows = int(state.acc.n_rows)
