@@ -18,6 +18,7 @@ __all__ = [
     'fit_activation_scale', 'check_bits', 'dequantize',
     'fake_quantize_weight', 'plane_weights', 'qmax', 'split_planes',
     'stitch_planes', 'mse_rtn', 'SCHEDULES', 'SolverResult',
-    'bitsplit_solve', 'check_schedule', 'objective', 'solve_layer', 'LayerGeometry', 'StatsAccumulator',
-    'StatsMemoryError', 'estimate_stats_bytes'
+    'bitsplit_solve', 'check_schedule', 'objective', 'solve_layer',
+    'LayerGeometry', 'StatsAccumulator', 'StatsMemoryError',
+    'estimate_stats_bytes'
 ]
