@@ -16,7 +16,6 @@ Fashion-MNIST (idx files written by the test, no real data needed).
 The whole file takes a few seconds.
 """
 import gzip
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -26,24 +25,15 @@ import cv2
 import numpy as np
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOOL = osp.join(ROOT, 'tools', 'dataset_converters', 'make_fmnist_det.py')
+from .conftest import load_tool
+
 NUM_SOURCE = {'train': 48, 'test': 24}
 # 12 x 4 = 48 and 6 x 4 = 24: exactly enough source images.
 NUM_TRAIN, NUM_VAL = 12, 6
 #: Output split -> the Fashion-MNIST set it must draw from.
 SOURCES = {'train': 'train', 'val': 'test'}
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'mmquant_tool_make_fmnist_det', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-det = _load_tool()
+det = load_tool('dataset_converters', 'make_fmnist_det.py')
 
 
 # ------------------------------------------------------------ fixtures --

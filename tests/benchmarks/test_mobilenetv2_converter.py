@@ -11,28 +11,16 @@
 
 Torch runs with one thread; the file takes a few seconds.
 """
-import importlib.util
-import os.path as osp
 from collections import OrderedDict
 
 import pytest
 import torch
 import torchvision
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOOL = osp.join(ROOT, 'tools', 'model_converters',
-                'torchvision_mobilenetv2_to_mmpretrain.py')
+from .conftest import load_tool
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'mmquant_tool_mobilenetv2_converter', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-conv = _load_tool()
+conv = load_tool('model_converters',
+                 'torchvision_mobilenetv2_to_mmpretrain.py')
 
 
 @pytest.fixture(scope='module')

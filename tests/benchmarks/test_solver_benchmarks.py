@@ -1,23 +1,13 @@
 """The solver benchmark tools on tiny problems (seconds)."""
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmquant_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_tool
 
 
 def test_benchmark_schedules_rows_and_summary(tmp_path, capsys):
-    tool = _load('benchmark_schedules')
+    tool = load_tool('benchmark_schedules.py')
     out = tmp_path / 'rows.json'
     assert tool.main(['--sizes', '16', '--seeds', '1', '--bits', '2', '3',
                       '--json', str(out)]) == 0
@@ -43,7 +33,7 @@ def test_benchmark_schedules_rows_and_summary(tmp_path, capsys):
 
 
 def test_benchmark_schedules_refuses_no_seeds(capsys):
-    tool = _load('benchmark_schedules')
+    tool = load_tool('benchmark_schedules.py')
     with pytest.raises(SystemExit):
         tool.main(['--seeds', '0'])
     assert '--seeds must be >= 1' in capsys.readouterr().err
