@@ -50,16 +50,12 @@ from mmquant.core.rtn import mse_rtn  # noqa: E402
 from mmquant.core.solver import bitsplit_solve, objective  # noqa: E402
 
 
-# result keys -> the solver's schedule, and their labels in the table
-SCHEDULE_KEYS = {
-    'mmquant': 'integer',
-    'mmquant_planes': 'planes',
-    'mmquant_planes_integer': 'planes+integer'
-}
-SCHEDULE_LABELS = {
-    'mmquant': 'mmquant',
-    'mmquant_planes': 'mmquant, planes only',
-    'mmquant_planes_integer': 'mmquant, planes, then integers'
+# result key -> (the solver's schedule, its label in the table)
+SCHEDULE_RUNS = {
+    'mmquant': ('integer', 'mmquant'),
+    'mmquant_planes': ('planes', 'mmquant, planes only'),
+    'mmquant_planes_integer': ('planes+integer',
+                               'mmquant, planes, then integers')
 }
 
 
@@ -213,11 +209,11 @@ def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
         q0, s0 = mse_rtn(W, bits)
         row = dict(problem=name, N=N, M=cout, K=X.shape[0], bits=bits,
                    stats_s=stats_s, rtn=score(q0, s0, A, C, yy))
-        runs: Dict[str, List[float]] = {key: [] for key in SCHEDULE_KEYS}
+        runs: Dict[str, List[float]] = {key: [] for key in SCHEDULE_RUNS}
         results = {}
 
         def solve_all() -> None:
-            for label, schedule in SCHEDULE_KEYS.items():
+            for label, (schedule, _) in SCHEDULE_RUNS.items():
                 _sync(dev)
                 t = time.perf_counter()
                 res = bitsplit_solve(W, A, C, bits, yy, schedule=schedule)
@@ -278,7 +274,7 @@ def table(rows: List[Dict]) -> str:
             lab = ('direct port, extrapolated' if base['extrapolated'] else
                    'direct port')
             entries.append((lab, base))
-        for key, lab in SCHEDULE_LABELS.items():
+        for key, (_, lab) in SCHEDULE_RUNS.items():
             entries.append((lab, r[key]))
         for lab, e in entries:
             t = '-' if e['time_s'] is None else f'{e["time_s"]:.2f}'

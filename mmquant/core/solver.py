@@ -212,12 +212,11 @@ def _plane_table(bits: int) -> Tensor:
     return step.to(torch.float64).reshape(-1)
 
 
-def check_schedule(schedule: str, name: str = 'schedule') -> str:
+def check_schedule(schedule: str) -> str:
     """Check a round schedule.
 
     Args:
         schedule: One of :data:`SCHEDULES`.
-        name: What to call it in the error message.
 
     Returns:
         str: ``schedule``.
@@ -226,7 +225,7 @@ def check_schedule(schedule: str, name: str = 'schedule') -> str:
         ValueError: If it is not one of :data:`SCHEDULES`.
     """
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        raise ValueError(f'{name} must be one of '
+        raise ValueError('schedule must be one of '
                          f'{", ".join(map(repr, SCHEDULES))}, got '
                          f'{schedule!r}')
     return schedule

@@ -168,13 +168,12 @@ class QuantConfig:
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
                 if key in _REPLACED:
                     hint = f' ({_REPLACED[key]})'
-                elif close:
-                    hint = f' (did you mean {close[0]!r}?)'
                 else:
-                    hint = ''
+                    close = difflib.get_close_matches(key, sorted(known),
+                                                      n=1)
+                    hint = f' (did you mean {close[0]!r}?)' if close else ''
                 hints.append(f'{key!r}{hint}')
             raise ValueError(
                 f'unknown quantizer config key(s): {", ".join(hints)}; '
