@@ -28,6 +28,7 @@ from mmengine.registry import init_default_scope
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmquant  # noqa: E402
+from mmquant.apis.ptq import float_model_cfg  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +51,7 @@ def build_model(config: str) -> torch.nn.Module:
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     torch.manual_seed(0)
-    model = ROOT_MODELS.build(cfg.model)
+    model = ROOT_MODELS.build(float_model_cfg(cfg))
     return model.eval()
 
 

@@ -20,6 +20,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from mmquant.apis.ptq import is_quantized_model_cfg  # noqa: E402
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -43,7 +45,7 @@ def build_test_config(cfg: Config, checkpoint: str) -> Config:
         Config: The config to hand to ``Runner.from_cfg``.
     """
     model = cfg.model
-    if model.get('type') not in ('mmquant.QuantizedModel', 'QuantizedModel'):
+    if not is_quantized_model_cfg(model):
         model = dict(type='mmquant.QuantizedModel', architecture=model)
     model['int_checkpoint'] = checkpoint
     cfg.model = model

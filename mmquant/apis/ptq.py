@@ -28,12 +28,47 @@ from .evaluation import evaluate
 DEFAULT_QUANTIZER = dict(type='mmquant.BitSplitQuantizer')
 
 
+def is_quantized_model_cfg(model_cfg: Any) -> bool:
+    """Whether a model config is an ``mmquant.QuantizedModel`` wrapper."""
+    return isinstance(model_cfg, dict) and model_cfg.get('type') in (
+        'mmquant.QuantizedModel', 'QuantizedModel')
+
+
+def float_model_cfg(cfg: Config) -> Dict[str, Any]:
+    """The float model's config, as mmengine's ``Runner`` would build it.
+
+    The Runner merges a top-level ``data_preprocessor`` (where mmpretrain's
+    and many mmdet configs define it) into ``model`` unless the model has
+    its own (``model.setdefault('data_preprocessor', ...)``); without that
+    merge a classifier gets a default preprocessor that neither
+    normalises nor converts BGR to RGB. A ``cfg.model`` of type
+    ``mmquant.QuantizedModel`` contributes its ``architecture`` (with the
+    wrapper's ``data_preprocessor`` as the next default).
+
+    Args:
+        cfg (Config): The config.
+
+    Returns:
+        dict: A copy of the float model's config.
+    """
+    model_cfg = copy.deepcopy(cfg.model)
+    preprocessor = cfg.get('data_preprocessor')
+    if is_quantized_model_cfg(model_cfg):
+        preprocessor = model_cfg.get('data_preprocessor') or preprocessor
+        model_cfg = model_cfg['architecture']
+    if isinstance(model_cfg, dict) and preprocessor is not None:
+        model_cfg.setdefault('data_preprocessor',
+                             copy.deepcopy(preprocessor))
+    return model_cfg
+
+
 def build_float_model(cfg: Config,
                       checkpoint: Optional[str] = None) -> nn.Module:
     """Build ``cfg.model`` and load a float checkpoint strictly.
 
-    A ``cfg.model`` of type ``mmquant.QuantizedModel`` contributes its
-    ``architecture``.
+    The model is built from :func:`float_model_cfg` (the top-level
+    ``data_preprocessor`` merged in as the Runner does; a
+    ``mmquant.QuantizedModel`` contributes its ``architecture``).
 
     Args:
         cfg (Config): The config.
@@ -48,10 +83,7 @@ def build_float_model(cfg: Config,
             model (listing the keys); nothing is loaded partially.
     """
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    model_cfg = copy.deepcopy(cfg.model)
-    if model_cfg.get('type') in ('mmquant.QuantizedModel', 'QuantizedModel'):
-        model_cfg = model_cfg['architecture']
-    model = ROOT_MODELS.build(model_cfg)
+    model = ROOT_MODELS.build(float_model_cfg(cfg))
     if checkpoint is not None:
         state = load_float_checkpoint(checkpoint)
         load_strict(model, state, checkpoint)

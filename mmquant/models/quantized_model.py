@@ -1,4 +1,5 @@
 """A registered model that holds a quantized OpenMMLab architecture."""
+import copy
 from typing import Any, Dict, Optional, Union
 
 from mmengine.model import BaseModel
@@ -36,9 +37,11 @@ class QuantizedModel(BaseModel):
         architecture (dict | nn.Module): The float model or its config,
             built in the config's default scope.
         int_checkpoint (str, optional): An mmquant INT checkpoint to load.
-        data_preprocessor (dict, optional): Unused; the architecture's
-            own preprocessor is used. Accepted so that configs inheriting a
-            top-level ``data_preprocessor`` still build.
+        data_preprocessor (dict, optional): The preprocessor for an
+            ``architecture`` config that has none, as mmengine's Runner
+            does for ``model`` (it passes a config's top-level
+            ``data_preprocessor`` here). An architecture's own
+            ``data_preprocessor`` wins; ignored for a built module.
         init_cfg (dict, optional): Unused; weights come from checkpoints.
         **merged: Keys that mmengine's config inheritance merged in from
             the base config's ``model`` when the child config writes
@@ -57,6 +60,10 @@ class QuantizedModel(BaseModel):
                  **merged: Any) -> None:
         _check_merged_keys(architecture, merged)
         if isinstance(architecture, dict):
+            architecture = copy.deepcopy(architecture)
+            if data_preprocessor is not None:
+                architecture.setdefault('data_preprocessor',
+                                        copy.deepcopy(data_preprocessor))
             architecture = ROOT_MODELS.build(architecture)
         if not isinstance(architecture, BaseModel):
             raise TypeError('QuantizedModel wraps an mmengine BaseModel '
