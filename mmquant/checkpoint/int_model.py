@@ -136,7 +136,8 @@ def _quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 def save_quantized(model: nn.Module,
                    path: PathLike,
-                   meta: Optional[Mapping[str, Any]] = None) -> Dict[str, int]:
+                   meta: Optional[Mapping[str, Any]] = None,
+                   notice: Optional[str] = None) -> Dict[str, int]:
     """Write a model containing ``QuantizedLayer``\\ s as an INT checkpoint.
 
     For every ``QuantizedLayer`` named ``L`` the int8 ``L.qweight`` is
@@ -155,6 +156,8 @@ def save_quantized(model: nn.Module,
             cfg.pretty_text, 'float_checkpoint_sha256':
             sha256_file(ckpt)}``.  It may not use the keys of
             :data:`RESERVED_META_KEYS`.
+        notice: A text for humans who load the file as a float checkpoint
+            (see :func:`.save_container`), e.g. which config evaluates it.
 
     Returns:
         A size summary: ``file_bytes`` (the file on disk),
@@ -229,7 +232,7 @@ def save_quantized(model: nn.Module,
         'float_bytes': float_bytes,
         'packed_bytes': packed_bytes,
     })
-    save_container(path, tensors, full_meta)
+    save_container(path, tensors, full_meta, notice)
     return {
         'file_bytes': osp.getsize(os.fspath(path)),
         'packed_weight_bytes': packed_bytes,
