@@ -6,7 +6,8 @@ from torch import nn
 
 from mmquant.checkpoint import load_container, save_container
 from mmquant.checkpoint.container import NOTICE_PREFIX
-from mmquant.checkpoint.int_model import load_quantized, save_quantized
+from mmquant.checkpoint.int_model import (int_file_notice, load_quantized,
+                                          save_quantized)
 from mmquant.nn import QuantizedLayer
 
 
@@ -47,6 +48,18 @@ def test_save_quantized_passes_the_notice(tmp_path):
     save_quantized(model, path, notice='hello')
     assert next(iter(torch.load(path, weights_only=True))) == \
         'NOTICE: hello'
+    # by default the notice names the config tools/ptq.py writes
+    save_quantized(model, path)
+    first = next(iter(torch.load(path, weights_only=True)))
+    assert first == NOTICE_PREFIX + int_file_notice(path)
+    assert first.endswith('RANDOMLY INITIALISED model. Evaluate it with an '
+                          'mmquant.QuantizedModel config such as '
+                          'm_quantized.py which tools/ptq.py writes next '
+                          'to it: tools/test.py m_quantized.py m_int.pth')
+    assert int_file_notice('dir/other.pth').endswith(
+        'Evaluate it with an mmquant.QuantizedModel config')
+    save_quantized(model, path, notice='')
+    assert next(iter(torch.load(path, weights_only=True))) == 'format'
     fresh = nn.Sequential(nn.Linear(4, 3))
     load_quantized(fresh, path)
     assert torch.equal(fresh[0].qweight, q)
