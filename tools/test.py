@@ -3,7 +3,7 @@
 Example::
 
     python tools/test.py configs/bitsplit/retinanet_r50_fpn_w4a8_coco.py \
-        work_dirs/ptq/retinanet_r50_fpn_w4a8_coco_w4a8_int.pth
+        work_dirs/ptq/retinanet_r50_fpn_w4a8_coco_int.pth
 
 The config's ``model`` may be the float model (it is wrapped in
 ``mmquant.QuantizedModel`` here) or already an ``mmquant.QuantizedModel``.

@@ -6,6 +6,7 @@ config + float checkpoint -> calibration batches -> quantizer ->
 import copy
 import os
 import os.path as osp
+import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -17,7 +18,9 @@ from torch import nn
 
 from mmquant.checkpoint.float_loading import (load_float_checkpoint,
                                               sha256_file)
-from mmquant.checkpoint.int_model import save_quantized
+from mmquant.checkpoint.int_model import (INT_SUFFIX, READY_CONFIG_SUFFIX,
+                                          save_quantized)
+from mmquant.fileio import write_text_atomic
 from mmquant.quantizers import BaseQuantizer
 from mmquant.registry import MODELS
 from .calibration import (build_calib_dataloader, build_forward_fn,
@@ -194,6 +197,82 @@ def int_checkpoint_meta(quantizer: BaseQuantizer, report: Any, cfg: Config,
         mode=report.mode)
 
 
+def bits_tag(w_bits: int, a_bits: Optional[int]) -> str:
+    """The bit-width tag of output names: ``w4a8``, or ``w4af`` when
+    activations stay float."""
+    return f'w{w_bits}a{"f" if a_bits is None else a_bits}'
+
+
+def output_stem(name: str, tag: str) -> str:
+    """The stem of the files a run writes (``<stem>_int.pth``,
+    ``<stem>_quantized.py``).
+
+    ``name`` is kept as it is when it already contains ``tag`` as a whole
+    token (case-insensitive, delimited by the ends of the name or by a
+    character that is neither a letter nor a digit); otherwise ``_<tag>``
+    is appended. So ``resnet18_w4a8_in1k`` at W4A8 gives
+    ``resnet18_w4a8_in1k``, at W3A8 ``resnet18_w4a8_in1k_w3a8``, and
+    ``model`` at W4A8 ``model_w4a8``.
+
+    Args:
+        name (str): The config name (file name without ``.py``).
+        tag (str): The run's :func:`bits_tag`.
+
+    Returns:
+        str: The stem.
+    """
+    token = r'(?<![0-9a-z])' + re.escape(tag) + r'(?![0-9a-z])'
+    if re.search(token, name, flags=re.IGNORECASE):
+        return name
+    return f'{name}_{tag}'
+
+
+#: How a ready config refers to a file next to it: mmengine replaces
+#: ``{{ fileDirname }}`` by the config file's folder when it reads it.
+_NEXT_TO_CONFIG = '{{ fileDirname }}/'
+
+
+def ready_config(cfg: Config, int_name: str) -> Config:
+    """The config that evaluates an INT checkpoint as it is, with mmquant's
+    or mmpretrain's/mmdet's stock ``tools/test.py``.
+
+    It is ``cfg`` with ``model`` replaced by an ``mmquant.QuantizedModel``
+    whose ``architecture`` is :func:`float_model_cfg` (the top-level
+    ``data_preprocessor`` merged in) and whose ``int_checkpoint`` and
+    ``load_from`` are ``{{ fileDirname }}/<int_name>``: the INT file next
+    to the config file, wherever the folder is moved. ``mmquant`` is added
+    to ``custom_imports``; ``work_dir`` is dropped (the test tool picks its
+    own) and ``resume`` is ``False``.
+
+    Args:
+        cfg (Config): The PTQ config.
+        int_name (str): File name of the INT checkpoint, which must lie in
+            the folder the config is written to.
+
+    Returns:
+        Config: The config (write its ``pretty_text``).
+    """
+    if osp.basename(int_name) != int_name:
+        raise ValueError(f'int_name must be a bare file name, got '
+                         f'{int_name!r}')
+    ref = _NEXT_TO_CONFIG + int_name
+    out = cfg.to_dict()
+    out['model'] = dict(
+        type='mmquant.QuantizedModel',
+        architecture=float_model_cfg(cfg),
+        int_checkpoint=ref)
+    out['load_from'] = ref
+    out['resume'] = False
+    out.pop('work_dir', None)
+    custom = dict(out.get('custom_imports') or {})
+    imports = list(custom.get('imports', []))
+    if 'mmquant' not in imports:
+        imports.append('mmquant')
+    custom['imports'] = imports
+    out['custom_imports'] = custom
+    return Config(out)
+
+
 def run_ptq(cfg: Config,
             checkpoint: Optional[str],
             work_dir: str,
@@ -214,13 +293,24 @@ def run_ptq(cfg: Config,
         do_eval (bool): Evaluate float and quantized models.
         eval_samples (int, optional): Evaluate on the first samples only.
 
+    Writes into ``work_dir``: ``<stem>_int.pth`` (the INT checkpoint),
+    ``<stem>_quantized.py`` (:func:`ready_config`: stock ``tools/test.py``
+    runs it as it is) and ``report.json``, where ``<stem>`` is
+    :func:`output_stem` of the config's name (``model`` for a config
+    without a file) and the bits. A summary table is logged at the end.
+
     Returns:
         dict: The report (as written to ``report.json``).
     """
     logger = MMLogger.get_current_instance()
-    os.makedirs(work_dir, exist_ok=True)
     quantizer = build_quantizer(cfg, quantizer_overrides)
     qc = quantizer.config
+    name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
+    stem = output_stem(name, bits_tag(qc.w_bits, qc.a_bits))
+    out_path = osp.join(work_dir, stem + INT_SUFFIX)
+    ready_path = osp.join(work_dir, stem + READY_CONFIG_SUFFIX)
+    ready_text = _ready_config_text(cfg, out_path, ready_path)
+    os.makedirs(work_dir, exist_ok=True)
     model = build_float_model(cfg, checkpoint)
     t0 = time.perf_counter()
     batches, forward_fn = prepare_calibration(
@@ -236,17 +326,33 @@ def run_ptq(cfg: Config,
         logger.info('mmquant: evaluating the quantized model')
         metrics['quantized'] = evaluate(qmodel, cfg, eval_samples)
         report.timing['evaluation'] = round(time.perf_counter() - t1, 4)
-    name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
-    a_tag = qc.a_bits if qc.a_bits is not None else 'f'
-    out_path = osp.join(work_dir, f'{name}_w{qc.w_bits}a{a_tag}_int.pth')
+    # the file's notice (int_file_notice) names the ready config
     sizes = save_quantized(
         qmodel, out_path, int_checkpoint_meta(quantizer, report, cfg,
                                               checkpoint))
-    report.extra.update(int_checkpoint=out_path, sizes=sizes,
+    write_text_atomic(ready_path, ready_text)
+    float_bytes = osp.getsize(checkpoint) if checkpoint else None
+    report_path = osp.join(work_dir, 'report.json')
+    report.extra.update(int_checkpoint=out_path, ready_config=ready_path,
+                        sizes=sizes, float_checkpoint_bytes=float_bytes,
                         metrics=_jsonable(metrics))
-    report.save(osp.join(work_dir, 'report.json'))
-    _log_summary(logger, report, metrics, out_path)
+    report.save(report_path)
+    logger.info('mmquant: summary\n' + summary_table(
+        name, quantizer, report, metrics, report_path))
     return report.to_dict()
+
+
+def _ready_config_text(cfg: Config, int_path: str, ready_path: str) -> str:
+    """The text of the ready config (with a header saying how to run it)."""
+    int_name = osp.basename(int_path)
+    ready_name = osp.basename(ready_path)
+    header = (
+        '# Written by mmquant (tools/ptq.py). Evaluates the INT checkpoint\n'
+        f'# {int_name}, which it expects in its own folder, with\n'
+        "# mmquant's, mmpretrain's or mmdet's tools/test.py, e.g.\n"
+        f'#   python tools/test.py {ready_name} \\\n'
+        f'#       {int_name}\n')
+    return header + ready_config(cfg, int_name).pretty_text
 
 
 def _jsonable(value: Any) -> Any:
@@ -259,15 +365,86 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _log_summary(logger: MMLogger, report: Any, metrics: Dict[str, Any],
-                 out_path: str) -> None:
-    layers = report.quantized_layers
-    logger.info(f'mmquant: {len(layers)} layers quantized ({report.mode}); '
-                f'time {report.timing}')
-    for key in metrics.get('float', {}):
-        f = metrics['float'][key]
-        q = metrics['quantized'].get(key)
-        if isinstance(f, (int, float)) and isinstance(q, (int, float)):
-            logger.info(f'mmquant: {key}: float {f:.4f} -> quantized '
-                        f'{q:.4f} ({q - f:+.4f})')
-    logger.info(f'mmquant: INT checkpoint written to {out_path}')
+def _table(rows: List[Tuple[str, ...]], header: bool = False) -> str:
+    """A plain-text table with ``|`` columns and ``-`` rules."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = '+' + '+'.join('-' * (w + 2) for w in widths) + '+'
+    lines = [rule]
+    for i, row in enumerate(rows):
+        lines.append('| ' + ' | '.join(
+            c.ljust(w) for c, w in zip(row, widths)) + ' |')
+        if header and i == 0:
+            lines.append(rule)
+    lines.append(rule)
+    return '\n'.join(lines)
+
+
+def _bytes(n: Optional[int]) -> str:
+    return 'n/a' if n is None else f'{n:,} bytes ({n / 2**20:.2f} MiB)'
+
+
+def summary_table(name: str, quantizer: BaseQuantizer, report: Any,
+                  metrics: Dict[str, Any], report_path: str) -> str:
+    """The closing summary of a PTQ run as plain-text tables.
+
+    Args:
+        name (str): The model's (config's) name.
+        quantizer (BaseQuantizer): The quantizer used.
+        report (QuantReport): Its report, with ``extra`` filled in by
+            :func:`run_ptq` (``int_checkpoint``, ``ready_config``,
+            ``sizes``, ``float_checkpoint_bytes``).
+        metrics (dict): ``{'float': {...}, 'quantized': {...}}`` or ``{}``.
+        report_path (str): Where the report was written.
+
+    Returns:
+        str: The run table, then the metric table (float, quantized and
+        their difference for every numeric metric) if evaluated.
+    """
+    qc = quantizer.config
+    extra = report.extra
+    int_bytes = extra['sizes']['file_bytes']
+    float_bytes = extra.get('float_checkpoint_bytes')
+    ratio = (f'{float_bytes / int_bytes:.2f}x (float checkpoint file: '
+             f'{_bytes(float_bytes)})' if float_bytes else
+             'n/a (no float checkpoint given)')
+    a_bits = 'float' if qc.a_bits is None else qc.a_bits
+    layers = report.to_dict()['summary']
+    timing = dict(report.timing)
+    data_s = timing.pop('calibration_data', None)
+    eval_s = timing.pop('evaluation', None)
+    total_s = timing.pop('total', None)
+    parts = ', '.join(f'{k} {v:.1f} s' for k, v in timing.items())
+    rows = [
+        ('model', name),
+        ('quantizer', f'{type(quantizer).__name__}, W{qc.w_bits} '
+         f'(weights), A{a_bits} (activations)'),
+        ('mode', report.mode),
+        ('layers', f'{layers["quantized_layers"]} quantized, '
+         f'{layers["float_layers"]} float'),
+        ('calibration', f'{report.calib_samples} samples'),
+        ('INT checkpoint', extra['int_checkpoint']),
+        ('INT size', _bytes(int_bytes)),
+        ('compression', ratio),
+        ('ready config', extra['ready_config']),
+        ('report', report_path),
+    ]
+    for label, value in (('calibration data', data_s),
+                         ('quantization', total_s),
+                         ('evaluation', eval_s)):
+        if value is not None:
+            extra_parts = f' ({parts})' if label == 'quantization' and \
+                parts else ''
+            rows.append((f'time: {label}', f'{value:.1f} s{extra_parts}'))
+    text = _table(rows)
+    numeric = [(k, f, metrics['quantized'].get(k))
+               for k, f in metrics.get('float', {}).items()
+               if isinstance(f, (int, float))
+               and isinstance(metrics['quantized'].get(k), (int, float))]
+    if numeric:
+        text += '\n' + _table(
+            [('metric', 'float', 'quantized', 'change')] +
+            [(k, f'{f:.4f}', f'{q:.4f}', f'{q - f:+.4f}')
+             for k, f, q in numeric], header=True)
+    elif metrics:
+        text += f'\nmetrics: {metrics}'
+    return text

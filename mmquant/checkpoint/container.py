@@ -27,7 +27,7 @@ import os
 import os.path as osp
 import pickle
 import re
-from typing import Any, Callable, Dict, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -35,13 +35,18 @@ from mmquant.fileio import atomic_write
 
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
-    'CheckpointError', 'CheckpointNotFoundError', 'UnsafeCheckpointError',
+    'NOTICE_PREFIX', 'CheckpointError', 'CheckpointNotFoundError',
+    'UnsafeCheckpointError',
     'tensor_sha256', 'save_container', 'load_container'
 ]
 
 FORMAT_NAME = 'mmquant-int'
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1, )
+
+#: Start of the optional top-level key that carries a notice for humans
+#: (see :func:`save_container`).
+NOTICE_PREFIX = 'NOTICE: '
 
 PathLike = Union[str, 'os.PathLike[str]']
 MapLocation = Union[None, str, torch.device, Dict[str, str],
@@ -219,8 +224,10 @@ def _prepare_tensors(
     return out
 
 
-def save_container(path: PathLike, tensors: Mapping[str, torch.Tensor],
-                   meta: Mapping[str, Any]) -> None:
+def save_container(path: PathLike,
+                   tensors: Mapping[str, torch.Tensor],
+                   meta: Mapping[str, Any],
+                   notice: Optional[str] = None) -> None:
     """Write an INT checkpoint file atomically.
 
     The payload is written to a temporary file in the destination
@@ -236,20 +243,31 @@ def save_container(path: PathLike, tensors: Mapping[str, torch.Tensor],
             They are stored as contiguous CPU clones in the given order.
         meta: JSON-able dict (str keys; dict, list, tuple, str, int, finite
             float, bool, None values).  Tuples are read back as lists.
+        notice: A one-line text for humans, stored as the *name* of the
+            first top-level key (``NOTICE_PREFIX + notice``, value
+            ``None``). mmengine's runner, given the file as the checkpoint
+            of a float model, prints the top-level keys it cannot load, so
+            the notice is what such a user reads. Readers ignore it.
 
     Raises:
         TypeError: If a tensor name is not a str, a value is not a tensor,
-            or ``meta`` is not JSON-serialisable (the message names the
-            offending entry).
+            ``meta`` is not JSON-serialisable (the message names the
+            offending entry) or ``notice`` is not a str.
         ValueError: If ``meta`` holds NaN/infinite floats.
         FileNotFoundError: If the parent directory does not exist.
         IsADirectoryError: If ``path`` is a directory.
         OSError: If writing fails.
     """
     path = osp.abspath(os.fspath(path))
+    if notice is not None and not isinstance(notice, str):
+        raise TypeError(
+            f'notice must be a str, got {type(notice).__name__}')
     meta_json = _encode_meta(meta)
     data = _prepare_tensors(tensors)
-    payload = {
+    payload: Dict[str, Any] = {}
+    if notice:
+        payload[NOTICE_PREFIX + notice] = None
+    payload.update({
         'format': FORMAT_NAME,
         'format_version': FORMAT_VERSION,
         'meta': meta_json,
@@ -257,7 +275,7 @@ def save_container(path: PathLike, tensors: Mapping[str, torch.Tensor],
         'checksums': {name: tensor_sha256(t)
                       for name, t in data.items()},
         'meta_sha256': hashlib.sha256(meta_json.encode('utf-8')).hexdigest(),
-    }
+    })
     dirpath, basename = osp.split(path)
     if not osp.isdir(dirpath):
         raise FileNotFoundError(

@@ -28,13 +28,19 @@ from .container import (CheckpointError, MapLocation, PathLike,
 from .packing import MAX_BITS, MIN_BITS, packed_nbytes, pack_int, unpack_int
 
 __all__ = [
-    'RESERVED_META_KEYS', 'PACKED_SUFFIX', 'CheckpointMismatchError',
+    'RESERVED_META_KEYS', 'PACKED_SUFFIX', 'INT_SUFFIX',
+    'READY_CONFIG_SUFFIX', 'CheckpointMismatchError', 'int_file_notice',
     'save_quantized', 'load_quantized', 'apply_quantized',
     'inspect_quantized'
 ]
 
 #: Suffix of the tensor holding a quantized layer's packed integers.
 PACKED_SUFFIX = 'qweight_packed'
+
+#: ``tools/ptq.py`` names its INT checkpoint ``<stem>_int.pth`` and writes
+#: the config that evaluates it next to it as ``<stem>_quantized.py``.
+INT_SUFFIX = '_int.pth'
+READY_CONFIG_SUFFIX = '_quantized.py'
 
 #: Meta keys written by :func:`save_quantized`; callers may not set them.
 RESERVED_META_KEYS = ('layers', 'mmquant_version', 'float_bytes',
@@ -134,9 +140,36 @@ def _quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return found
 
 
+def int_file_notice(path: PathLike) -> str:
+    """The notice :func:`save_quantized` stores in an INT checkpoint.
+
+    mmengine's runner prints it when the file is given as the checkpoint
+    of a float model (see :func:`.save_container`). For a file named
+    ``<stem>_int.pth`` it names ``<stem>_quantized.py``, the config
+    ``tools/ptq.py`` writes next to it.
+
+    Args:
+        path: The INT checkpoint.
+
+    Returns:
+        One line of text (without :data:`.NOTICE_PREFIX`).
+    """
+    name = osp.basename(os.fspath(path))
+    text = ('this is an mmquant INT checkpoint and not a float state dict; '
+            'a float model config loads none of its weights and evaluates '
+            'a RANDOMLY INITIALISED model. Evaluate it with an '
+            'mmquant.QuantizedModel config')
+    if name.endswith(INT_SUFFIX) and len(name) > len(INT_SUFFIX):
+        ready = name[:-len(INT_SUFFIX)] + READY_CONFIG_SUFFIX
+        text += (f' such as {ready} which tools/ptq.py writes next to it: '
+                 f'tools/test.py {ready} {name}')
+    return text
+
+
 def save_quantized(model: nn.Module,
                    path: PathLike,
-                   meta: Optional[Mapping[str, Any]] = None) -> Dict[str, int]:
+                   meta: Optional[Mapping[str, Any]] = None,
+                   notice: Optional[str] = None) -> Dict[str, int]:
     """Write a model containing ``QuantizedLayer``\\ s as an INT checkpoint.
 
     For every ``QuantizedLayer`` named ``L`` the int8 ``L.qweight`` is
@@ -155,6 +188,9 @@ def save_quantized(model: nn.Module,
             cfg.pretty_text, 'float_checkpoint_sha256':
             sha256_file(ckpt)}``.  It may not use the keys of
             :data:`RESERVED_META_KEYS`.
+        notice: The text for humans who load the file as the checkpoint
+            of a float model (see :func:`.save_container`); default
+            :func:`int_file_notice`; ``''`` for none.
 
     Returns:
         A size summary: ``file_bytes`` (the file on disk),
@@ -229,7 +265,9 @@ def save_quantized(model: nn.Module,
         'float_bytes': float_bytes,
         'packed_bytes': packed_bytes,
     })
-    save_container(path, tensors, full_meta)
+    if notice is None:
+        notice = int_file_notice(path)
+    save_container(path, tensors, full_meta, notice)
     return {
         'file_bytes': osp.getsize(os.fspath(path)),
         'packed_weight_bytes': packed_bytes,

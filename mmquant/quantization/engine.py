@@ -58,11 +58,26 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
 
     Returns:
         The model's output.
+
+    Raises:
+        TypeError: If the model rejects a tuple/list batch (e.g. the
+            ``(input, label)`` pairs of a plain ``DataLoader``); the
+            message names the ``forward_fn`` to pass and the original error
+            is its ``__cause__``.
     """
     if isinstance(batch, Tensor):
         return model(batch)
     if isinstance(batch, (tuple, list)):
-        return model(*batch)
+        try:
+            return model(*batch)
+        except TypeError as e:
+            raise TypeError(
+                f'calling {type(model).__name__} with the {len(batch)} '
+                f'elements of a {type(batch).__name__} calibration batch as '
+                f'positional arguments failed: {e}. A DataLoader over '
+                '(input, label) pairs yields such batches; pass '
+                'forward_fn=lambda m, b: m(b[0]) to mmquant.quantize to '
+                'feed the input only') from e
     if isinstance(batch, Mapping):
         return model(**batch)
     raise TypeError('a calibration batch must be a Tensor, tuple, list or '
