@@ -21,6 +21,7 @@ import os.path as osp
 
 import pytest
 import torch
+from mmengine.runner import load_checkpoint
 
 from mmquant.apis.ptq import build_float_model
 
@@ -63,9 +64,12 @@ def _normalisation(cfg):
 def test_float_model_matches_runner(stock, model):
     cfg = stock.cfg(model)
     ckpt = stock.float_ckpt(model)
-    runner = stock.runner(model)
-    runner.load_checkpoint(ckpt)
-    reference = runner.model.eval()
+    # the model mmengine's Runner builds, with the checkpoint loaded by
+    # mmengine's loader (Runner.load_checkpoint itself needs the hooks
+    # set up by a run: EMAHook's ema_model)
+    reference = stock.runner(model).model
+    load_checkpoint(reference, ckpt, strict=True)
+    reference.eval()
     ours = build_float_model(cfg, ckpt)
     assert type(ours.data_preprocessor) is type(reference.data_preprocessor)
 
