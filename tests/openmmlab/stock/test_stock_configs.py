@@ -51,10 +51,9 @@ def _report_params():
 
 
 def _normalisation(cfg):
-    """``(mean, std, flip channels)`` of the config's preprocessor."""
-    pre = cfg.get('data_preprocessor') or cfg.model.data_preprocessor
-    if cfg.model.get('data_preprocessor'):
-        pre = cfg.model.data_preprocessor
+    """``(mean, std, flip channels)`` of the config's preprocessor (the
+    model's own, else the top-level one, as the Runner picks it)."""
+    pre = cfg.model.get('data_preprocessor') or cfg.data_preprocessor
     flip = pre.get('to_rgb', False) or pre.get('bgr_to_rgb', False)
     return (torch.tensor(pre['mean']).view(-1, 1, 1),
             torch.tensor(pre['std']).view(-1, 1, 1), flip)
@@ -150,10 +149,10 @@ def test_report_accounts_for_every_weight(stock, model):
     weights = float_weights(float_model)
     assert weights
     layers = {lay['name']: lay for lay in report['layers']}
-    missing = sorted(f'{name} ({type(float_model.get_submodule(name)).__name__}'
-                     f': {", ".join(params)})'
-                     for name, params in weights.items()
-                     if name not in layers)
+    missing = sorted(
+        f'{name} ({type(float_model.get_submodule(name)).__name__}: '
+        f'{", ".join(params)})'
+        for name, params in weights.items() if name not in layers)
     unexplained = sorted(name for name, lay in layers.items()
                          if lay['w_bits'] is None and not lay['note'])
     assert not missing, f'{len(missing)} weight-bearing modules not in ' \

@@ -1,7 +1,8 @@
 # ConvNeXt-T from mmpretrain's stock config, on a tiny 3-class folder dataset
 # of 64x64 images (tests/openmmlab/stock generates it and passes its
 # path with --cfg-options). Only the dataset, the class count, the image
-# size and the batch sizes/workers differ from the stock config.
+# size and the batch sizes/workers differ from the stock config, and the
+# width (below).
 _base_ = 'mmpretrain::convnext/convnext-tiny_32xb128_in1k.py'
 
 custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)
@@ -9,7 +10,8 @@ custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)
 data_root = 'data/tiny_imagenet/'
 num_classes = 3
 
-# class count: the preprocessor's (one-hot labels, and Mixup/CutMix) and the head's
+# class count: the preprocessor's (one-hot labels, and Mixup/CutMix)
+# and the head's
 data_preprocessor = dict(num_classes=num_classes)
 # Width: 1/4 (channels 24-192, depths as stock). Measured on the shared
 # 2-core CPU, PTQ of the stock width (96-768) takes 53 s (solver 30 s),

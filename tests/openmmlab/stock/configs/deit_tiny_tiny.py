@@ -1,7 +1,8 @@
-# DeiT-tiny (with its Mixup/CutMix batch augments) from mmpretrain's stock config, on a tiny 3-class folder dataset
-# of 64x64 images (tests/openmmlab/stock generates it and passes its
-# path with --cfg-options). Only the dataset, the class count, the image
-# size and the batch sizes/workers differ from the stock config.
+# DeiT-tiny with its Mixup/CutMix batch augments: mmpretrain's stock
+# config on a tiny 3-class folder dataset of 64x64 images
+# (tests/openmmlab/stock generates it and passes its path with
+# --cfg-options). Only the dataset, the class count, the image size and
+# the batch sizes/workers differ from the stock config.
 _base_ = 'mmpretrain::deit/deit-tiny_4xb256_in1k.py'
 
 custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)
@@ -9,7 +10,8 @@ custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)
 data_root = 'data/tiny_imagenet/'
 num_classes = 3
 
-# class count: the preprocessor's (one-hot labels, and Mixup/CutMix) and the head's
+# class count: the preprocessor's (one-hot labels, and Mixup/CutMix)
+# and the head's
 data_preprocessor = dict(num_classes=num_classes)
 model = dict(backbone=dict(img_size=64), head=dict(num_classes=num_classes))
 

@@ -1,7 +1,8 @@
-# DETR R-50 from mmdet's stock config, on a tiny 3-class COCO-format set of
-# 64x64 images (tests/openmmlab/stock generates it and passes its path with
-# --cfg-options). Only the dataset, the class count, the image size and the
-# batch sizes/workers differ from the stock config.
+# DETR R-50: mmdet's stock config on a tiny 3-class
+# COCO-format set of 64x64 images (tests/openmmlab/stock generates it
+# and passes its path with --cfg-options). Only the dataset, the class
+# count, the image size, the batch sizes/workers and the width (see
+# `model` below) differ from the stock config.
 _base_ = 'mmdet::detr/detr_r50_8xb2-150e_coco.py'
 
 custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)

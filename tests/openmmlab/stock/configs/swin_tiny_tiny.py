@@ -1,7 +1,8 @@
 # Swin-T from mmpretrain's stock config, on a tiny 3-class folder dataset
 # of 64x64 images (tests/openmmlab/stock generates it and passes its
 # path with --cfg-options). Only the dataset, the class count, the image
-# size and the batch sizes/workers differ from the stock config.
+# size and the batch sizes/workers differ from the stock config, and the
+# width (below).
 _base_ = 'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py'
 
 custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)
@@ -9,14 +10,16 @@ custom_imports = dict(imports=['mmquant'], allow_failed_imports=False)
 data_root = 'data/tiny_imagenet/'
 num_classes = 3
 
-# class count: the preprocessor's (one-hot labels, and Mixup/CutMix) and the head's
+# class count: the preprocessor's (one-hot labels, and Mixup/CutMix)
+# and the head's
 data_preprocessor = dict(num_classes=num_classes)
 # Image size: 64 px, with the window scaled as the stock 384 px config
 # scales it (img_size / 32: 224 -> 7, 384 -> 12, 64 -> 2); the stock
 # window of 7 does not fit the 4x4 and 2x2 maps of the last stages.
-# Width: 1/3 (embed_dims 32, head dim 32 as stock). Measured on the shared
-# 2-core CPU, PTQ of the stock width (embed_dims 96) takes ~50 s, over the
-# matrix's budget of a few minutes for all ten models.
+# Width: 1/3 (embed_dims 32, head dim 32 as stock, depths as stock): at
+# stock width (96-768) its Linear layers have ConvNeXt-T's shapes, whose
+# PTQ measured 53 s on the shared 2-core CPU, over the matrix's budget of
+# a few minutes for all ten models.
 model = dict(
     backbone=dict(
         img_size=64,
