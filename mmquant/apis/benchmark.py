@@ -584,6 +584,8 @@ def render_header(info: Dict[str, Any], command: str = '',
             f'{evals}.')
     loads = [r.extra.get('load_average') for r in rows or []
              if r.extra.get('load_average') is not None]
+    # rows rebuilt from generated files keep only the rendered range
+    loads = loads or list(info.get('load_average_range') or [])
     if loads:
         text += (f' 1-minute load average during the quantized runs: '
                  f'{min(loads):.1f}-{max(loads):.1f} (PTQ times grow with '
