@@ -264,21 +264,21 @@ def check_benchmark(models: Sequence[BenchmarkModel],
                                                              tag)
     wanted: Dict[str, List[Dict[str, Any]]] = {}
     for name, entry in entries.items():
-        if name not in runs:
-            report.skipped.append(
-                (name, 'not a run of the selected benchmark models', False))
-            continue
-        model, method, tag = runs[name]
-        if method != 'float' and (method not in methods or tag not in tags):
-            report.skipped.append(
-                (name, 'method or bits not selected', False))
-            continue
+        model, method, tag = runs.get(name, (None, None, None))
+        selected = model is not None and (method == 'float' or (
+            method in methods and tag in tags))
         results = entry.get('Results') or []
         if not results or not results[0].get('Metrics'):
             report.skipped.append(
-                (name, 'not measured (no committed Results)', True))
-            continue
-        wanted.setdefault(model.name, []).append(entry)
+                (name, 'not measured (no committed Results)', selected))
+        elif model is None:
+            report.skipped.append(
+                (name, 'not a run of the selected benchmark models', False))
+        elif not selected:
+            report.skipped.append(
+                (name, 'method or bits not selected', False))
+        else:
+            wanted.setdefault(model.name, []).append(entry)
     for model in models:
         group = wanted.get(model.name)
         if not group:
