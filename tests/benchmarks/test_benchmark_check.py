@@ -241,3 +241,33 @@ def test_load_model_index_follows_imports(tmp_path):
     (tmp_path / 'd.yml').write_text('Foo: 1\n')
     with pytest.raises(ValueError, match='not a model index'):
         bc.load_model_index(str(tmp_path / 'd.yml'))
+
+
+def test_imagenet_entry_without_data_is_skipped(tool, tmp_path, capsys):
+    """What a CI job on a runner without ImageNet sees: the committed
+    ImageNet value is not compared but reported as skipped with the
+    reason, and --strict fails the job."""
+    checkpoint = tmp_path / 'resnet18.pth'
+    checkpoint.write_bytes(b'')  # present, never read
+    lst = tmp_path / 'in1k.py'
+    lst.write_text(
+        "models = [dict(name='ResNet-18', config='configs/bitsplit/"
+        f"resnet18_w4a8_in1k.py', checkpoint='{checkpoint}')]\n"
+        "methods = ['bitsplit']\nbits = ['w4a8']\n")
+    metafile = tmp_path / 'metafile.yml'
+    metafile.write_text(yaml.safe_dump(dict(Models=[dict(
+        Name='resnet-18_bitsplit_w4a8',
+        Config='configs/bitsplit/resnet18_w4a8_in1k.py',
+        Metadata={'Calibration images': 256, 'Test samples': 'all'},
+        Results=[dict(Task='Image Classification', Dataset='ImageNet-1k',
+                      Metrics={'Top 1 Accuracy': 1.0})])])))
+    args = [str(lst), '--check', str(metafile), '--work-dir',
+            str(tmp_path / 'w'), '--data-root', str(tmp_path / 'imagenet')]
+    assert tool(*args, '--min-checked', '0') == 0
+    assert tool(*args, '--min-checked', '0', '--strict') == \
+        bc.CHECK_NOT_ENOUGH
+    assert tool(*args) == bc.CHECK_NOT_ENOUGH
+    out = capsys.readouterr().out
+    assert f'| resnet-18_bitsplit_w4a8 | data {tmp_path}/imagenet not ' \
+        'found |' in out
+    assert 'FAIL: 0 entries checked (at least 1 required)' in out
