@@ -804,7 +804,6 @@ def write_entry_configs(rows: Sequence[BenchmarkRow],
         text = render_entry_config(row.config, row.method, row.bits,
                                    folder)
         if not osp.isfile(path) or _read(path) != text:
-            os.makedirs(folder, exist_ok=True)
             write_text_atomic(path, text)
         paths.append(path)
     return paths
@@ -860,9 +859,12 @@ def quantized_configs(folder: str) -> List[str]:
         folder (str): e.g. ``configs/bitsplit``.
 
     Returns:
-        list[str]: Sorted paths (joined to ``folder``).
+        list[str]: Sorted paths (joined to ``folder``; none if it does
+        not exist).
     """
     paths = []
+    if not osp.isdir(folder):
+        return paths
     for name in sorted(os.listdir(folder)):
         path = osp.join(folder, name)
         if name.endswith('.py') and osp.isfile(path) and \
