@@ -23,6 +23,7 @@ CHECK_REGRESSION = 1
 #: Exit status of a check that compared too little (``min_checked``,
 #: ``strict``).
 CHECK_NOT_ENOUGH = 3
+_NOT_MEASURED = 'not measured (no committed Results)'
 
 
 def load_model_index(path: str) -> Dict[str, Dict[str, Any]]:
@@ -269,8 +270,7 @@ def check_benchmark(models: Sequence[BenchmarkModel],
             method in methods and tag in tags))
         results = entry.get('Results') or []
         if not results or not results[0].get('Metrics'):
-            report.skipped.append(
-                (name, 'not measured (no committed Results)', selected))
+            report.skipped.append((name, _NOT_MEASURED, selected))
         elif model is None:
             report.skipped.append(
                 (name, 'not a run of the selected benchmark models', False))
@@ -358,11 +358,18 @@ def render_check(report: CheckReport, min_checked: int = 1,
     lines += ['', f'{len(report.compared)} metrics of '
               f'{len(report.checked)} entries compared, {len(moved)} '
               f'moved, {len(report.failed)} below tolerance.']
-    if report.skipped:
-        lines += ['', f'Skipped {len(report.skipped)} entries:', '',
+    # entries of the list's runs, and entries with no value, by name; the
+    # runs of other models, methods or bits only as a count
+    listed = [s for s in report.skipped if s[2] or s[1] == _NOT_MEASURED]
+    if listed:
+        lines += ['', f'Skipped {len(listed)} entries:', '',
                   '| Entry | Reason |', '| --- | --- |']
-        lines += [f'| {name} | {reason} |'
-                  for name, reason, _ in report.skipped]
+        lines += [f'| {name} | {reason} |' for name, reason, _ in listed]
+    others = len(report.skipped) - len(listed)
+    if others:
+        lines += ['', f'Not selected: {others} entries (runs of other '
+                  'models, methods or bits than the list and --models, '
+                  '--methods, --bits select).']
     code = report.exit_code(min_checked, strict)
     if code == CHECK_REGRESSION:
         verdict = f'FAIL: {len(report.failed)} metrics below tolerance'

@@ -150,7 +150,8 @@ def test_exit_status_rules():
     assert report.exit_code(min_checked=0) == 0
     report.compared = bc._compare(_entry(90.0), _row(90.0), 0.3)
     report.skipped = [('a', 'checkpoint k.pth not found', True),
-                      ('b', 'method or bits not selected', False)]
+                      ('b', 'method or bits not selected', False),
+                      ('c', 'method or bits not selected', False)]
     assert report.checked == ['m_rtn_w4a8']
     assert report.exit_code() == 0
     assert report.exit_code(strict=True) == bc.CHECK_NOT_ENOUGH
@@ -161,6 +162,8 @@ def test_exit_status_rules():
     assert _table(text)[:1] == [
         '| m_rtn_w4a8 | Top 1 Accuracy | 91.00 | 90.00 | -1.00 | FAIL |']
     assert '| a | checkpoint k.pth not found |' in text
+    assert 'Skipped 1 entries' in text and '| b |' not in text
+    assert 'Not selected: 2 entries' in text
     assert text.endswith('Result: FAIL: 1 metrics below tolerance (exit '
                          'status 1).\n')
 
@@ -176,8 +179,10 @@ def test_nothing_checkable_fails(tool, capsys):
     assert '0 metrics of 0 entries compared' in out
     assert '| resnet18_w4a8_in1k | not measured (no committed Results) |' \
         in out
-    assert '| mobilenetv2_imagenet_linear_rtn_w4a8 | not a run of the ' \
-        'selected benchmark models |' in out
+    # the 39 offline entries are runs of other models
+    assert 'Skipped 9 entries' in out
+    assert 'Not selected: 39 entries' in out
+    assert 'mobilenetv2' not in out
     assert not osp.exists(osp.join(ROOT, 'work_dirs', 'never',
                                    'results.json'))
 
