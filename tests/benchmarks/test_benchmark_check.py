@@ -19,6 +19,7 @@ import time
 
 import pytest
 import yaml
+from mmengine.logging import MMLogger
 
 from mmquant.apis import benchmark as bm
 from mmquant.apis import benchmark_check as bc
@@ -35,6 +36,10 @@ def tool(monkeypatch):
     """``main`` of tools/benchmark.py, run at the root: returns its exit
     status for an argument list."""
     monkeypatch.chdir(ROOT)
+    # made here, before capsys replaces sys.stdout, the tool's logger keeps
+    # writing to pytest's own capture (a handler on capsys' stream would
+    # write to a closed file in later tests)
+    MMLogger.get_instance('mmquant', log_level='INFO')
     module = load_tool('benchmark.py')
 
     def run(*args: str) -> int:
