@@ -31,3 +31,6 @@ models = [
 methods = ['rtn', 'bitsplit-fast', 'bitsplit']
 bits = ['w8a8', 'w4a8', 'w3a8']
 calib_samples = 256
+# Where `--readme`/`--metafile` write the config of every quantized run
+# (the model config plus that run's quantizer): a metafile entry's Config.
+entry_configs = 'configs/bitsplit/in1k_coco'

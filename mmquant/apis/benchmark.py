@@ -17,6 +17,7 @@ import os
 import os.path as osp
 import platform
 import re
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -413,6 +414,12 @@ def run_benchmark(models: Sequence[BenchmarkModel],
     sessions: List[Dict[str, Any]] = []
     if resume and osp.exists(results_path):
         rows, old = load_results(results_path)
+        for key, value in (('calib_samples', calib_samples),
+                           ('eval_samples', eval_samples)):
+            if rows and old.get(key) != value:
+                raise ValueError(
+                    f'cannot resume {results_path}: its runs have '
+                    f'{key}={old.get(key)!r}, this run {value!r}')
         sessions = list(old.get('sessions', []))
         logger.info(f'mmquant.benchmark: resuming, {len(rows)} runs kept '
                     f'from {results_path}')
@@ -584,6 +591,8 @@ def render_header(info: Dict[str, Any], command: str = '',
             f'{evals}.')
     loads = [r.extra.get('load_average') for r in rows or []
              if r.extra.get('load_average') is not None]
+    # rows rebuilt from generated files keep only the rendered range
+    loads = loads or list(info.get('load_average_range') or [])
     if loads:
         text += (f' 1-minute load average during the quantized runs: '
                  f'{min(loads):.1f}-{max(loads):.1f} (PTQ times grow with '
@@ -592,7 +601,8 @@ def render_header(info: Dict[str, Any], command: str = '',
 
 
 def render_markdown(rows: Sequence[BenchmarkRow],
-                    link_base: str = '') -> str:
+                    link_base: str = '',
+                    entry_dir: Optional[str] = None) -> str:
     """OpenMMLab-style Markdown tables, one per model.
 
     Columns: Model, Params(M), Flops(G), Method, Bits, the task's two
@@ -603,6 +613,9 @@ def render_markdown(rows: Sequence[BenchmarkRow],
         rows (Sequence[BenchmarkRow]): Rows of :func:`run_benchmark`.
         link_base (str): Folder the links are relative to (the folder of
             the Markdown file); ``''`` keeps paths as recorded.
+        entry_dir (str, optional): Folder of the entry configs
+            (:func:`entry_config_path`); the Config column of a quantized
+            row links its entry config. Default: the model config.
 
     Returns:
         str: The Markdown text.
@@ -645,7 +658,10 @@ def render_markdown(rows: Sequence[BenchmarkRow],
                      _size(row.file_bytes),
                      '-' if row.ptq_seconds is None
                      else f'{row.ptq_seconds:.1f}',
-                     _link(row.config, link_base),
+                     _link(row.config if entry_dir is None
+                           else entry_config_path(row.config, row.method,
+                                                  row.bits, entry_dir),
+                           link_base),
                      _link(row.file, link_base)
                      if row.method == 'float' else '-']
             lines.append('| ' + ' | '.join(cells) + ' |')
@@ -676,18 +692,231 @@ def update_readme(path: str, section: str) -> None:
                        + '\n' + README_END + tail)
 
 
+#: Metadata of each method in a metafile entry (``Mode``: BitSplit only).
+METHOD_METADATA: Dict[str, Dict[str, str]] = {
+    'float': dict(Method='float'),
+    'rtn': dict(Method='RTN'),
+    'bitsplit-fast': dict(Method='BitSplit', Mode='fast'),
+    'bitsplit': dict(Method='BitSplit', Mode='EC'),
+}
+#: How each method is named in the file names of entry configs.
+_FILE_TAGS = {'rtn': 'rtn', 'bitsplit-fast': 'bitsplit-fast',
+              'bitsplit': 'bitsplit-ec'}
+#: Metric names of the metafile (OpenMMLab's) per evaluator key.
+_METAFILE_KEYS = {
+    'accuracy/top1': 'Top 1 Accuracy',
+    'accuracy/top5': 'Top 5 Accuracy',
+    'coco/bbox_mAP': 'box AP',
+    'coco/bbox_mAP_50': 'box AP@0.5',
+}
+
+
+def entry_name(model: str, method: str, bits: str) -> str:
+    """The metafile ``Name`` of one run.
+
+    Args:
+        model (str): The model's name in the benchmark list.
+        method (str): ``'float'`` or a key of :data:`METHODS`.
+        bits (str): ``'fp32'`` or a bit-width tag.
+
+    Returns:
+        str: ``<model slug>_<method>_<bits>``, lower case.
+    """
+    return f'{_slug(model)}_{method}_{bits}'.lower()
+
+
+def entry_config_path(config: str, method: str, bits: str,
+                      folder: str) -> str:
+    """The config that reproduces one run by itself.
+
+    Args:
+        config (str): The model config the benchmark ran.
+        method (str): ``'float'`` or a key of :data:`METHODS`.
+        bits (str): ``'fp32'`` or a bit-width tag.
+        folder (str): Folder of the generated entry configs.
+
+    Returns:
+        str: ``config`` itself for float runs, else
+        ``<folder>/<config stem>_<method>_<bits>.py`` (``bitsplit-ec``
+        for error-compensated BitSplit).
+    """
+    if method == 'float':
+        return config
+    if method not in _FILE_TAGS:
+        raise ValueError(f'unknown benchmark method {method!r}')
+    stem = osp.splitext(osp.basename(config))[0]
+    return osp.join(folder,
+                    f'{stem}_{_FILE_TAGS[method]}_{bits.lower()}.py')
+
+
+def render_entry_config(config: str, method: str, bits: str,
+                        folder: str) -> str:
+    """The text of the config :func:`entry_config_path` names.
+
+    It inherits the model config and sets the quantizer the benchmark
+    merged over the model config's own (:data:`METHODS` plus the bits), so
+    ``Config.fromfile`` of it gives the quantizer of the measured run.
+
+    Args:
+        config (str): The model config the benchmark ran.
+        method (str): A key of :data:`METHODS`.
+        bits (str): A bit-width tag.
+        folder (str): Folder the entry config is written to (``_base_`` is
+            relative to it).
+
+    Returns:
+        str: Python config text.
+    """
+    check_methods([method])
+    w_bits, a_bits = parse_bits(bits)
+    quantizer = dict(METHODS[method], w_bits=w_bits, a_bits=a_bits)
+    base = osp.relpath(config, folder).replace(osp.sep, '/')
+    about = textwrap.wrap(
+        f'{METHOD_TITLES[method]} {bits.upper()} of {config}: its model, '
+        'data and evaluation, quantized by the `quantizer` below (the '
+        "settings the benchmark merged over that config's own).", 77)
+    lines = ['# Generated by tools/benchmark.py (mmquant.apis.benchmark.'
+             'render_entry_config);', '# do not edit.']
+    lines += [f'# {line}' for line in about]
+    lines += ['#', '#   python tools/ptq.py THIS_CONFIG FLOAT_CHECKPOINT',
+              f"_base_ = ['{base}']", '', 'quantizer = dict(']
+    items = [f'    {key}={value!r}' for key, value in quantizer.items()]
+    lines.append(',\n'.join(items) + ')')
+    return '\n'.join(lines) + '\n'
+
+
+def write_entry_configs(rows: Sequence[BenchmarkRow],
+                        folder: str) -> List[str]:
+    """Write :func:`render_entry_config` of every quantized row.
+
+    Args:
+        rows (Sequence[BenchmarkRow]): The results.
+        folder (str): Folder of the entry configs.
+
+    Returns:
+        list[str]: The paths written (or already up to date).
+    """
+    paths = []
+    for row in rows:
+        if row.method == 'float':
+            continue
+        path = entry_config_path(row.config, row.method, row.bits, folder)
+        text = render_entry_config(row.config, row.method, row.bits,
+                                   folder)
+        if not osp.isfile(path) or _read(path) != text:
+            write_text_atomic(path, text)
+        paths.append(path)
+    return paths
+
+
+def quantizer_metadata(cfg: Config) -> Dict[str, Any]:
+    """Method, mode and bits of a config's quantizer, as in a metafile.
+
+    Args:
+        cfg (Config): A config with a ``quantizer``.
+
+    Returns:
+        dict: ``Method`` (``'BitSplit'`` or ``'RTN'``), ``Mode``
+        (``'EC'``/``'fast'``, BitSplit only), ``Weight bits`` and
+        ``Activation bits`` (32 for float activations).
+    """
+    if not cfg.get('quantizer'):
+        raise ValueError(f'{cfg.filename}: no `quantizer` in the config')
+    quantizer = build_quantizer(cfg)
+    qcfg = quantizer.config
+    method = getattr(quantizer, 'method', type(quantizer).__name__)
+    meta: Dict[str, Any] = dict(
+        Method={'rtn': 'RTN', 'bitsplit': 'BitSplit'}.get(method, method))
+    if method == 'bitsplit':
+        meta['Mode'] = 'EC' if qcfg.error_compensation else 'fast'
+    meta['Weight bits'] = qcfg.w_bits
+    meta['Activation bits'] = 32 if qcfg.a_bits is None else qcfg.a_bits
+    return meta
+
+
+def _row_metadata(row: BenchmarkRow,
+                  info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    if row.method not in METHOD_METADATA:
+        raise ValueError(f'unknown benchmark method {row.method!r}')
+    meta: Dict[str, Any] = dict(METHOD_METADATA[row.method])
+    w_bits, a_bits = (32, 32) if row.bits == 'fp32' \
+        else parse_bits(row.bits)
+    meta['Weight bits'] = w_bits
+    meta['Activation bits'] = a_bits or 32
+    if info is not None:
+        if row.method != 'float' and info.get('calib_samples'):
+            meta['Calibration images'] = info['calib_samples']
+        meta['Test samples'] = info.get('eval_samples') or 'all'
+    meta.update({'Parameters': row.params, 'FLOPs': row.flops,
+                 'File size': row.file_bytes})
+    return meta
+
+
+def quantized_configs(folder: str) -> List[str]:
+    """The configs directly in a folder that have a ``quantizer``.
+
+    Args:
+        folder (str): e.g. ``configs/bitsplit``.
+
+    Returns:
+        list[str]: Sorted paths (joined to ``folder``; none if it does
+        not exist).
+    """
+    paths = []
+    if not osp.isdir(folder):
+        return paths
+    for name in sorted(os.listdir(folder)):
+        path = osp.join(folder, name)
+        if name.endswith('.py') and osp.isfile(path) and \
+                Config.fromfile(path).get('quantizer'):
+            paths.append(path)
+    return paths
+
+
+def unmeasured_configs(rows: Sequence[BenchmarkRow],
+                       folder: str) -> List[str]:
+    """The quantized configs of a folder that no row was measured with.
+
+    Args:
+        rows (Sequence[BenchmarkRow]): The results.
+        folder (str): The metafile's folder, e.g. ``configs/bitsplit``.
+
+    Returns:
+        list[str]: Sorted paths of :func:`quantized_configs`.
+    """
+    used = {osp.normpath(r.config) for r in rows}
+    return [p for p in quantized_configs(folder or '.')
+            if osp.normpath(p) not in used]
+
+
 def render_metafile(rows: Sequence[BenchmarkRow],
-                    readme: str = 'configs/bitsplit/README.md') -> str:
+                    readme: str = 'configs/bitsplit/README.md',
+                    info: Optional[Dict[str, Any]] = None,
+                    entry_dir: Optional[str] = None,
+                    unmeasured: Sequence[str] = ()) -> str:
     """A ``metafile.yml`` in OpenMMLab's model-index format.
+
+    One entry per row, whose ``Config`` reproduces it by itself: the model
+    config for float rows, the entry config of
+    :func:`entry_config_path` for quantized ones. ``Metadata`` names the
+    method, BitSplit's mode, the bits and, with ``info``, the calibration
+    images and test samples the values were measured with. Every config
+    of ``unmeasured`` gets an entry with no ``Results`` and
+    ``Measured: false`` in its ``Metadata``.
 
     Args:
         rows (Sequence[BenchmarkRow]): Rows of :func:`run_benchmark`.
         readme (str): The README the collection points to.
+        info (dict, optional): The ``info`` of :func:`load_results`.
+        entry_dir (str, optional): Folder of the entry configs (default:
+            the README's).
+        unmeasured (Sequence[str]): Quantized configs with no results.
 
     Returns:
         str: The YAML text.
     """
     import yaml
+    folder = osp.dirname(readme) if entry_dir is None else entry_dir
     collection = dict(
         Name='BitSplit',
         Metadata=dict(Training_Data='calibration images only',
@@ -705,45 +934,66 @@ def render_metafile(rows: Sequence[BenchmarkRow],
             value = _metric(row, key, scale)
             if value is not None:
                 results[_METAFILE_KEYS.get(key, title)] = round(value, 2)
-        models.append({
-            'Name': f'{_slug(row.model)}_{row.method}_{row.bits}'.lower(),
+        entry = {
+            'Name': entry_name(row.model, row.method, row.bits),
             'In Collection': 'BitSplit',
-            'Config': row.config,
-            'Metadata': {
-                'Method': METHOD_TITLES.get(row.method, row.method),
-                'Weight bits': 32 if row.bits == 'fp32'
-                else parse_bits(row.bits)[0],
-                'Activation bits': 32 if row.bits == 'fp32'
-                else parse_bits(row.bits)[1] or 32,
-                'Parameters': row.params,
-                'FLOPs': row.flops,
-                'File size': row.file_bytes,
-            },
+            'Config': entry_config_path(row.config, row.method, row.bits,
+                                        folder),
+            'Metadata': _row_metadata(row, info),
             'Results': [dict(Task=row.task, Dataset=row.dataset or '-',
                              Metrics=results)],
+        }
+        if row.method == 'float' and row.file:
+            entry['Weights'] = row.file
+        models.append(entry)
+    for path in unmeasured:
+        models.append({
+            'Name': _slug(osp.splitext(osp.basename(path))[0]).lower(),
+            'In Collection': 'BitSplit',
+            'Config': path,
+            'Metadata': dict(quantizer_metadata(Config.fromfile(path)),
+                             Measured=False),
         })
+    names = [m['Name'] for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f'metafile entry names are not unique: {names}')
     return yaml.safe_dump(dict(Collections=[collection], Models=models),
                           sort_keys=False, allow_unicode=True, width=79)
 
 
-_METAFILE_KEYS = {
-    'accuracy/top1': 'Top 1 Accuracy',
-    'accuracy/top5': 'Top 5 Accuracy',
-    'coco/bbox_mAP': 'box AP',
-    'coco/bbox_mAP_50': 'box AP@0.5',
-}
-
-
 def write_metafile(path: str, rows: Sequence[BenchmarkRow],
-                   readme: str) -> None:
-    """Write :func:`render_metafile` atomically.
+                   readme: str, info: Optional[Dict[str, Any]] = None,
+                   entry_dir: Optional[str] = None,
+                   unmeasured: Optional[Sequence[str]] = None
+                   ) -> List[str]:
+    """Write the entry configs and :func:`render_metafile`, atomically.
 
     Args:
         path (str): The ``metafile.yml``.
         rows (Sequence[BenchmarkRow]): The results.
         readme (str): The README the collection points to.
+        info (dict, optional): The ``info`` of :func:`load_results`.
+        entry_dir (str, optional): Folder of the entry configs (default:
+            the README's).
+        unmeasured (Sequence[str], optional): Quantized configs with no
+            results; default: every config with a ``quantizer`` directly
+            in the metafile's folder that no row uses.
+
+    Returns:
+        list[str]: The entry configs of the quantized rows.
     """
-    write_text_atomic(path, render_metafile(rows, readme))
+    folder = osp.dirname(readme) if entry_dir is None else entry_dir
+    if unmeasured is None:
+        unmeasured = unmeasured_configs(rows, osp.dirname(path))
+    written = write_entry_configs(rows, folder)
+    write_text_atomic(path, render_metafile(rows, readme, info, folder,
+                                            unmeasured))
+    return written
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 __all__ = [
@@ -752,5 +1002,8 @@ __all__ = [
     'count_macs', 'run_benchmark', 'render_header', 'render_markdown',
     'update_readme',
     'render_metafile', 'write_metafile', 'save_results', 'load_results',
-    'merge_results'
+    'merge_results', 'METHOD_METADATA', 'entry_name', 'entry_config_path',
+    'render_entry_config', 'write_entry_configs', 'quantizer_metadata',
+    'quantized_configs', 'unmeasured_configs'
 ]
+

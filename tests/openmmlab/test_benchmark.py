@@ -207,7 +207,7 @@ def test_bad_benchmark_list(tmp_path, models, match):
 
 def test_offline_list_is_valid():
     root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-    for name in ('fmnist_offline.py', 'in1k_coco.py'):
+    for name in ('fmnist_offline.py', 'in1k_coco.py', 'fmnist_ci.py'):
         models, cfg = bm.load_benchmark_list(
             osp.join(root, 'configs', 'benchmarks', name))
         assert models
