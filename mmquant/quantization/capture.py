@@ -7,8 +7,10 @@ as the op sees it (after any padding the layer does inside ``forward``),
 its stride/padding/dilation/groups and its output.  No ``torch.fx``
 tracing, so any model works, including convs that override ``forward``.
 """
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
+                    Mapping, Optional, Set, Tuple)
 
 import torch
 import torch.nn.functional as F
@@ -173,3 +175,98 @@ def _explicit_padding(x: Tensor, padding: str, module: nn.Module,
         total = d * (k - 1)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads), (0, 0)
+
+
+#: The tag :class:`FlowTracker` gives to the network input.
+NETWORK_INPUT = '<input>'
+
+
+def iter_tensors(obj: Any, depth: int = 8) -> Iterator[Tensor]:
+    """Yield the tensors of a nested structure.
+
+    Tuples, lists, sets, dicts and objects with a ``__dict__`` (e.g.
+    mmengine's data samples) are walked, ``depth`` levels deep; each object
+    is visited once.
+
+    Args:
+        obj: Any value.
+        depth (int): How deep containers are walked. Defaults to 8.
+
+    Yields:
+        Tensor: Every tensor found.
+    """
+    seen: Set[int] = set()
+
+    def walk(item: Any, level: int) -> Iterator[Tensor]:
+        if isinstance(item, Tensor):
+            yield item
+            return
+        if level <= 0 or id(item) in seen or isinstance(
+                item, (str, bytes, int, float, bool, type(None), nn.Module)):
+            return
+        seen.add(id(item))
+        if isinstance(item, Mapping):
+            values = list(item.values())
+        elif isinstance(item, (tuple, list, set, frozenset)):
+            values = list(item)
+        elif hasattr(item, '__dict__') and not callable(item):
+            values = list(vars(item).values())
+        else:
+            return
+        for value in values:
+            yield from walk(value, level - 1)
+
+    yield from walk(obj, depth)
+
+
+class FlowTracker(TorchFunctionMode):
+    """Follows which layers each tensor of one forward pass comes from.
+
+    While the mode is active, every torch function's tensor outputs get the
+    union of the tags of its tensor inputs; :meth:`set_tags` gives a
+    tensor its own tags (the engine tags the network input with
+    :data:`NETWORK_INPUT` and each layer's output with the layer's name, so
+    tags do not flow through a tracked layer).  A tensor's tags are then
+    the tracked layers (or the network input) it is computed from without
+    passing through another tracked layer.  Ops that torch functions do
+    not see (the insides of custom C++ ops) do not propagate tags.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tags: Dict[int, Tuple[Any, FrozenSet[str]]] = {}
+
+    def tags(self, obj: Any) -> FrozenSet[str]:
+        """The union of the tags of the tensors in ``obj``.
+
+        Args:
+            obj: A tensor or a nested structure of tensors.
+
+        Returns:
+            frozenset: The tags.
+        """
+        out: Set[str] = set()
+        for t in iter_tensors(obj):
+            entry = self._tags.get(id(t))
+            if entry is not None and entry[0]() is t:
+                out |= entry[1]
+        return frozenset(out)
+
+    def set_tags(self, obj: Any, tags: Iterable[str]) -> None:
+        """Give every tensor of ``obj`` exactly ``tags``.
+
+        Args:
+            obj: A tensor or a nested structure of tensors.
+            tags (Iterable[str]): The tags.
+        """
+        tags = frozenset(tags)
+        for t in iter_tensors(obj):
+            self._tags[id(t)] = (weakref.ref(t), tags)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        tags = self.tags((args, kwargs))
+        if tags:
+            self.set_tags(out, tags)
+        return out

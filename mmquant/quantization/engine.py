@@ -38,7 +38,8 @@ from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 from mmquant.nn.quantized_layer import QuantizedLayer
-from .capture import LayerCapture, OpCall, StopForward
+from .capture import (NETWORK_INPUT, FlowTracker, LayerCapture, OpCall,
+                      StopForward)
 from .config import LayerSpec, QuantConfig
 from .report import LayerReport, QuantReport
 
@@ -241,15 +242,16 @@ class _Run:
                              'least one calibration batch')
         self.n_samples = count
 
-    def _forward(self, batch: Any) -> None:
+    def _forward(self, batch: Any) -> Any:
         """One (possibly early-stopped) forward pass; the time spent in
-        the capture hooks is booked to statistics, not to forward."""
+        the capture hooks is booked to statistics, not to forward.  Returns
+        the output (``None`` when stopped early)."""
         t0 = time.perf_counter()
         hooks0 = self.timing['statistics'] + self.timing['activations']
         try:
-            self.forward_fn(self.model, batch)
+            return self.forward_fn(self.model, batch)
         except StopForward:
-            pass
+            return None
         finally:
             hooks = self.timing['statistics'] + self.timing[
                 'activations'] - hooks0
@@ -267,14 +269,36 @@ class _Run:
         seen: Dict[str, Tuple[int, int, int]] = {}
         counter = [0]
         captures = []
+        tracker = FlowTracker()
+        fed: set = set()
+        handles = []
         for name, module in candidates:
             def note(call: OpCall, name: str = name) -> None:
                 if name not in seen:
                     seen[name] = (counter[0], 0, 0)
                     counter[0] += 1
             captures.append((name, LayerCapture(module, note)))
-        with _attached(cap for _, cap in captures):
-            self._forward(self.batches[0])
+
+            def pre(module: nn.Module, args: tuple,
+                    name: str = name) -> None:
+                if args and NETWORK_INPUT in tracker.tags(args[0]):
+                    fed.add(name)
+
+            def post(module: nn.Module, args: tuple, output: Any,
+                     name: str = name) -> None:
+                tracker.set_tags(output, (name, ))
+            handles += [module.register_forward_pre_hook(pre),
+                        module.register_forward_hook(post)]
+        try:
+            with _attached(cap for _, cap in captures), tracker:
+                tracker.set_tags(self.batches[0], (NETWORK_INPUT, ))
+                result = self._forward(self.batches[0])
+                produced = tracker.tags(result) - {NETWORK_INPUT}
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._fed_by_input = fed
+        self._produce_output = set(produced)
         states = []
         late = []
         for name, module in candidates:
@@ -312,11 +336,18 @@ class _Run:
         runnable = [s for s in self.layers
                     if s.order < 10**9 and not s.missed]
         names = [s.name for s in runnable]
-        first = names[0] if names else None
-        last = runnable[-1] if runnable else None
-        last_linear = last.name if last is not None and last.linear \
-            else None
-        specs = self.cfg.resolve(names, first, last_linear)
+        inputs = [n for n in names if n in self._fed_by_input]
+        outputs = [n for n in names if n in self._produce_output]
+        if not inputs and names:
+            inputs = names[:1]
+        if not outputs and names:
+            outputs = names[-1:]
+        for state in runnable:
+            roles = [role for role, members in (('input', inputs),
+                                                ('output', outputs))
+                     if state.name in members]
+            state.report.role = '+'.join(roles) or None
+        specs = self.cfg.resolve(names, inputs, outputs)
         for state in runnable:
             state.spec = specs[state.name]
             if state.spec is None:
