@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .container import (CheckpointError, MapLocation, PathLike,
                         load_container, save_container)
+from mmquant.nn.layer_kinds import QUANTIZABLE, out_channels
 from .packing import MAX_BITS, MIN_BITS, packed_nbytes, pack_int, unpack_int
 
 __all__ = [
@@ -216,6 +217,7 @@ def save_quantized(model: nn.Module,
             'shape': [int(s) for s in layer.qweight.shape],
             'numel': int(layer.qweight.numel()),
             'layer_type': type(layer.layer).__name__,
+            'channels': int(layer.weight_scale.numel()),
         })
     missing = [name for name, _ in layers
                if f'{name}.qweight' not in state]
@@ -299,8 +301,16 @@ def _check_record(where: str, rec: Any) -> Dict[str, Any]:
     if not isinstance(rec['layer_type'], str):
         raise CheckpointError(f'{where}: layer_type must be a str, got '
                               f'{rec["layer_type"]!r}')
+    # files written before ConvTranspose2d support have no 'channels':
+    # their scales are along dim 0 of the weight
+    channels = rec.get('channels', shape[0])
+    if (not isinstance(channels, int) or isinstance(channels, bool)
+            or channels < 0):
+        raise CheckpointError(f'{where}: channels must be a non-negative '
+                              f'int, got {channels!r}')
     out = dict(rec)
     out['shape'] = tuple(shape)
+    out['channels'] = channels
     return out
 
 
@@ -362,7 +372,7 @@ def _scale_tensors(path: str, rec: dict,
     """
     name = rec['name']
     out = []
-    for attr, shape in (('weight_scale', (rec['shape'][0], )),
+    for attr, shape in (('weight_scale', (rec['channels'], )),
                         ('act_scale', ())):
         key = f'{name}.{attr}'
         t = tensors.get(key)
@@ -466,9 +476,10 @@ def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
                       f'model{_suggest(name, list(modules))}')
         return None
     base = module.layer if isinstance(module, qcls) else module
-    if not isinstance(base, (nn.Conv2d, nn.Linear)):
+    if not isinstance(base, QUANTIZABLE):
         errors.append(f'layer {name!r} is a {type(module).__name__} in the '
-                      'model, not an nn.Conv2d/nn.Linear')
+                      'model, not an nn.Conv2d/Conv1d/ConvTranspose2d/'
+                      'Linear')
         return None
     if strict and type(base).__name__ != rec['layer_type']:
         errors.append(f'layer {name!r} is a {type(base).__name__} in the '
@@ -479,6 +490,11 @@ def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
         errors.append(f'shape mismatch for layer {name!r}: the checkpoint '
                       f'has {list(rec["shape"])}, the model has '
                       f'{list(shape)}')
+        return None
+    if out_channels(base) != rec['channels']:
+        errors.append(f'layer {name!r} has {out_channels(base)} output '
+                      f'channels in the model but {rec["channels"]} weight '
+                      'scales in the checkpoint')
         return None
     return base
 

@@ -1,4 +1,4 @@
-"""The module that replaces a Conv2d/Linear layer after quantization."""
+"""The module that replaces a quantized layer (conv/linear) of a model."""
 import copy
 from typing import Any, Optional
 
@@ -7,10 +7,13 @@ from torch import Tensor, nn
 
 from mmquant.core.activation import fake_quantize_activation
 from mmquant.core.grid import check_bits, dequantize, qmax
+from .layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
+                          layer_weight, out_channels)
 
 
 class QuantizedLayer(nn.Module):
-    """A quantized ``nn.Conv2d``/``nn.Linear`` (or any subclass of them).
+    """A quantized ``nn.Conv2d``/``nn.Conv1d``/``nn.ConvTranspose2d``/
+    ``nn.Linear`` (or any subclass of them).
 
     The layer's float weight is replaced by per-output-channel integers
     ``qweight`` (``int8`` storage, values in ``[-qmax, qmax]``) and scales
@@ -28,10 +31,15 @@ class QuantizedLayer(nn.Module):
     wrapped module's other parameters and buffers (``layer.bias``).
 
     Args:
-        layer (nn.Module): The float ``nn.Conv2d``/``nn.Linear``; it is
+        layer (nn.Module): The float layer (see
+            :data:`~mmquant.nn.layer_kinds.QUANTIZABLE`); it is
             deep-copied, the original is left untouched.
         qweight (Tensor): Integer weights, shape of ``layer.weight``.
-        weight_scale (Tensor): Positive per-output-channel scales ``(M,)``.
+        weight_scale (Tensor): Positive per-output-channel scales ``(M,)``
+            (``M`` output channels; for a ``ConvTranspose2d`` weight
+            ``(C, M/G, kh, kw)`` the scale of output channel
+            ``g * M/G + m`` multiplies ``weight[g * C/G:(g + 1) * C/G,
+            m]``).
         w_bits (int): Weight bits, 2..8.
         a_bits (int, optional): Input activation bits, or ``None`` to keep
             the input float.
@@ -50,9 +58,10 @@ class QuantizedLayer(nn.Module):
                  act_scale: Optional[float] = None,
                  act_signed: bool = False) -> None:
         super().__init__()
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            raise TypeError('QuantizedLayer wraps nn.Conv2d or nn.Linear, '
-                            f'got {type(layer).__name__}')
+        if not isinstance(layer, QUANTIZABLE):
+            raise TypeError('QuantizedLayer wraps nn.Conv2d, nn.Conv1d, '
+                            'nn.ConvTranspose2d or nn.Linear, got '
+                            f'{type(layer).__name__}')
         self.w_bits = check_bits(w_bits, 'w_bits')
         self.a_bits = None if a_bits is None else check_bits(a_bits,
                                                              'a_bits')
@@ -69,11 +78,16 @@ class QuantizedLayer(nn.Module):
         if qweight.numel() and int(qweight.abs().max()) > top:
             raise ValueError(f'qweight exceeds the {self.w_bits}-bit range '
                              f'[-{top}, {top}]')
+        channels = out_channels(layer)
+        if weight_scale.numel() != channels:
+            raise ValueError(f'weight_scale has {weight_scale.numel()} '
+                             f'values, the layer {channels} output '
+                             'channels')
         self.act_signed = bool(act_signed)
         self.register_buffer('qweight', qweight.detach().to(torch.int8))
         self.register_buffer(
             'weight_scale',
-            weight_scale.detach().to(torch.float32).reshape(shape[0]))
+            weight_scale.detach().to(torch.float32).reshape(channels))
         self.register_buffer(
             'act_scale',
             torch.tensor(1.0 if act_scale is None else float(act_scale),
@@ -87,8 +101,12 @@ class QuantizedLayer(nn.Module):
 
     def refresh_weight(self) -> None:
         """Recompute the wrapped layer's float weight from the integers."""
-        self.layer.weight = dequantize(self.qweight, self.weight_scale).to(
-            self.weight_scale.device)
+        kind = layer_kind(self.layer)
+        groups = getattr(self.layer, 'groups', 1)
+        self.layer.weight = layer_weight(
+            dequantize(conv2d_weight(self.qweight, kind, groups),
+                       self.weight_scale), kind,
+            groups).contiguous().to(self.weight_scale.device)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         """Fake-quantize the input (if ``a_bits``), then run the layer."""

@@ -17,8 +17,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-_CONV_FUNCS = (F.conv2d, torch.conv2d)
-_LINEAR_FUNCS = (F.linear, )
+from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
+                                   layer_weight)
+
+__all__ = [
+    'QUANTIZABLE', 'NETWORK_INPUT', 'OpCall', 'StopForward', 'LayerCapture',
+    'FlowTracker', 'iter_tensors', 'conv2d_weight', 'layer_kind',
+    'layer_weight'
+]
+
+_FUNCS = {
+    'conv2d': (F.conv2d, torch.conv2d),
+    'conv1d': (F.conv1d, torch.conv1d),
+    'conv_transpose2d': (F.conv_transpose2d, torch.conv_transpose2d),
+    'linear': (F.linear, ),
+}
 
 
 @dataclass
@@ -68,19 +81,18 @@ def _arg(args: tuple, kwargs: dict, index: int, name: str,
 
 class _OpRecorder(TorchFunctionMode):
 
-    def __init__(self, weight: Tensor, linear: bool,
+    def __init__(self, weight: Tensor, kind: str,
                  sink: Callable[[Tensor, Tensor, dict], None]) -> None:
         super().__init__()
         self.weight = weight
-        self.linear = linear
+        self.funcs = _FUNCS[kind]
         self.sink = sink
         self.seen = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        funcs = _LINEAR_FUNCS if self.linear else _CONV_FUNCS
-        if func in funcs and _arg(args, kwargs, 1, 'weight',
+        if func in self.funcs and _arg(args, kwargs, 1, 'weight',
                                   None) is self.weight:
             self.seen += 1
             self.sink(args, kwargs, out)
@@ -90,8 +102,14 @@ class _OpRecorder(TorchFunctionMode):
 class LayerCapture:
     """Records every call of one layer while attached.
 
+    A ``Conv1d`` or ``ConvTranspose2d`` call is recorded as the
+    equivalent ``conv2d`` call (see :func:`conv2d_weight`): a ``Conv1d``
+    input gets a height of 1, a ``ConvTranspose2d`` input is zero-inserted
+    (stride) and padded (``dilation * (k - 1) - padding``, plus the output
+    padding), to be convolved with stride 1.
+
     Args:
-        module (nn.Module): A ``nn.Conv2d``/``nn.Linear`` (or subclass).
+        module (nn.Module): A layer of :data:`QUANTIZABLE`.
         on_call (callable): Called with an :class:`OpCall` per op call.
         after_forward (callable, optional): Called after each module call
             with the number of calls seen so far (e.g. to stop the forward
@@ -128,24 +146,33 @@ class LayerCapture:
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
         self._input = args[0] if args else None
-        self._mode = _OpRecorder(module.weight,
-                                 isinstance(module, nn.Linear), self._sink)
+        self._mode = _OpRecorder(module.weight, layer_kind(module),
+                                 self._sink)
         self._mode.__enter__()
 
     def _sink(self, args: tuple, kwargs: dict, out: Tensor) -> None:
         bias = _arg(args, kwargs, 2, 'bias', None)
-        linear = isinstance(self.module, nn.Linear)
+        kind = layer_kind(self.module)
         y = out.detach()
         if bias is not None:
-            shape = (-1, ) if linear else (1, -1, 1, 1)
+            shape = {'linear': (-1, ), 'conv1d': (1, -1, 1)}.get(
+                kind, (1, -1, 1, 1))
             y = y - bias.detach().reshape(shape)
         x = args[0].detach()
-        if linear:
+        if kind == 'linear':
             call = OpCall(self._input, x, y)
+        elif kind == 'conv_transpose2d':
+            call = _transposed_call(self._input, x, y, args, kwargs,
+                                    self.module)
         else:
             padding = _arg(args, kwargs, 4, 'padding', 0)
             stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
             dilation = _pair(_arg(args, kwargs, 5, 'dilation', 1))
+            if kind == 'conv1d':
+                x, y = x.unsqueeze(2), y.unsqueeze(2)
+                stride, dilation = (1, stride[0]), (1, dilation[0])
+                if not isinstance(padding, str):
+                    padding = (0, _pair(padding)[0])
             if isinstance(padding, str):
                 x, padding = _explicit_padding(x, padding, self.module,
                                                dilation)
@@ -169,7 +196,8 @@ def _explicit_padding(x: Tensor, padding: str, module: nn.Module,
     """Turn ``padding='same'|'valid'`` into an explicitly padded input."""
     if padding == 'valid':
         return x, (0, 0)
-    kh, kw = module.weight.shape[-2:]
+    kernel = tuple(module.weight.shape[2:])
+    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
     pads = []
     for k, d in zip((kw, kh), (dilation[1], dilation[0])):
         total = d * (k - 1)
@@ -219,6 +247,26 @@ def iter_tensors(obj: Any, depth: int = 8) -> Iterator[Tensor]:
     yield from walk(obj, depth)
 
 
+def _transposed_call(module_input: Tensor, x: Tensor, y: Tensor,
+                     args: tuple, kwargs: dict,
+                     module: nn.Module) -> OpCall:
+    """A ``conv_transpose2d`` call as the equivalent ``conv2d`` call."""
+    stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
+    padding = _pair(_arg(args, kwargs, 4, 'padding', 0))
+    out_pad = _pair(_arg(args, kwargs, 5, 'output_padding', 0))
+    groups = int(_arg(args, kwargs, 6, 'groups', 1))
+    dilation = _pair(_arg(args, kwargs, 7, 'dilation', 1))
+    kh, kw = module.weight.shape[-2:]
+    B, C, H, W = x.shape
+    sh, sw = stride
+    z = x.new_zeros(B, C, (H - 1) * sh + 1, (W - 1) * sw + 1)
+    z[:, :, ::sh, ::sw] = x
+    ph = dilation[0] * (kh - 1) - padding[0]
+    pw = dilation[1] * (kw - 1) - padding[1]
+    z = F.pad(z, (pw, pw + out_pad[1], ph, ph + out_pad[0]))
+    return OpCall(module_input, z, y, (1, 1), (0, 0), dilation, groups)
+
+
 class FlowTracker(TorchFunctionMode):
     """Follows which layers each tensor of one forward pass comes from.
 
@@ -235,6 +283,18 @@ class FlowTracker(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self._tags: Dict[int, Tuple[Any, FrozenSet[str]]] = {}
+        self._watched: Dict[int, str] = {}
+        #: ``{name: [op, ...]}``: the ops that used a watched weight.
+        self.used_by: Dict[str, List[str]] = {}
+
+    def watch(self, weights: Mapping[int, str]) -> None:
+        """Record which ops use some weights.
+
+        Args:
+            weights (Mapping[int, str]): ``{id(weight): name}``; the ops
+                whose arguments hold one are listed in :attr:`used_by`.
+        """
+        self._watched = dict(weights)
 
     def tags(self, obj: Any) -> FrozenSet[str]:
         """The union of the tags of the tensors in ``obj``.
@@ -266,6 +326,12 @@ class FlowTracker(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self._watched:
+            for t in iter_tensors((args, kwargs), depth=2):
+                name = self._watched.get(id(t))
+                if name is not None:
+                    self.used_by.setdefault(name, []).append(
+                        getattr(func, '__name__', str(func)))
         tags = self.tags((args, kwargs))
         if tags:
             self.set_tags(out, tags)

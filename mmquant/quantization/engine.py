@@ -38,8 +38,9 @@ from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 from mmquant.nn.quantized_layer import QuantizedLayer
-from .capture import (NETWORK_INPUT, FlowTracker, LayerCapture, OpCall,
-                      StopForward)
+from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
+                      OpCall, StopForward, conv2d_weight, layer_kind,
+                      layer_weight)
 from .config import LayerSpec, QuantConfig
 from .report import LayerReport, QuantReport
 
@@ -164,6 +165,20 @@ class _LayerState:
     def linear(self) -> bool:
         return isinstance(self.module, nn.Linear)
 
+    @property
+    def kind(self) -> str:
+        return layer_kind(self.module)
+
+    def weight2d(self) -> Tensor:
+        """The float weight of the layer's conv2d/linear problem."""
+        return conv2d_weight(self.module.weight.detach(), self.kind,
+                             getattr(self.module, 'groups', 1))
+
+    def own_weight(self, weight2d: Tensor) -> Tensor:
+        """Integers of the conv2d/linear problem in the layer's layout."""
+        return layer_weight(weight2d, self.kind,
+                            getattr(self.module, 'groups', 1))
+
 
 class _Run:
 
@@ -260,12 +275,14 @@ class _Run:
     # ----------------------------------------------------------- discovery
     def _discover(self) -> None:
         candidates = [(name, m) for name, m in self.model.named_modules()
-                      if isinstance(m, (nn.Conv2d, nn.Linear))
+                      if isinstance(m, QUANTIZABLE)
                       and not _inside_quantized(self.model, name)]
         if not candidates:
             raise ValueError(
-                f'{type(self.model).__name__} has no nn.Conv2d or nn.Linear '
-                'layer to quantize')
+                f'{type(self.model).__name__} has no nn.Conv2d, nn.Conv1d, '
+                'nn.ConvTranspose2d or nn.Linear layer to quantize')
+        others = _other_weighted(self.model)
+        other_calls = {name: 0 for name, _ in others}
         seen: Dict[str, Tuple[int, int, int]] = {}
         counter = [0]
         captures = []
@@ -289,6 +306,13 @@ class _Run:
                 tracker.set_tags(output, (name, ))
             handles += [module.register_forward_pre_hook(pre),
                         module.register_forward_hook(post)]
+        for name, module in others:
+            def count(module: nn.Module, args: tuple, output: Any,
+                      name: str = name) -> None:
+                other_calls[name] += 1
+            handles.append(module.register_forward_hook(count))
+        watched = {id(m.weight): name for name, m in candidates}
+        tracker.watch(watched)
         try:
             with _attached(cap for _, cap in captures), tracker:
                 tracker.set_tags(self.batches[0], (NETWORK_INPUT, ))
@@ -316,8 +340,8 @@ class _Run:
                         'its forward never calls conv2d/linear with its own '
                         'weight (e.g. a transformed weight): left float')
                 else:
-                    state.report.note = 'not called by the forward pass: ' \
-                        'left float'
+                    state.report.note = self._uncalled_note(
+                        name, tracker.used_by.get(name))
                 late.append(state)
         states.sort(key=lambda s: s.order)
         for state in states:
@@ -327,10 +351,31 @@ class _Run:
                     'op with its own weight: left float')
         if not states:
             raise ValueError(
-                'no nn.Conv2d/nn.Linear layer of '
-                f'{type(self.model).__name__} ran during the calibration '
+                'no nn.Conv2d/nn.Conv1d/nn.ConvTranspose2d/nn.Linear layer '
+                f'of {type(self.model).__name__} ran during the calibration '
                 'forward pass; check forward_fn')
+        for name, module in others:
+            state = _LayerState(name, module, 10**9)
+            state.calls = other_calls[name]
+            state.report.calls = other_calls[name]
+            state.report.note = _unsupported_note(module, other_calls[name])
+            late.append(state)
         self.layers = states + late
+
+    def _uncalled_note(self, name: str, ops: Optional[List[str]]) -> str:
+        """Why a quantizable layer that never ran itself stays float."""
+        if not ops:
+            return 'not called by the forward pass: left float'
+        parent_name = name.rpartition('.')[0]
+        parent = self.model.get_submodule(parent_name)
+        by = ', '.join(sorted(set(ops)))
+        if isinstance(parent, nn.MultiheadAttention):
+            return (f'never called itself: its weight is used by {by} of '
+                    f'the parent nn.MultiheadAttention {parent_name!r}, '
+                    'which mmquant leaves float (see its note): left float')
+        return (f'never called itself: its weight is used by {by} of '
+                'another module, which mmquant does not quantize: left '
+                'float')
 
     def _resolve(self) -> None:
         runnable = [s for s in self.layers
@@ -368,7 +413,7 @@ class _Run:
                 kind='conv',
                 in_channels=module.in_channels,
                 out_channels=module.out_channels,
-                kernel_size=tuple(module.weight.shape[-2:]),
+                kernel_size=tuple(state.weight2d().shape[-2:]),
                 stride=call.stride,
                 padding=call.padding,
                 dilation=call.dilation,
@@ -499,10 +544,10 @@ class _Run:
                 self._progress_passes('activation ranges')
         for state in active:
             t0 = time.perf_counter()
-            q, scale = mse_rtn(state.module.weight.detach(),
-                               state.spec.w_bits)
+            q, scale = mse_rtn(state.weight2d(), state.spec.w_bits)
             self.timing['solver'] += time.perf_counter() - t0
-            self._swap(state, q, scale, self._fit_activation(state))
+            self._swap(state, state.own_weight(q), scale,
+                       self._fit_activation(state))
             state.report.time_s = round(time.perf_counter() - t0, 4)
 
     # ------------------------------------------------------------ common
@@ -530,7 +575,7 @@ class _Run:
     def _solve_and_swap(self, state: _LayerState,
                         act: Optional[Tuple[float, bool]] = None) -> None:
         t0 = time.perf_counter()
-        weight = state.module.weight.detach()
+        weight = state.weight2d()
         yy = float(state.acc.yy.sum())
         ridge = _damp(state.acc, weight, self.cfg.damping)
         result = solve_layer(weight, state.acc, state.spec.w_bits,
@@ -552,7 +597,8 @@ class _Run:
         rep.rounds = int(result.rounds)
         if act is None:
             act = self._fit_activation(state)
-        self._swap(state, result.qweight, result.scale, act)
+        self._swap(state, state.own_weight(result.qweight), result.scale,
+                   act)
         state.acc = None  # free A and C
         rep.time_s = round(time.perf_counter() - t0, 4)
 
@@ -654,6 +700,49 @@ def _inside_quantized(model: nn.Module, name: str) -> bool:
         if isinstance(module, QuantizedLayer):
             return True
     return False
+
+
+def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """Modules with weights mmquant does not quantize, to report.
+
+    A module *has weights* when it directly owns a floating-point parameter
+    of two or more dimensions (norm layers, whose parameters are 1-D
+    per-channel affine terms, and biases do not count). Quantizable layers
+    (:data:`QUANTIZABLE`), :class:`QuantizedLayer` and the modules inside
+    one are not listed.
+    """
+    out = []
+    for name, module in model.named_modules():
+        if (not name or isinstance(module, (QuantizedLayer, ) + QUANTIZABLE)
+                or _inside_quantized(model, name)):
+            continue
+        if any(p.is_floating_point() and p.dim() >= 2
+               for p in module.parameters(recurse=False)):
+            out.append((name, module))
+    return out
+
+
+_SUPPORTED = 'mmquant quantizes nn.Conv1d/Conv2d/ConvTranspose2d/Linear'
+
+
+def _unsupported_note(module: nn.Module, calls: int) -> str:
+    """Why a module with weights of an unsupported kind stays float."""
+    ran = (f'ran {calls} time(s) per pass' if calls else
+           'not called by the forward pass')
+    mro = {cls.__name__ for cls in type(module).__mro__}
+    if mro & {'DeformConv2d', 'ModulatedDeformConv2d'}:
+        why = ('deformable conv: its sampling offsets are data-dependent '
+               "and it runs mmcv's own C++ op; " + _SUPPORTED)
+    elif isinstance(module, nn.MultiheadAttention):
+        why = ('nn.MultiheadAttention: in_proj_weight and out_proj.weight '
+               'are used inside F.multi_head_attention_forward (or the '
+               'fused fast path), not by conv/linear calls of their own; '
+               'attention projections are not quantized yet')
+    elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        why = f'{type(module).__name__}: a lookup table, not a matmul'
+    else:
+        why = f'{type(module).__name__}: {_SUPPORTED} weights only'
+    return f'{why} ({ran}): left float'
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
