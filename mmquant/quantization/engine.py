@@ -2,11 +2,15 @@
 
 The run, for a model and a few calibration batches:
 
-1. *Discovery*: one forward pass with hooks finds the ``nn.Conv2d`` and
-   ``nn.Linear`` layers (subclasses included) that run, their forward
-   order and how often each runs per pass, and checks that each calls its
-   own op with its own weight (layers that do not, e.g. weight-standardised
-   convs, stay float and the report says why).
+1. *Discovery*: one forward pass with hooks finds the ``nn.Conv2d``,
+   ``nn.Conv1d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` layers
+   (subclasses included) that run, their forward order and how often each
+   runs per pass, checks that each calls its own op with its own weight
+   (layers that do not, e.g. weight-standardised convs, stay float and the
+   report says why), and finds the input and output layers (a
+   :class:`~.capture.FlowTracker` follows which layers each tensor comes
+   from). Every other module with weights is reported with the reason it
+   stays float.
 2. *Statistics*: per layer ``A = X^T X``, ``C = X^T Y``, ``sum y^2`` from
    the op's real inputs (im2col with the call's own geometry) and its float
    outputs; rows are sampled with a seeded generator.
@@ -79,7 +83,12 @@ def quantize(model: nn.Module,
              inplace: bool = False,
              logger: Optional[Logger] = None
              ) -> Tuple[nn.Module, QuantReport]:
-    """Quantize the Conv2d/Linear layers of any model with BitSplit.
+    """Quantize the conv/linear layers of any model with BitSplit.
+
+    ``nn.Conv2d``, ``nn.Conv1d``, ``nn.ConvTranspose2d`` and ``nn.Linear``
+    (and subclasses) are quantized; ``first_last_bits`` goes to the input
+    layers (fed by the network input) and the output layers (whose outputs
+    reach the tensors ``forward_fn`` returns), see :class:`QuantConfig`.
 
     Args:
         model (nn.Module): A float model. It is run in eval mode.
@@ -102,7 +111,7 @@ def quantize(model: nn.Module,
 
     Raises:
         ValueError: For an empty ``calib_data``, a model without runnable
-            Conv2d/Linear layers, a pattern that matches no layer, or a bad
+            quantizable layers, a pattern that matches no layer, or a bad
             config.
         TypeError: For calibration batches of mixed types.
     """

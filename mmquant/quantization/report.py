@@ -58,8 +58,10 @@ class QuantReport:
     Args:
         config (dict): The :class:`~mmquant.QuantConfig` as a dict.
         mode (str): ``'error_compensated'`` or ``'fast'`` (or ``'rtn'``).
-        layers (list[LayerReport]): One record per quantizable layer, in
-            forward order (layers never called come last).
+        layers (list[LayerReport]): One record per module with weights
+            (a floating-point parameter of 2+ dimensions): the quantizable
+            layers that ran, in forward order, then the ones left float
+            (never called, of an unsupported kind), each with its note.
         timing (dict): Seconds per phase (``forward``, ``statistics``,
             ``solver``, ``activations``, ``bn``, ``total``).
         calib_samples (int): Calibration samples used.
