@@ -8,12 +8,13 @@ from torch import Tensor, nn
 from mmquant.core.activation import fake_quantize_activation
 from mmquant.core.grid import check_bits, dequantize, qmax
 from .layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
-                          layer_weight, out_channels)
+                          layer_weight, out_channels, weight_name)
 
 
 class QuantizedLayer(nn.Module):
     """A quantized ``nn.Conv2d``/``nn.Conv1d``/``nn.ConvTranspose2d``/
-    ``nn.Linear`` (or any subclass of them).
+    ``nn.Linear`` (or any subclass of them), or the input projection
+    (``in_proj_weight``) of an ``nn.MultiheadAttention``.
 
     The layer's float weight is replaced by per-output-channel integers
     ``qweight`` (``int8`` storage, values in ``[-qmax, qmax]``) and scales
@@ -58,16 +59,22 @@ class QuantizedLayer(nn.Module):
                  act_scale: Optional[float] = None,
                  act_signed: bool = False) -> None:
         super().__init__()
-        if not isinstance(layer, QUANTIZABLE):
+        if not isinstance(layer, QUANTIZABLE + (nn.MultiheadAttention, )):
             raise TypeError('QuantizedLayer wraps nn.Conv2d, nn.Conv1d, '
-                            'nn.ConvTranspose2d or nn.Linear, got '
+                            'nn.ConvTranspose2d, nn.Linear or '
+                            'nn.MultiheadAttention, got '
                             f'{type(layer).__name__}')
+        wname = weight_name(layer)
+        if getattr(layer, wname, None) is None:
+            raise TypeError(f'{type(layer).__name__} has no {wname} (an '
+                            'nn.MultiheadAttention with kdim/vdim other '
+                            'than embed_dim is not supported)')
         self.w_bits = check_bits(w_bits, 'w_bits')
         self.a_bits = None if a_bits is None else check_bits(a_bits,
                                                              'a_bits')
         if self.a_bits is not None and act_scale is None:
             raise ValueError('act_scale is required when a_bits is set')
-        shape = tuple(layer.weight.shape)
+        shape = tuple(getattr(layer, wname).shape)
         if tuple(qweight.shape) != shape:
             raise ValueError(f'qweight shape {tuple(qweight.shape)} does '
                              f'not match the layer weight {shape}')
@@ -93,8 +100,8 @@ class QuantizedLayer(nn.Module):
             torch.tensor(1.0 if act_scale is None else float(act_scale),
                          dtype=torch.float32))
         inner = copy.deepcopy(layer)
-        del inner.weight
-        inner.register_buffer('weight', torch.empty(0), persistent=False)
+        delattr(inner, wname)
+        inner.register_buffer(wname, torch.empty(0), persistent=False)
         self.layer = inner
         self.refresh_weight()
         self.register_load_state_dict_post_hook(_refresh_after_load)
@@ -103,17 +110,42 @@ class QuantizedLayer(nn.Module):
         """Recompute the wrapped layer's float weight from the integers."""
         kind = layer_kind(self.layer)
         groups = getattr(self.layer, 'groups', 1)
-        self.layer.weight = layer_weight(
-            dequantize(conv2d_weight(self.qweight, kind, groups),
-                       self.weight_scale), kind,
-            groups).contiguous().to(self.weight_scale.device)
+        setattr(
+            self.layer, weight_name(self.layer),
+            layer_weight(
+                dequantize(conv2d_weight(self.qweight, kind, groups),
+                           self.weight_scale), kind,
+                groups).contiguous().to(self.weight_scale.device))
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Fake-quantize the input (if ``a_bits``), then run the layer."""
-        if self.a_bits is not None:
-            x = fake_quantize_activation(x, self.act_scale, self.a_bits,
-                                         self.act_signed)
-        return self.layer(x, *args, **kwargs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Fake-quantize the input (if ``a_bits``), then run the layer.
+
+        The input is the first argument; for an ``nn.MultiheadAttention``
+        it is ``query``, ``key`` and ``value`` (positional or keyword),
+        quantized with one shared scale (a tensor passed as two of them
+        stays one tensor).
+        """
+        if self.a_bits is None:
+            return self.layer(*args, **kwargs)
+        n = 3 if isinstance(self.layer, nn.MultiheadAttention) else 1
+        names = ('query', 'key', 'value')[:n] if n == 3 else ('input', )
+        args = list(args)
+        done: dict = {}
+
+        def quant(x: Any) -> Any:
+            if not isinstance(x, Tensor):
+                return x
+            if id(x) not in done:
+                done[id(x)] = fake_quantize_activation(
+                    x, self.act_scale, self.a_bits, self.act_signed)
+            return done[id(x)]
+
+        for i in range(n):
+            if i < len(args):
+                args[i] = quant(args[i])
+            elif names[i] in kwargs:
+                kwargs[names[i]] = quant(kwargs[names[i]])
+        return self.layer(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -7,6 +7,7 @@ as the op sees it (after any padding the layer does inside ``forward``),
 its stride/padding/dilation/groups and its output.  No ``torch.fx``
 tracing, so any model works, including convs that override ``forward``.
 """
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
-                                   layer_weight)
+                                   layer_weight, weight_name)
 
 __all__ = [
     'QUANTIZABLE', 'NETWORK_INPUT', 'OpCall', 'StopForward', 'LayerCapture',
@@ -31,7 +32,11 @@ _FUNCS = {
     'conv1d': (F.conv1d, torch.conv1d),
     'conv_transpose2d': (F.conv_transpose2d, torch.conv_transpose2d),
     'linear': (F.linear, ),
+    'mha_in': (F.multi_head_attention_forward, ),
 }
+# The argument holding the layer's weight: (position, keyword).
+_WEIGHT_ARG = {'mha_in': (5, 'in_proj_weight')}
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
 
 @dataclass
@@ -86,14 +91,15 @@ class _OpRecorder(TorchFunctionMode):
         super().__init__()
         self.weight = weight
         self.funcs = _FUNCS[kind]
+        self.weight_arg = _WEIGHT_ARG.get(kind, (1, 'weight'))
         self.sink = sink
         self.seen = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func in self.funcs and _arg(args, kwargs, 1, 'weight',
-                                  None) is self.weight:
+        if func in self.funcs and _arg(args, kwargs, *self.weight_arg,
+                                       None) is self.weight:
             self.seen += 1
             self.sink(args, kwargs, out)
         return out
@@ -108,18 +114,33 @@ class LayerCapture:
     (stride) and padded (``dilation * (k - 1) - padding``, plus the output
     padding), to be convolved with stride 1.
 
+    An ``nn.MultiheadAttention`` is recorded from its
+    ``F.multi_head_attention_forward`` call (a torch function mode also
+    keeps torch off the fused fast path): with ``part='in'`` as the
+    grouped 1x1 conv of its input projection (three groups: rows of the
+    query, key and value inputs, each against its third of
+    ``in_proj_weight``; a row of one group is zero in the others), with
+    ``part='out'`` as the linear call of ``out_proj`` on the attention
+    output (recomputed with an identity output projection).
+
     Args:
-        module (nn.Module): A layer of :data:`QUANTIZABLE`.
+        module (nn.Module): A layer of :data:`QUANTIZABLE` or an
+            ``nn.MultiheadAttention``.
         on_call (callable): Called with an :class:`OpCall` per op call.
         after_forward (callable, optional): Called after each module call
             with the number of calls seen so far (e.g. to stop the forward
             pass early by raising :class:`StopForward`).
+        part (str): For an ``nn.MultiheadAttention``: ``'in'`` (input
+            projection) or ``'out'`` (``out_proj``). Defaults to ``'in'``.
     """
 
     def __init__(self, module: nn.Module,
                  on_call: Callable[[OpCall], None],
-                 after_forward: Optional[Callable[[int], None]] = None
-                 ) -> None:
+                 after_forward: Optional[Callable[[int], None]] = None,
+                 part: str = 'in') -> None:
+        if part not in ('in', 'out'):
+            raise ValueError(f"part must be 'in' or 'out', got {part!r}")
+        self.part = part
         self.module = module
         self.on_call = on_call
         self.after_forward = after_forward
@@ -146,20 +167,23 @@ class LayerCapture:
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
         self._input = args[0] if args else None
-        self._mode = _OpRecorder(module.weight, layer_kind(module),
-                                 self._sink)
+        self._mode = _OpRecorder(getattr(module, weight_name(module)),
+                                 layer_kind(module), self._sink)
         self._mode.__enter__()
 
     def _sink(self, args: tuple, kwargs: dict, out: Tensor) -> None:
-        bias = _arg(args, kwargs, 2, 'bias', None)
         kind = layer_kind(self.module)
-        y = out.detach()
+        bias = None if kind == 'mha_in' else _arg(args, kwargs, 2, 'bias',
+                                                  None)
+        y = out[0].detach() if kind == 'mha_in' else out.detach()
         if bias is not None:
             shape = {'linear': (-1, ), 'conv1d': (1, -1, 1)}.get(
                 kind, (1, -1, 1, 1))
             y = y - bias.detach().reshape(shape)
         x = args[0].detach()
-        if kind == 'linear':
+        if kind == 'mha_in':
+            call = self._attention_call(args, kwargs)
+        elif kind == 'linear':
             call = OpCall(self._input, x, y)
         elif kind == 'conv_transpose2d':
             call = _transposed_call(self._input, x, y, args, kwargs,
@@ -179,6 +203,36 @@ class LayerCapture:
             call = OpCall(self._input, x, y, stride, _pair(padding),
                           dilation, int(_arg(args, kwargs, 6, 'groups', 1)))
         self.on_call(call)
+
+    def _attention_call(self, args: tuple, kwargs: dict) -> OpCall:
+        """The input or output projection of an attention call."""
+        bound = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
+        weight = bound['in_proj_weight'].detach()
+        dim = weight.shape[1]
+        if self.part == 'out':
+            out_w = bound['out_proj_weight'].detach()
+            bound['out_proj_weight'] = torch.eye(
+                dim, dtype=weight.dtype, device=weight.device)
+            bound['out_proj_bias'] = None
+            bound['need_weights'] = False
+            # not seen by other captures of this module
+            with torch._C.DisableTorchFunction():
+                attn = F.multi_head_attention_forward(**bound)[0].detach()
+            return OpCall(attn, attn, F.linear(attn, out_w))
+        inputs = [bound[k].detach().reshape(-1, dim)
+                  for k in ('query', 'key', 'value')]
+        rows = sum(x.shape[0] for x in inputs)
+        x = weight.new_zeros(rows, 3 * dim)
+        y = weight.new_zeros(rows, 3 * dim)
+        r0 = 0
+        for g, part in enumerate(inputs):
+            cols = slice(g * dim, (g + 1) * dim)
+            x[r0:r0 + part.shape[0], cols] = part
+            y[r0:r0 + part.shape[0], cols] = F.linear(part, weight[cols])
+            r0 += part.shape[0]
+        values = torch.cat([part.reshape(-1) for part in inputs])
+        return OpCall(values, x[:, :, None, None], y[:, :, None, None],
+                      groups=3)
 
     def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
         mode, self._mode = self._mode, None
@@ -277,7 +331,9 @@ class FlowTracker(TorchFunctionMode):
     tags do not flow through a tracked layer).  A tensor's tags are then
     the tracked layers (or the network input) it is computed from without
     passing through another tracked layer.  Ops that torch functions do
-    not see (the insides of custom C++ ops) do not propagate tags.
+    not see (the insides of custom C++ ops) and ops that only take the
+    shape of their input (``new_zeros``, ``ones_like`` ...) do not
+    propagate tags.
     """
 
     def __init__(self) -> None:
@@ -332,6 +388,9 @@ class FlowTracker(TorchFunctionMode):
                 if name is not None:
                     self.used_by.setdefault(name, []).append(
                         getattr(func, '__name__', str(func)))
+        name = getattr(func, '__name__', '')
+        if name.startswith('new_') or name.endswith('_like'):
+            return out  # shape and dtype only, not the values
         tags = self.tags((args, kwargs))
         if tags:
             self.set_tags(out, tags)

@@ -41,6 +41,7 @@ from mmquant.core.activation import (ActivationObserver,
 from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
+from mmquant.nn.layer_kinds import weight_name
 from mmquant.nn.quantized_layer import QuantizedLayer
 from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
                       OpCall, StopForward, conv2d_weight, layer_kind,
@@ -153,10 +154,15 @@ def _batch_size(batch: Any) -> int:
 class _LayerState:
     """Calibration state of one quantizable layer."""
 
-    def __init__(self, name: str, module: nn.Module, order: int) -> None:
+    def __init__(self, name: str, module: nn.Module, order: int,
+                 host: Optional[str] = None, part: str = 'in') -> None:
         self.name = name
         self.module = module
         self.order = order
+        # attention: the nn.MultiheadAttention whose call is captured and
+        # which projection ('in': in_proj_weight, 'out': out_proj)
+        self.host = host
+        self.part = part
         self.calls = 0  # per forward pass
         self.missed = 0
         self.spec: Optional[LayerSpec] = None
@@ -180,7 +186,8 @@ class _LayerState:
 
     def weight2d(self) -> Tensor:
         """The float weight of the layer's conv2d/linear problem."""
-        return conv2d_weight(self.module.weight.detach(), self.kind,
+        weight = getattr(self.module, weight_name(self.module))
+        return conv2d_weight(weight.detach(), self.kind,
                              getattr(self.module, 'groups', 1))
 
     def own_weight(self, weight2d: Tensor) -> Tensor:
@@ -283,13 +290,12 @@ class _Run:
 
     # ----------------------------------------------------------- discovery
     def _discover(self) -> None:
-        candidates = [(name, m) for name, m in self.model.named_modules()
-                      if isinstance(m, QUANTIZABLE)
-                      and not _inside_quantized(self.model, name)]
+        candidates = _candidates(self.model)
         if not candidates:
             raise ValueError(
                 f'{type(self.model).__name__} has no nn.Conv2d, nn.Conv1d, '
-                'nn.ConvTranspose2d or nn.Linear layer to quantize')
+                'nn.ConvTranspose2d, nn.Linear or nn.MultiheadAttention '
+                'layer to quantize')
         others = _other_weighted(self.model)
         other_calls = {name: 0 for name, _ in others}
         seen: Dict[str, Tuple[int, int, int]] = {}
@@ -305,22 +311,27 @@ class _Run:
                     counter[0] += 1
             captures.append((name, LayerCapture(module, note)))
 
-            def pre(module: nn.Module, args: tuple,
+            def pre(module: nn.Module, args: tuple, kwargs: dict,
                     name: str = name) -> None:
-                if args and NETWORK_INPUT in tracker.tags(args[0]):
+                if NETWORK_INPUT in tracker.tags(_layer_inputs(
+                        module, args, kwargs)):
                     fed.add(name)
 
             def post(module: nn.Module, args: tuple, output: Any,
                      name: str = name) -> None:
+                if isinstance(module, nn.MultiheadAttention):
+                    name = f'{name}.out_proj'  # makes the output
                 tracker.set_tags(output, (name, ))
-            handles += [module.register_forward_pre_hook(pre),
+            handles += [module.register_forward_pre_hook(pre,
+                                                         with_kwargs=True),
                         module.register_forward_hook(post)]
         for name, module in others:
             def count(module: nn.Module, args: tuple, output: Any,
                       name: str = name) -> None:
                 other_calls[name] += 1
             handles.append(module.register_forward_hook(count))
-        watched = {id(m.weight): name for name, m in candidates}
+        watched = {id(getattr(m, weight_name(m))): name
+                   for name, m in candidates}
         tracker.watch(watched)
         try:
             with _attached(cap for _, cap in captures), tracker:
@@ -341,6 +352,12 @@ class _Run:
                 state.calls = cap.calls
                 state.missed = cap.missed
                 states.append(state)
+                if isinstance(module, nn.MultiheadAttention):
+                    state.host = name
+                    out = _LayerState(f'{name}.out_proj', module.out_proj,
+                                      seen[name][0], host=name, part='out')
+                    out.calls, out.missed = cap.calls, cap.missed
+                    states.append(out)
             else:
                 state = _LayerState(name, module, 10**9)
                 state.calls = cap.calls
@@ -352,7 +369,20 @@ class _Run:
                     state.report.note = self._uncalled_note(
                         name, tracker.used_by.get(name))
                 late.append(state)
-        states.sort(key=lambda s: s.order)
+                if isinstance(module, nn.MultiheadAttention):
+                    if cap.calls:
+                        state.report.note = (
+                            'its forward never calls '
+                            'F.multi_head_attention_forward with its own '
+                            'in_proj_weight: left float')
+                    out = _LayerState(f'{name}.out_proj', module.out_proj,
+                                      10**9)
+                    out.calls = cap.calls
+                    out.report.note = (
+                        'quantized with its nn.MultiheadAttention '
+                        f'{name!r}, which was left float: left float')
+                    late.append(out)
+        states.sort(key=lambda s: (s.order, s.part == 'out'))
         for state in states:
             if state.missed:
                 state.report.note = (
@@ -406,6 +436,11 @@ class _Run:
             state.spec = specs[state.name]
             if state.spec is None:
                 state.report.note = 'skipped by config: left float'
+            elif state.part == 'out' and state.spec.a_bits is not None:
+                state.spec = LayerSpec(state.spec.w_bits, None)
+                state.report.note = (
+                    'input kept float: the attention output reaches '
+                    'out_proj inside F.multi_head_attention_forward')
         for i, state in enumerate(self.layers):
             state.generator.manual_seed(self.cfg.seed * 1000003 + i)
 
@@ -418,10 +453,15 @@ class _Run:
         if state.linear:
             geom = LayerGeometry.from_module(module)
         else:
+            if state.kind == 'mha_in':
+                in_channels = out_channels = 3 * module.embed_dim
+            else:
+                in_channels = module.in_channels
+                out_channels = module.out_channels
             geom = LayerGeometry(
                 kind='conv',
-                in_channels=module.in_channels,
-                out_channels=module.out_channels,
+                in_channels=in_channels,
+                out_channels=out_channels,
                 kernel_size=tuple(state.weight2d().shape[-2:]),
                 stride=call.stride,
                 padding=call.padding,
@@ -462,7 +502,7 @@ class _Run:
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
-        with _attached([LayerCapture(s.module, on_call(s)) for s in active]):
+        with _attached([self._capture(s, on_call(s)) for s in active]):
             self._progress_passes('statistics (float pass)')
         for state in active:
             self._solve_and_swap(state)
@@ -492,7 +532,7 @@ class _Run:
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
-        with _attached([LayerCapture(s.module, on_float(s)) for s in active]):
+        with _attached([self._capture(s, on_float(s)) for s in active]):
             self._progress_passes('float targets')
 
         # 2. layer by layer, inputs from the partially quantized network
@@ -514,7 +554,7 @@ class _Run:
                 if calls % state.calls == 0:
                     raise StopForward
 
-            with LayerCapture(state.module, handle, stop):
+            with self._capture(state, handle, stop):
                 for batch in self.batches:
                     self._forward(batch)
             t0 = time.perf_counter()
@@ -548,7 +588,7 @@ class _Run:
             return handle
 
         if with_acts:
-            with _attached([LayerCapture(s.module, on_call(s))
+            with _attached([self._capture(s, on_call(s))
                             for s in with_acts]):
                 self._progress_passes('activation ranges')
         for state in active:
@@ -560,6 +600,21 @@ class _Run:
             state.report.time_s = round(time.perf_counter() - t0, 4)
 
     # ------------------------------------------------------------ common
+    def _capture(self, state: _LayerState,
+                 on_call: Callable[[OpCall], None],
+                 after_forward: Optional[Callable[[int], None]] = None
+                 ) -> LayerCapture:
+        """A capture of the module that computes the layer now (an
+        attention's projections: the nn.MultiheadAttention that runs,
+        inside its QuantizedLayer once its in_proj is quantized)."""
+        module = state.module
+        if state.host is not None:
+            module = self.model.get_submodule(
+                _runtime_name(self.model, state.host))
+            if isinstance(module, QuantizedLayer):
+                module = module.layer
+        return LayerCapture(module, on_call, after_forward, part=state.part)
+
     def _observer(self, state: _LayerState) -> ActivationObserver:
         """The seeded activation observer of one layer's input."""
         return ActivationObserver(
@@ -619,7 +674,8 @@ class _Run:
             spec.a_bits if act is not None else None,
             act_scale=None if act is None else act[0],
             act_signed=False if act is None else act[1])
-        _set_submodule(self.model, state.name, qlayer)
+        _set_submodule(self.model, _runtime_name(self.model, state.name),
+                       qlayer)
         rep = state.report
         rep.w_bits, rep.a_bits = spec.w_bits, qlayer.a_bits
         rep.calls = state.calls
@@ -711,6 +767,57 @@ def _inside_quantized(model: nn.Module, name: str) -> bool:
     return False
 
 
+def _supported_attention(module: nn.Module) -> bool:
+    return (isinstance(module, nn.MultiheadAttention)
+            and module._qkv_same_embed_dim
+            and module.in_proj_weight is not None
+            and isinstance(module.out_proj, nn.Linear))
+
+
+def _candidates(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The quantizable layers of a model, outside QuantizedLayers: convs,
+    linears and the (supported) nn.MultiheadAttention, whose out_proj is
+    quantized with it."""
+    out = []
+    attention = set()
+    for name, module in model.named_modules():
+        if not name or _inside_quantized(model, name):
+            continue
+        if _supported_attention(module):
+            attention.add(name)
+            out.append((name, module))
+        elif isinstance(module, QUANTIZABLE) and not (
+                name.rpartition('.')[0] in attention
+                and name.endswith('.out_proj')):
+            out.append((name, module))
+    return out
+
+
+def _layer_inputs(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """What a layer's input is: query/key/value of an attention, else the
+    first argument."""
+    if isinstance(module, nn.MultiheadAttention):
+        names = ('query', 'key', 'value')
+        return list(args[:3]) + [kwargs[k] for k in names if k in kwargs]
+    if args:
+        return args[0]
+    return next(iter(kwargs.values()), None)
+
+
+def _runtime_name(model: nn.Module, name: str) -> str:
+    """The dotted name of ``name`` now: through ``.layer`` of the
+    QuantizedLayers already swapped in on its way."""
+    parts = []
+    module = model
+    for part in name.split('.'):
+        if isinstance(module, QuantizedLayer):
+            parts.append('layer')
+            module = module.layer
+        parts.append(part)
+        module = getattr(module, part)
+    return '.'.join(parts)
+
+
 def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """Modules with weights mmquant does not quantize, to report.
 
@@ -723,6 +830,7 @@ def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     out = []
     for name, module in model.named_modules():
         if (not name or isinstance(module, (QuantizedLayer, ) + QUANTIZABLE)
+                or _supported_attention(module)
                 or _inside_quantized(model, name)):
             continue
         if any(p.is_floating_point() and p.dim() >= 2
@@ -743,10 +851,9 @@ def _unsupported_note(module: nn.Module, calls: int) -> str:
         why = ('deformable conv: its sampling offsets are data-dependent '
                "and it runs mmcv's own C++ op; " + _SUPPORTED)
     elif isinstance(module, nn.MultiheadAttention):
-        why = ('nn.MultiheadAttention: in_proj_weight and out_proj.weight '
-               'are used inside F.multi_head_attention_forward (or the '
-               'fused fast path), not by conv/linear calls of their own; '
-               'attention projections are not quantized yet')
+        why = ('nn.MultiheadAttention with separate q/k/v projection '
+               'weights (kdim/vdim other than embed_dim): mmquant '
+               'quantizes only a packed in_proj_weight')
     elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         why = f'{type(module).__name__}: a lookup table, not a matmul'
     else:
