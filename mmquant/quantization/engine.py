@@ -332,6 +332,9 @@ class _Run:
             handles.append(module.register_forward_hook(count))
         watched = {id(getattr(m, weight_name(m))): name
                    for name, m in candidates}
+        for name, module in others:
+            for param in module.parameters(recurse=False):
+                watched.setdefault(id(param), name)
         tracker.watch(watched)
         try:
             with _attached(cap for _, cap in captures), tracker:
@@ -397,7 +400,8 @@ class _Run:
             state = _LayerState(name, module, 10**9)
             state.calls = other_calls[name]
             state.report.calls = other_calls[name]
-            state.report.note = _unsupported_note(module, other_calls[name])
+            state.report.note = _unsupported_note(
+                module, other_calls[name], tracker.used_by.get(name))
             late.append(state)
         self.layers = states + late
 
@@ -842,10 +846,16 @@ def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 _SUPPORTED = 'mmquant quantizes nn.Conv1d/Conv2d/ConvTranspose2d/Linear'
 
 
-def _unsupported_note(module: nn.Module, calls: int) -> str:
+def _unsupported_note(module: nn.Module, calls: int,
+                      used_by: Optional[List[str]] = None) -> str:
     """Why a module with weights of an unsupported kind stays float."""
-    ran = (f'ran {calls} time(s) per pass' if calls else
-           'not called by the forward pass')
+    if calls:
+        ran = f'ran {calls} time(s) per pass'
+    elif used_by:
+        ran = ('never called itself; its weights are used by '
+               f'{", ".join(sorted(set(used_by)))}')
+    else:
+        ran = 'not called by the forward pass'
     mro = {cls.__name__ for cls in type(module).__mro__}
     if mro & {'DeformConv2d', 'ModulatedDeformConv2d'}:
         why = ('deformable conv: its sampling offsets are data-dependent '

@@ -474,6 +474,19 @@ def test_bad_layer_list(saved, tmp_path):
         _check_error(path, build(1), CheckpointError, fragment)
 
 
+def test_nested_record_must_exist_in_its_parent(saved, tmp_path):
+    """``P.layer.<child>`` (an attention's out_proj) is the one nesting
+    allowed; the child must exist in P's rebuilt module."""
+
+    def nest(tensors, meta):
+        _rename(tensors, meta, 'group', 'dw.layer.inner')
+
+    path = _rewrite(saved[1], str(tmp_path / 'n.pth'), nest)
+    _check_error(path, build(1), CheckpointMismatchError,
+                 "layer 'dw.layer.inner' of the checkpoint is not in the "
+                 'model')
+
+
 def test_corrupted_packed_tensor(saved, tmp_path):
     _, path, _ = saved
     tensors, _ = load_container(path)

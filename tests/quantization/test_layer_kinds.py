@@ -167,3 +167,28 @@ def test_deformable_conv_is_reported_with_its_reason():
     assert dcn.w_bits is None and dcn.calls == 1
     assert dcn.note.startswith('deformable conv: its sampling offsets are '
                                'data-dependent')
+
+
+def test_weight_used_without_a_call_is_noted():
+    """DETR reads its query embedding's weight without calling it."""
+
+    class Queries(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.query = nn.Embedding(3, 4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x[:, None] + self.query.weight[None])
+
+    _, report = mmquant.quantize(Queries().eval(), [torch.randn(2, 4)],
+                                 QuantConfig(error_compensation=False),
+                                 logger=lambda msg: None)
+    notes = {lay.name: lay.note for lay in report.layers}
+    assert notes == {
+        'fc': '',
+        'query': ('Embedding: a lookup table, not a matmul (never called '
+                  'itself; its weights are used by __getitem__): left '
+                  'float'),
+    }
