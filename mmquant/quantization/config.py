@@ -45,7 +45,9 @@ class QuantConfig:
     Layer names are the names of ``model.named_modules()``; patterns are
     shell-style globs (:mod:`fnmatch`), e.g. ``'backbone.conv1'``,
     ``'*.fc_cls'`` or ``'neck.*'``.  Every pattern must match at least one
-    quantizable layer (``nn.Conv2d``/``nn.Linear`` or subclasses).
+    quantizable layer (``nn.Conv2d``/``nn.Conv1d``/``nn.ConvTranspose2d``/
+    ``nn.Linear`` or subclasses; an ``nn.MultiheadAttention`` ``A`` is the
+    two layers ``A`` (its ``in_proj_weight``) and ``A.out_proj``).
 
     Args:
         w_bits (int): Weight bits of every quantized layer. Defaults to 4.

@@ -458,6 +458,9 @@ class _Run:
             geom = LayerGeometry.from_module(module)
         else:
             if state.kind == 'mha_in':
+                # three groups (q, k, v); a row belongs to one group and
+                # is zero in the others, so n_rows (and the damping's
+                # N / rows) counts the rows of all three
                 in_channels = out_channels = 3 * module.embed_dim
             else:
                 in_channels = module.in_channels
