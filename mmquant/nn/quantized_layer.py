@@ -1,4 +1,4 @@
-"""The module that replaces a quantized layer (conv/linear) of a model."""
+"""The module that replaces a quantized conv/linear/attention layer."""
 import copy
 from typing import Any, Optional
 
@@ -35,7 +35,8 @@ class QuantizedLayer(nn.Module):
         layer (nn.Module): The float layer (see
             :data:`~mmquant.nn.layer_kinds.QUANTIZABLE`); it is
             deep-copied, the original is left untouched.
-        qweight (Tensor): Integer weights, shape of ``layer.weight``.
+        qweight (Tensor): Integer weights, shape of ``layer.weight``
+            (``layer.in_proj_weight`` for an attention).
         weight_scale (Tensor): Positive per-output-channel scales ``(M,)``
             (``M`` output channels; for a ``ConvTranspose2d`` weight
             ``(C, M/G, kh, kw)`` the scale of output channel
@@ -128,7 +129,7 @@ class QuantizedLayer(nn.Module):
         if self.a_bits is None:
             return self.layer(*args, **kwargs)
         n = 3 if isinstance(self.layer, nn.MultiheadAttention) else 1
-        names = ('query', 'key', 'value')[:n] if n == 3 else ('input', )
+        names = ('query', 'key', 'value') if n == 3 else ('input', )
         args = list(args)
         done: dict = {}
 
