@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .container import (CheckpointError, MapLocation, PathLike,
                         load_container, save_container)
+from mmquant.nn.layer_kinds import QUANTIZABLE, out_channels, weight_name
 from .packing import MAX_BITS, MIN_BITS, packed_nbytes, pack_int, unpack_int
 
 __all__ = [
@@ -252,6 +253,7 @@ def save_quantized(model: nn.Module,
             'shape': [int(s) for s in layer.qweight.shape],
             'numel': int(layer.qweight.numel()),
             'layer_type': type(layer.layer).__name__,
+            'channels': int(layer.weight_scale.numel()),
         })
     missing = [name for name, _ in layers
                if f'{name}.qweight' not in state]
@@ -337,8 +339,16 @@ def _check_record(where: str, rec: Any) -> Dict[str, Any]:
     if not isinstance(rec['layer_type'], str):
         raise CheckpointError(f'{where}: layer_type must be a str, got '
                               f'{rec["layer_type"]!r}')
+    # files written before ConvTranspose2d support have no 'channels':
+    # their scales are along dim 0 of the weight
+    channels = rec.get('channels', shape[0])
+    if (not isinstance(channels, int) or isinstance(channels, bool)
+            or channels < 0):
+        raise CheckpointError(f'{where}: channels must be a non-negative '
+                              f'int, got {channels!r}')
     out = dict(rec)
     out['shape'] = tuple(shape)
+    out['channels'] = channels
     return out
 
 
@@ -375,11 +385,22 @@ def _layer_records(path: str, meta: Mapping[str, Any]) -> List[dict]:
         parts = rec['name'].split('.')
         for i in range(1, len(parts)):
             parent = '.'.join(parts[:i])
-            if parent in names:
+            if parent in names and parts[i] != 'layer':
                 raise CheckpointError(
                     f"{path!r}: meta['layers'] nests layer {rec['name']!r} "
                     f'inside layer {parent!r}')
     return records
+
+
+def _parent_record(name: str, names: Any) -> Optional[str]:
+    """The record a nested record lies in (``P.layer.<child>``: an
+    attention's ``out_proj`` inside the attention's QuantizedLayer
+    ``P``), or None for a top-level record."""
+    parts = name.split('.')
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] == 'layer' and '.'.join(parts[:i]) in names:
+            return '.'.join(parts[:i])
+    return None
 
 
 def _scale_tensors(path: str, rec: dict,
@@ -400,7 +421,7 @@ def _scale_tensors(path: str, rec: dict,
     """
     name = rec['name']
     out = []
-    for attr, shape in (('weight_scale', (rec['shape'][0], )),
+    for attr, shape in (('weight_scale', (rec['channels'], )),
                         ('act_scale', ())):
         key = f'{name}.{attr}'
         t = tensors.get(key)
@@ -504,19 +525,30 @@ def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
                       f'model{_suggest(name, list(modules))}')
         return None
     base = module.layer if isinstance(module, qcls) else module
-    if not isinstance(base, (nn.Conv2d, nn.Linear)):
+    if not isinstance(base, QUANTIZABLE + (nn.MultiheadAttention, )):
         errors.append(f'layer {name!r} is a {type(module).__name__} in the '
-                      'model, not an nn.Conv2d/nn.Linear')
+                      'model, not an nn.Conv2d/Conv1d/ConvTranspose2d/'
+                      'Linear/MultiheadAttention')
         return None
     if strict and type(base).__name__ != rec['layer_type']:
         errors.append(f'layer {name!r} is a {type(base).__name__} in the '
                       f'model but a {rec["layer_type"]} in the checkpoint')
         return None
-    shape = tuple(base.weight.shape)
+    weight = getattr(base, weight_name(base), None)
+    if weight is None:
+        errors.append(f'layer {name!r} of the model has no '
+                      f'{weight_name(base)}')
+        return None
+    shape = tuple(weight.shape)
     if shape != rec['shape']:
         errors.append(f'shape mismatch for layer {name!r}: the checkpoint '
                       f'has {list(rec["shape"])}, the model has '
                       f'{list(shape)}')
+        return None
+    if out_channels(base) != rec['channels']:
+        errors.append(f'layer {name!r} has {out_channels(base)} output '
+                      f'channels in the model but {rec["channels"]} weight '
+                      'scales in the checkpoint')
         return None
     return base
 
@@ -631,11 +663,17 @@ def apply_quantized(model: nn.Module,
         scales[rec['name']] = _scale_tensors(path_str, rec, tensors)
         ints[rec['name']] = _unpack_layer(path_str, rec, tensors)
 
-    # 2. The layers against the model.
+    # 2. The layers against the model (a record nested in another one,
+    # P.layer.<child>, against the rebuilt P in step 3).
     errors: List[str] = []
     bases = {}
     modules = dict(model.named_modules())
+    names = {rec['name'] for rec in records}
+    parents = {rec['name']: _parent_record(rec['name'], names)
+               for rec in records}
     for rec in records:
+        if parents[rec['name']] is not None:
+            continue
         base = _base_layer(modules, rec, strict, errors)
         if base is not None:
             bases[rec['name']] = base
@@ -644,10 +682,22 @@ def apply_quantized(model: nn.Module,
     # 3. Build the new layers (detached from the model) and compare the
     # state dict the converted model will have with the file.
     new_layers = OrderedDict()
-    for rec in records:
-        name, base = rec['name'], bases[rec['name']]
+    built = {}
+    for rec in sorted(records, key=lambda r: r['name'].count('.')):
+        name = rec['name']
+        parent = parents[name]
+        if parent is not None:
+            try:
+                inner = {name: built[parent].get_submodule(
+                    name[len(parent) + 1:])}
+            except AttributeError:
+                inner = {}
+            base = _base_layer(inner, rec, strict, errors)
+            _raise_mismatch(path_str, model, errors)
+        else:
+            base = bases[name]
         weight_scale, act_scale = scales[name]
-        device = base.weight.device
+        device = getattr(base, weight_name(base)).device
         try:
             layer = qcls(base, ints[name].to(device),
                          weight_scale.to(device=device, dtype=torch.float32),
@@ -658,16 +708,21 @@ def apply_quantized(model: nn.Module,
             raise CheckpointError(f'{path_str!r}: cannot rebuild layer '
                                   f'{name!r}: {e}') from e
         # The constructor makes ``act_scale`` on the CPU: follow the model.
-        layer.to(device).train(modules[name].training)
-        new_layers[name] = layer
+        if parent is not None:
+            layer.to(device).train(built[parent].training)
+            _set_submodule(built[parent], name[len(parent) + 1:], layer)
+        else:
+            layer.to(device).train(modules[name].training)
+            new_layers[name] = layer
+        built[name] = layer
     expected = OrderedDict(
         (k, v) for k, v in model.state_dict(keep_vars=True).items()
         if not any(k.startswith(f'{n}.') for n in new_layers))
     for name, layer in new_layers.items():
         for k, v in layer.state_dict(keep_vars=True).items():
             expected[f'{name}.{k}'] = v
-    packed_keys = {_packed_name(n) for n in new_layers}
-    supplied = {f'{n}.qweight' for n in new_layers}
+    packed_keys = {_packed_name(n) for n in built}
+    supplied = {f'{n}.qweight' for n in built}
     floats = OrderedDict(
         (k, v) for k, v in tensors.items() if k not in packed_keys)
     missing = [k for k in expected if k not in floats and k not in supplied]
@@ -691,7 +746,7 @@ def apply_quantized(model: nn.Module,
     for name, layer in new_layers.items():
         _set_submodule(model, name, layer)
     state = OrderedDict((k, v) for k, v in floats.items() if k in expected)
-    for name in new_layers:
+    for name in built:
         state[f'{name}.qweight'] = ints[name]
     metadata = getattr(model.state_dict(), '_metadata', None)
     if metadata is not None:

@@ -1,4 +1,4 @@
-"""The module that replaces a Conv2d/Linear layer after quantization."""
+"""The module that replaces a quantized conv/linear/attention layer."""
 import copy
 from typing import Any, Optional
 
@@ -7,10 +7,14 @@ from torch import Tensor, nn
 
 from mmquant.core.activation import fake_quantize_activation
 from mmquant.core.grid import check_bits, dequantize, qmax
+from .layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
+                          layer_weight, out_channels, weight_name)
 
 
 class QuantizedLayer(nn.Module):
-    """A quantized ``nn.Conv2d``/``nn.Linear`` (or any subclass of them).
+    """A quantized ``nn.Conv2d``/``nn.Conv1d``/``nn.ConvTranspose2d``/
+    ``nn.Linear`` (or any subclass of them), or the input projection
+    (``in_proj_weight``) of an ``nn.MultiheadAttention``.
 
     The layer's float weight is replaced by per-output-channel integers
     ``qweight`` (``int8`` storage, values in ``[-qmax, qmax]``) and scales
@@ -28,10 +32,16 @@ class QuantizedLayer(nn.Module):
     wrapped module's other parameters and buffers (``layer.bias``).
 
     Args:
-        layer (nn.Module): The float ``nn.Conv2d``/``nn.Linear``; it is
+        layer (nn.Module): The float layer (see
+            :data:`~mmquant.nn.layer_kinds.QUANTIZABLE`); it is
             deep-copied, the original is left untouched.
-        qweight (Tensor): Integer weights, shape of ``layer.weight``.
-        weight_scale (Tensor): Positive per-output-channel scales ``(M,)``.
+        qweight (Tensor): Integer weights, shape of ``layer.weight``
+            (``layer.in_proj_weight`` for an attention).
+        weight_scale (Tensor): Positive per-output-channel scales ``(M,)``
+            (``M`` output channels; for a ``ConvTranspose2d`` weight
+            ``(C, M/G, kh, kw)`` the scale of output channel
+            ``g * M/G + m`` multiplies ``weight[g * C/G:(g + 1) * C/G,
+            m]``).
         w_bits (int): Weight bits, 2..8.
         a_bits (int, optional): Input activation bits, or ``None`` to keep
             the input float.
@@ -50,15 +60,22 @@ class QuantizedLayer(nn.Module):
                  act_scale: Optional[float] = None,
                  act_signed: bool = False) -> None:
         super().__init__()
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            raise TypeError('QuantizedLayer wraps nn.Conv2d or nn.Linear, '
-                            f'got {type(layer).__name__}')
+        if not isinstance(layer, QUANTIZABLE + (nn.MultiheadAttention, )):
+            raise TypeError('QuantizedLayer wraps nn.Conv2d, nn.Conv1d, '
+                            'nn.ConvTranspose2d, nn.Linear or '
+                            'nn.MultiheadAttention, got '
+                            f'{type(layer).__name__}')
+        wname = weight_name(layer)
+        if getattr(layer, wname, None) is None:
+            raise TypeError(f'{type(layer).__name__} has no {wname} (an '
+                            'nn.MultiheadAttention with kdim/vdim other '
+                            'than embed_dim is not supported)')
         self.w_bits = check_bits(w_bits, 'w_bits')
         self.a_bits = None if a_bits is None else check_bits(a_bits,
                                                              'a_bits')
         if self.a_bits is not None and act_scale is None:
             raise ValueError('act_scale is required when a_bits is set')
-        shape = tuple(layer.weight.shape)
+        shape = tuple(getattr(layer, wname).shape)
         if tuple(qweight.shape) != shape:
             raise ValueError(f'qweight shape {tuple(qweight.shape)} does '
                              f'not match the layer weight {shape}')
@@ -69,33 +86,67 @@ class QuantizedLayer(nn.Module):
         if qweight.numel() and int(qweight.abs().max()) > top:
             raise ValueError(f'qweight exceeds the {self.w_bits}-bit range '
                              f'[-{top}, {top}]')
+        channels = out_channels(layer)
+        if weight_scale.numel() != channels:
+            raise ValueError(f'weight_scale has {weight_scale.numel()} '
+                             f'values, the layer {channels} output '
+                             'channels')
         self.act_signed = bool(act_signed)
         self.register_buffer('qweight', qweight.detach().to(torch.int8))
         self.register_buffer(
             'weight_scale',
-            weight_scale.detach().to(torch.float32).reshape(shape[0]))
+            weight_scale.detach().to(torch.float32).reshape(channels))
         self.register_buffer(
             'act_scale',
             torch.tensor(1.0 if act_scale is None else float(act_scale),
                          dtype=torch.float32))
         inner = copy.deepcopy(layer)
-        del inner.weight
-        inner.register_buffer('weight', torch.empty(0), persistent=False)
+        delattr(inner, wname)
+        inner.register_buffer(wname, torch.empty(0), persistent=False)
         self.layer = inner
         self.refresh_weight()
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh_weight(self) -> None:
         """Recompute the wrapped layer's float weight from the integers."""
-        self.layer.weight = dequantize(self.qweight, self.weight_scale).to(
-            self.weight_scale.device)
+        kind = layer_kind(self.layer)
+        groups = getattr(self.layer, 'groups', 1)
+        setattr(
+            self.layer, weight_name(self.layer),
+            layer_weight(
+                dequantize(conv2d_weight(self.qweight, kind, groups),
+                           self.weight_scale), kind,
+                groups).contiguous().to(self.weight_scale.device))
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Fake-quantize the input (if ``a_bits``), then run the layer."""
-        if self.a_bits is not None:
-            x = fake_quantize_activation(x, self.act_scale, self.a_bits,
-                                         self.act_signed)
-        return self.layer(x, *args, **kwargs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Fake-quantize the input (if ``a_bits``), then run the layer.
+
+        The input is the first argument; for an ``nn.MultiheadAttention``
+        it is ``query``, ``key`` and ``value`` (positional or keyword),
+        quantized with one shared scale (a tensor passed as two of them
+        stays one tensor).
+        """
+        if self.a_bits is None:
+            return self.layer(*args, **kwargs)
+        n = 3 if isinstance(self.layer, nn.MultiheadAttention) else 1
+        names = ('query', 'key', 'value') if n == 3 else ('input', )
+        args = list(args)
+        done: dict = {}
+
+        def quant(x: Any) -> Any:
+            if not isinstance(x, Tensor):
+                return x
+            if id(x) not in done:
+                done[id(x)] = fake_quantize_activation(
+                    x, self.act_scale, self.a_bits, self.act_signed)
+            return done[id(x)]
+
+        for i in range(n):
+            if i < len(args):
+                args[i] = quant(args[i])
+            elif names[i] in kwargs:
+                kwargs[names[i]] = quant(kwargs[names[i]])
+        return self.layer(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from mmquant.core.grid import check_bits
 from mmquant.core.solver import check_schedule
@@ -45,7 +45,9 @@ class QuantConfig:
     Layer names are the names of ``model.named_modules()``; patterns are
     shell-style globs (:mod:`fnmatch`), e.g. ``'backbone.conv1'``,
     ``'*.fc_cls'`` or ``'neck.*'``.  Every pattern must match at least one
-    quantizable layer (``nn.Conv2d``/``nn.Linear`` or subclasses).
+    quantizable layer (``nn.Conv2d``/``nn.Conv1d``/``nn.ConvTranspose2d``/
+    ``nn.Linear`` or subclasses; an ``nn.MultiheadAttention`` ``A`` is the
+    two layers ``A`` (its ``in_proj_weight``) and ``A.out_proj``).
 
     Args:
         w_bits (int): Weight bits of every quantized layer. Defaults to 4.
@@ -55,9 +57,14 @@ class QuantConfig:
             calibration statistics) or ``'rtn'`` (MSE-optimal per-channel
             round-to-nearest, the baseline). Defaults to ``'bitsplit'``.
         first_last_bits (int, optional): Bits (weights and activations) of
-            the first layer executed and of the last layer executed when it
-            is a ``nn.Linear`` (the classifier), as the paper does.  The
-            first layer's input is the network input and always stays
+            the *input layers* (those fed by the network input; the first
+            layer executed if none is found) and of the *output layers*
+            (those whose outputs reach the tensors ``forward_fn`` returns
+            without passing through another quantizable layer: a
+            classifier's ``fc``, every classification/regression head
+            output of a detector; the last layer executed if none is
+            found), generalising the paper's first/last layer rule.  An
+            input layer's input is the network input and always stays
             float.  ``None`` treats them like every other layer.
             Defaults to 8.
         overrides (dict): ``{pattern: {'w_bits': .., 'a_bits': ..}}``;
@@ -184,16 +191,21 @@ class QuantConfig:
         """Return the config as a JSON-able dict."""
         return dataclasses.asdict(self)
 
-    def resolve(self, names: Sequence[str], first: Optional[str] = None,
-                last_linear: Optional[str] = None
+    def resolve(self,
+                names: Sequence[str],
+                inputs: Union[str, Sequence[str], None] = None,
+                outputs: Union[str, Sequence[str], None] = None
                 ) -> Dict[str, Optional[LayerSpec]]:
         """Decide every layer's bits.
 
+        ``first_last_bits`` applies to the input layers and the output
+        layers (see :func:`mmquant.quantize` for how they are found); the
+        input layers' inputs (the network input) always stay float.
+
         Args:
             names (Sequence[str]): The quantizable layers, in forward order.
-            first (str, optional): The first layer executed.
-            last_linear (str, optional): The last layer executed, when it
-                is a ``nn.Linear``.
+            inputs (str | Sequence[str], optional): The input layers.
+            outputs (str | Sequence[str], optional): The output layers.
 
         Returns:
             dict: ``{name: LayerSpec}``, ``None`` for skipped layers.
@@ -201,11 +213,13 @@ class QuantConfig:
         Raises:
             ValueError: A skip or override pattern matches no layer.
         """
+        inputs = _names(inputs)
+        outputs = _names(outputs)
         specs: Dict[str, Optional[LayerSpec]] = {}
         for name in names:
             specs[name] = LayerSpec(self.w_bits, self.a_bits)
-            if self.first_last_bits is not None and name in (first,
-                                                              last_linear):
+            if self.first_last_bits is not None and (name in inputs
+                                                     or name in outputs):
                 a_bits = None if self.a_bits is None else \
                     self.first_last_bits
                 specs[name] = LayerSpec(self.first_last_bits, a_bits)
@@ -215,13 +229,22 @@ class QuantConfig:
                 specs[name] = LayerSpec(
                     value.get('w_bits', spec.w_bits),
                     value['a_bits'] if 'a_bits' in value else spec.a_bits)
-        if first is not None and specs.get(first) is not None:
-            # The network input stays float.
-            specs[first] = LayerSpec(specs[first].w_bits, None)
+        for name in inputs:
+            if specs.get(name) is not None:
+                # The network input stays float.
+                specs[name] = LayerSpec(specs[name].w_bits, None)
         for pattern in self.skip:
             for name in _match(pattern, names, 'skip'):
                 specs[name] = None
         return specs
+
+
+def _names(value: Union[str, Sequence[str], None]) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
 
 
 def _match(pattern: str, names: Sequence[str], where: str) -> List[str]:

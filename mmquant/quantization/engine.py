@@ -2,11 +2,15 @@
 
 The run, for a model and a few calibration batches:
 
-1. *Discovery*: one forward pass with hooks finds the ``nn.Conv2d`` and
-   ``nn.Linear`` layers (subclasses included) that run, their forward
-   order and how often each runs per pass, and checks that each calls its
-   own op with its own weight (layers that do not, e.g. weight-standardised
-   convs, stay float and the report says why).
+1. *Discovery*: one forward pass with hooks finds the ``nn.Conv2d``,
+   ``nn.Conv1d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` layers
+   (subclasses included) that run, their forward order and how often each
+   runs per pass, checks that each calls its own op with its own weight
+   (layers that do not, e.g. weight-standardised convs, stay float and the
+   report says why), and finds the input and output layers (a
+   :class:`~.capture.FlowTracker` follows which layers each tensor comes
+   from). Every other module with weights is reported with the reason it
+   stays float.
 2. *Statistics*: per layer ``A = X^T X``, ``C = X^T Y``, ``sum y^2`` from
    the op's real inputs (im2col with the call's own geometry) and its float
    outputs; rows are sampled with a seeded generator.
@@ -37,8 +41,11 @@ from mmquant.core.activation import (ActivationObserver,
 from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
+from mmquant.nn.layer_kinds import weight_name
 from mmquant.nn.quantized_layer import QuantizedLayer
-from .capture import LayerCapture, OpCall, StopForward
+from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
+                      OpCall, StopForward, conv2d_weight, layer_kind,
+                      layer_weight)
 from .config import LayerSpec, QuantConfig
 from .report import LayerReport, QuantReport
 
@@ -92,7 +99,12 @@ def quantize(model: nn.Module,
              inplace: bool = False,
              logger: Optional[Logger] = None
              ) -> Tuple[nn.Module, QuantReport]:
-    """Quantize the Conv2d/Linear layers of any model with BitSplit.
+    """Quantize the conv/linear layers of any model with BitSplit.
+
+    ``nn.Conv2d``, ``nn.Conv1d``, ``nn.ConvTranspose2d`` and ``nn.Linear``
+    (and subclasses) are quantized; ``first_last_bits`` goes to the input
+    layers (fed by the network input) and the output layers (whose outputs
+    reach the tensors ``forward_fn`` returns), see :class:`QuantConfig`.
 
     Args:
         model (nn.Module): A float model. It is run in eval mode.
@@ -115,7 +127,7 @@ def quantize(model: nn.Module,
 
     Raises:
         ValueError: For an empty ``calib_data``, a model without runnable
-            Conv2d/Linear layers, a pattern that matches no layer, or a bad
+            quantizable layers, a pattern that matches no layer, or a bad
             config.
         TypeError: For calibration batches of mixed types.
     """
@@ -157,10 +169,15 @@ def _batch_size(batch: Any) -> int:
 class _LayerState:
     """Calibration state of one quantizable layer."""
 
-    def __init__(self, name: str, module: nn.Module, order: int) -> None:
+    def __init__(self, name: str, module: nn.Module, order: int,
+                 host: Optional[str] = None, part: str = 'in') -> None:
         self.name = name
         self.module = module
         self.order = order
+        # attention: the nn.MultiheadAttention whose call is captured and
+        # which projection ('in': in_proj_weight, 'out': out_proj)
+        self.host = host
+        self.part = part
         self.calls = 0  # per forward pass
         self.missed = 0
         self.spec: Optional[LayerSpec] = None
@@ -177,6 +194,21 @@ class _LayerState:
     @property
     def linear(self) -> bool:
         return isinstance(self.module, nn.Linear)
+
+    @property
+    def kind(self) -> str:
+        return layer_kind(self.module)
+
+    def weight2d(self) -> Tensor:
+        """The float weight of the layer's conv2d/linear problem."""
+        weight = getattr(self.module, weight_name(self.module))
+        return conv2d_weight(weight.detach(), self.kind,
+                             getattr(self.module, 'groups', 1))
+
+    def own_weight(self, weight2d: Tensor) -> Tensor:
+        """Integers of the conv2d/linear problem in the layer's layout."""
+        return layer_weight(weight2d, self.kind,
+                            getattr(self.module, 'groups', 1))
 
 
 class _Run:
@@ -256,15 +288,16 @@ class _Run:
                              'least one calibration batch')
         self.n_samples = count
 
-    def _forward(self, batch: Any) -> None:
+    def _forward(self, batch: Any) -> Any:
         """One (possibly early-stopped) forward pass; the time spent in
-        the capture hooks is booked to statistics, not to forward."""
+        the capture hooks is booked to statistics, not to forward.  Returns
+        the output (``None`` when stopped early)."""
         t0 = time.perf_counter()
         hooks0 = self.timing['statistics'] + self.timing['activations']
         try:
-            self.forward_fn(self.model, batch)
+            return self.forward_fn(self.model, batch)
         except StopForward:
-            pass
+            return None
         finally:
             hooks = self.timing['statistics'] + self.timing[
                 'activations'] - hooks0
@@ -272,24 +305,62 @@ class _Run:
 
     # ----------------------------------------------------------- discovery
     def _discover(self) -> None:
-        candidates = [(name, m) for name, m in self.model.named_modules()
-                      if isinstance(m, (nn.Conv2d, nn.Linear))
-                      and not _inside_quantized(self.model, name)]
+        candidates = _candidates(self.model)
         if not candidates:
             raise ValueError(
-                f'{type(self.model).__name__} has no nn.Conv2d or nn.Linear '
+                f'{type(self.model).__name__} has no nn.Conv2d, nn.Conv1d, '
+                'nn.ConvTranspose2d, nn.Linear or nn.MultiheadAttention '
                 'layer to quantize')
+        others = _other_weighted(self.model)
+        other_calls = {name: 0 for name, _ in others}
         seen: Dict[str, Tuple[int, int, int]] = {}
         counter = [0]
         captures = []
+        tracker = FlowTracker()
+        fed: set = set()
+        handles = []
         for name, module in candidates:
             def note(call: OpCall, name: str = name) -> None:
                 if name not in seen:
                     seen[name] = (counter[0], 0, 0)
                     counter[0] += 1
             captures.append((name, LayerCapture(module, note)))
-        with _attached(cap for _, cap in captures):
-            self._forward(self.batches[0])
+
+            def pre(module: nn.Module, args: tuple, kwargs: dict,
+                    name: str = name) -> None:
+                if NETWORK_INPUT in tracker.tags(_layer_inputs(
+                        module, args, kwargs)):
+                    fed.add(name)
+
+            def post(module: nn.Module, args: tuple, output: Any,
+                     name: str = name) -> None:
+                if isinstance(module, nn.MultiheadAttention):
+                    name = f'{name}.out_proj'  # makes the output
+                tracker.set_tags(output, (name, ))
+            handles += [module.register_forward_pre_hook(pre,
+                                                         with_kwargs=True),
+                        module.register_forward_hook(post)]
+        for name, module in others:
+            def count(module: nn.Module, args: tuple, output: Any,
+                      name: str = name) -> None:
+                other_calls[name] += 1
+            handles.append(module.register_forward_hook(count))
+        watched = {id(getattr(m, weight_name(m))): name
+                   for name, m in candidates}
+        for name, module in others:
+            for param in module.parameters(recurse=False):
+                watched.setdefault(id(param), name)
+        tracker.watch(watched)
+        try:
+            with _attached(cap for _, cap in captures), tracker:
+                tracker.set_tags(self.batches[0], (NETWORK_INPUT, ))
+                result = self._forward(self.batches[0])
+                produced = tracker.tags(result) - {NETWORK_INPUT}
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._fed_by_input = fed
+        self._produce_output = set(produced)
         states = []
         late = []
         for name, module in candidates:
@@ -299,6 +370,12 @@ class _Run:
                 state.calls = cap.calls
                 state.missed = cap.missed
                 states.append(state)
+                if isinstance(module, nn.MultiheadAttention):
+                    state.host = name
+                    out = _LayerState(f'{name}.out_proj', module.out_proj,
+                                      seen[name][0], host=name, part='out')
+                    out.calls, out.missed = cap.calls, cap.missed
+                    states.append(out)
             else:
                 state = _LayerState(name, module, 10**9)
                 state.calls = cap.calls
@@ -307,10 +384,23 @@ class _Run:
                         'its forward never calls conv2d/linear with its own '
                         'weight (e.g. a transformed weight): left float')
                 else:
-                    state.report.note = 'not called by the forward pass: ' \
-                        'left float'
+                    state.report.note = self._uncalled_note(
+                        name, tracker.used_by.get(name))
                 late.append(state)
-        states.sort(key=lambda s: s.order)
+                if isinstance(module, nn.MultiheadAttention):
+                    if cap.calls:
+                        state.report.note = (
+                            'its forward never calls '
+                            'F.multi_head_attention_forward with its own '
+                            'in_proj_weight: left float')
+                    out = _LayerState(f'{name}.out_proj', module.out_proj,
+                                      10**9)
+                    out.calls = cap.calls
+                    out.report.note = (
+                        'quantized with its nn.MultiheadAttention '
+                        f'{name!r}, which was left float: left float')
+                    late.append(out)
+        states.sort(key=lambda s: (s.order, s.part == 'out'))
         for state in states:
             if state.missed:
                 state.report.note = (
@@ -318,24 +408,58 @@ class _Run:
                     'op with its own weight: left float')
         if not states:
             raise ValueError(
-                'no nn.Conv2d/nn.Linear layer of '
-                f'{type(self.model).__name__} ran during the calibration '
+                'no nn.Conv2d/nn.Conv1d/nn.ConvTranspose2d/nn.Linear layer '
+                f'of {type(self.model).__name__} ran during the calibration '
                 'forward pass; check forward_fn')
+        for name, module in others:
+            state = _LayerState(name, module, 10**9)
+            state.calls = other_calls[name]
+            state.report.calls = other_calls[name]
+            state.report.note = _unsupported_note(
+                module, other_calls[name], tracker.used_by.get(name))
+            late.append(state)
         self.layers = states + late
+
+    def _uncalled_note(self, name: str, ops: Optional[List[str]]) -> str:
+        """Why a quantizable layer that never ran itself stays float."""
+        if not ops:
+            return 'not called by the forward pass: left float'
+        parent_name = name.rpartition('.')[0]
+        parent = self.model.get_submodule(parent_name)
+        by = ', '.join(sorted(set(ops)))
+        if isinstance(parent, nn.MultiheadAttention):
+            return (f'never called itself: its weight is used by {by} of '
+                    f'the parent nn.MultiheadAttention {parent_name!r}, '
+                    'which mmquant leaves float (see its note): left float')
+        return (f'never called itself: its weight is used by {by} of '
+                'another module, which mmquant does not quantize: left '
+                'float')
 
     def _resolve(self) -> None:
         runnable = [s for s in self.layers
                     if s.order < 10**9 and not s.missed]
         names = [s.name for s in runnable]
-        first = names[0] if names else None
-        last = runnable[-1] if runnable else None
-        last_linear = last.name if last is not None and last.linear \
-            else None
-        specs = self.cfg.resolve(names, first, last_linear)
+        inputs = [n for n in names if n in self._fed_by_input]
+        outputs = [n for n in names if n in self._produce_output]
+        if not inputs and names:
+            inputs = names[:1]
+        if not outputs and names:
+            outputs = names[-1:]
+        for state in runnable:
+            roles = [role for role, members in (('input', inputs),
+                                                ('output', outputs))
+                     if state.name in members]
+            state.report.role = '+'.join(roles) or None
+        specs = self.cfg.resolve(names, inputs, outputs)
         for state in runnable:
             state.spec = specs[state.name]
             if state.spec is None:
                 state.report.note = 'skipped by config: left float'
+            elif state.part == 'out' and state.spec.a_bits is not None:
+                state.spec = LayerSpec(state.spec.w_bits, None)
+                state.report.note = (
+                    'input kept float: the attention output reaches '
+                    'out_proj inside F.multi_head_attention_forward')
         for i, state in enumerate(self.layers):
             state.generator.manual_seed(self.cfg.seed * 1000003 + i)
 
@@ -348,11 +472,19 @@ class _Run:
         if state.linear:
             geom = LayerGeometry.from_module(module)
         else:
+            if state.kind == 'mha_in':
+                # three groups (q, k, v); a row belongs to one group and
+                # is zero in the others, so n_rows (and the damping's
+                # N / rows) counts the rows of all three
+                in_channels = out_channels = 3 * module.embed_dim
+            else:
+                in_channels = module.in_channels
+                out_channels = module.out_channels
             geom = LayerGeometry(
                 kind='conv',
-                in_channels=module.in_channels,
-                out_channels=module.out_channels,
-                kernel_size=tuple(module.weight.shape[-2:]),
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=tuple(state.weight2d().shape[-2:]),
                 stride=call.stride,
                 padding=call.padding,
                 dilation=call.dilation,
@@ -392,7 +524,7 @@ class _Run:
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
-        with _attached([LayerCapture(s.module, on_call(s)) for s in active]):
+        with _attached([self._capture(s, on_call(s)) for s in active]):
             self._progress_passes('statistics (float pass)')
         for state in active:
             self._solve_and_swap(state)
@@ -422,7 +554,7 @@ class _Run:
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
-        with _attached([LayerCapture(s.module, on_float(s)) for s in active]):
+        with _attached([self._capture(s, on_float(s)) for s in active]):
             self._progress_passes('float targets')
 
         # 2. layer by layer, inputs from the partially quantized network
@@ -444,7 +576,7 @@ class _Run:
                 if calls % state.calls == 0:
                     raise StopForward
 
-            with LayerCapture(state.module, handle, stop):
+            with self._capture(state, handle, stop):
                 for batch in self.batches:
                     self._forward(batch)
             t0 = time.perf_counter()
@@ -478,18 +610,33 @@ class _Run:
             return handle
 
         if with_acts:
-            with _attached([LayerCapture(s.module, on_call(s))
+            with _attached([self._capture(s, on_call(s))
                             for s in with_acts]):
                 self._progress_passes('activation ranges')
         for state in active:
             t0 = time.perf_counter()
-            q, scale = mse_rtn(state.module.weight.detach(),
-                               state.spec.w_bits)
+            q, scale = mse_rtn(state.weight2d(), state.spec.w_bits)
             self.timing['solver'] += time.perf_counter() - t0
-            self._swap(state, q, scale, self._fit_activation(state))
+            self._swap(state, state.own_weight(q), scale,
+                       self._fit_activation(state))
             state.report.time_s = round(time.perf_counter() - t0, 4)
 
     # ------------------------------------------------------------ common
+    def _capture(self, state: _LayerState,
+                 on_call: Callable[[OpCall], None],
+                 after_forward: Optional[Callable[[int], None]] = None
+                 ) -> LayerCapture:
+        """A capture of the module that computes the layer now (an
+        attention's projections: the nn.MultiheadAttention that runs,
+        inside its QuantizedLayer once its in_proj is quantized)."""
+        module = state.module
+        if state.host is not None:
+            module = self.model.get_submodule(
+                _runtime_name(self.model, state.host))
+            if isinstance(module, QuantizedLayer):
+                module = module.layer
+        return LayerCapture(module, on_call, after_forward, part=state.part)
+
     def _observer(self, state: _LayerState) -> ActivationObserver:
         """The seeded activation observer of one layer's input."""
         return ActivationObserver(
@@ -514,7 +661,7 @@ class _Run:
     def _solve_and_swap(self, state: _LayerState,
                         act: Optional[Tuple[float, bool]] = None) -> None:
         t0 = time.perf_counter()
-        weight = state.module.weight.detach()
+        weight = state.weight2d()
         yy = float(state.acc.yy.sum())
         ridge = _damp(state.acc, weight, self.cfg.damping)
         result = solve_layer(weight, state.acc, state.spec.w_bits,
@@ -536,7 +683,8 @@ class _Run:
         rep.rounds = int(result.rounds)
         if act is None:
             act = self._fit_activation(state)
-        self._swap(state, result.qweight, result.scale, act)
+        self._swap(state, state.own_weight(result.qweight), result.scale,
+                   act)
         state.acc = None  # free A and C
         rep.time_s = round(time.perf_counter() - t0, 4)
 
@@ -548,7 +696,8 @@ class _Run:
             spec.a_bits if act is not None else None,
             act_scale=None if act is None else act[0],
             act_signed=False if act is None else act[1])
-        _set_submodule(self.model, state.name, qlayer)
+        _set_submodule(self.model, _runtime_name(self.model, state.name),
+                       qlayer)
         rep = state.report
         rep.w_bits, rep.a_bits = spec.w_bits, qlayer.a_bits
         rep.calls = state.calls
@@ -638,6 +787,106 @@ def _inside_quantized(model: nn.Module, name: str) -> bool:
         if isinstance(module, QuantizedLayer):
             return True
     return False
+
+
+def _supported_attention(module: nn.Module) -> bool:
+    return (isinstance(module, nn.MultiheadAttention)
+            and module._qkv_same_embed_dim
+            and module.in_proj_weight is not None
+            and isinstance(module.out_proj, nn.Linear))
+
+
+def _candidates(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The quantizable layers of a model, outside QuantizedLayers: convs,
+    linears and the (supported) nn.MultiheadAttention, whose out_proj is
+    quantized with it."""
+    out = []
+    attention = set()
+    for name, module in model.named_modules():
+        if not name or _inside_quantized(model, name):
+            continue
+        if _supported_attention(module):
+            attention.add(name)
+            out.append((name, module))
+        elif isinstance(module, QUANTIZABLE) and not (
+                name.rpartition('.')[0] in attention
+                and name.endswith('.out_proj')):
+            out.append((name, module))
+    return out
+
+
+def _layer_inputs(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """What a layer's input is: query/key/value of an attention, else the
+    first argument."""
+    if isinstance(module, nn.MultiheadAttention):
+        names = ('query', 'key', 'value')
+        return list(args[:3]) + [kwargs[k] for k in names if k in kwargs]
+    if args:
+        return args[0]
+    return next(iter(kwargs.values()), None)
+
+
+def _runtime_name(model: nn.Module, name: str) -> str:
+    """The dotted name of ``name`` now: through ``.layer`` of the
+    QuantizedLayers already swapped in on its way."""
+    parts = []
+    module = model
+    for part in name.split('.'):
+        if isinstance(module, QuantizedLayer):
+            parts.append('layer')
+            module = module.layer
+        parts.append(part)
+        module = getattr(module, part)
+    return '.'.join(parts)
+
+
+def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """Modules with weights mmquant does not quantize, to report.
+
+    A module *has weights* when it directly owns a floating-point parameter
+    of two or more dimensions (norm layers, whose parameters are 1-D
+    per-channel affine terms, and biases do not count). Quantizable layers
+    (:data:`QUANTIZABLE`), :class:`QuantizedLayer` and the modules inside
+    one are not listed.
+    """
+    out = []
+    for name, module in model.named_modules():
+        if (not name or isinstance(module, (QuantizedLayer, ) + QUANTIZABLE)
+                or _supported_attention(module)
+                or _inside_quantized(model, name)):
+            continue
+        if any(p.is_floating_point() and p.dim() >= 2
+               for p in module.parameters(recurse=False)):
+            out.append((name, module))
+    return out
+
+
+_SUPPORTED = 'mmquant quantizes nn.Conv1d/Conv2d/ConvTranspose2d/Linear'
+
+
+def _unsupported_note(module: nn.Module, calls: int,
+                      used_by: Optional[List[str]] = None) -> str:
+    """Why a module with weights of an unsupported kind stays float."""
+    if calls:
+        ran = f'ran {calls} time(s) per pass'
+    elif used_by:
+        ran = ('never called itself; its weights are used by '
+               f'{", ".join(sorted(set(used_by)))}')
+    else:
+        ran = 'not called by the forward pass'
+    mro = {cls.__name__ for cls in type(module).__mro__}
+    if mro & {'DeformConv2d', 'ModulatedDeformConv2d'}:
+        why = ('deformable conv: its sampling offsets are data-dependent '
+               "and it runs mmcv's own C++ op; " + _SUPPORTED)
+    elif isinstance(module, nn.MultiheadAttention):
+        why = ('nn.MultiheadAttention with separate q/k/v projection '
+               'weights (kdim/vdim other than embed_dim): mmquant '
+               'quantizes only a packed in_proj_weight')
+    elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        why = f'{type(module).__name__}: a lookup table, not a matmul'
+    else:
+        why = f'{type(module).__name__}: {_SUPPORTED} weights only'
+    return f'{why} ({ran}): left float'
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

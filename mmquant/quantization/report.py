@@ -26,6 +26,10 @@ class LayerReport:
         rel_error (float, optional): ``sqrt(objective / ||Y||^2)``.
         rounds (int): Solver rounds.
         time_s (float): Seconds spent on this layer's statistics and solve.
+        role (str, optional): ``'input'`` (fed by the network input),
+            ``'output'`` (its output reaches the model's outputs),
+            ``'input+output'`` or ``None``; input and output layers get
+            ``first_last_bits``.
         note (str): Why a layer was left float, if it was.
     """
 
@@ -43,6 +47,7 @@ class LayerReport:
     rel_error: Optional[float] = None
     rounds: int = 0
     time_s: float = 0.0
+    role: Optional[str] = None
     note: str = ''
 
 
@@ -53,8 +58,10 @@ class QuantReport:
     Args:
         config (dict): The :class:`~mmquant.QuantConfig` as a dict.
         mode (str): ``'error_compensated'`` or ``'fast'`` (or ``'rtn'``).
-        layers (list[LayerReport]): One record per quantizable layer, in
-            forward order (layers never called come last).
+        layers (list[LayerReport]): One record per module with weights
+            (a floating-point parameter of 2+ dimensions): the quantizable
+            layers that ran, in forward order, then the ones left float
+            (never called, of an unsupported kind), each with its note.
         timing (dict): Seconds per phase (``forward``, ``statistics``,
             ``solver``, ``activations``, ``bn``, ``total``).
         calib_samples (int): Calibration samples used.

@@ -205,6 +205,7 @@ def test_file_layout(saved):
             'shape': list(qweight.shape),
             'numel': qweight.numel(),
             'layer_type': type(model.get_submodule(name).layer).__name__,
+            'channels': qweight.shape[0],
         }
         packed = tensors[f'{name}.qweight_packed']
         assert packed.dtype == torch.uint8
@@ -336,10 +337,10 @@ def test_layer_misnamed_suggests(saved, tmp_path):
 
 def test_layer_not_conv_or_linear(saved):
     model = build(1)
-    model.pad = nn.ConvTranspose2d(16, 16, 2)
+    model.pad = nn.Conv3d(16, 16, 2)
     _check_error(saved[1], model, CheckpointMismatchError,
-                 "layer 'pad' is a ConvTranspose2d in the model, not an "
-                 'nn.Conv2d/nn.Linear')
+                 "layer 'pad' is a Conv3d in the model, not an "
+                 'nn.Conv2d/Conv1d/ConvTranspose2d/Linear')
 
 
 def test_layer_type_differs(saved):
@@ -403,6 +404,7 @@ def test_float_size_mismatch(saved, tmp_path):
     ('numel', 7, 'numel 7 does not match shape [16, 16, 2, 2]'),
     ('shape', [16, 16, 2], 'numel 1024 does not match shape [16, 16, 2]'),
     ('act_signed', 1, 'act_signed must be a bool, got 1'),
+    ('channels', -1, 'channels must be a non-negative int, got -1'),
 ])
 def test_bad_layer_record(saved, tmp_path, field, value, fragment):
 
@@ -470,6 +472,19 @@ def test_bad_layer_list(saved, tmp_path):
                             "'dw'")):
         path = _rewrite(saved[1], str(tmp_path / 'l.pth'), edit)
         _check_error(path, build(1), CheckpointError, fragment)
+
+
+def test_nested_record_must_exist_in_its_parent(saved, tmp_path):
+    """``P.layer.<child>`` (an attention's out_proj) is the one nesting
+    allowed; the child must exist in P's rebuilt module."""
+
+    def nest(tensors, meta):
+        _rename(tensors, meta, 'group', 'dw.layer.inner')
+
+    path = _rewrite(saved[1], str(tmp_path / 'n.pth'), nest)
+    _check_error(path, build(1), CheckpointMismatchError,
+                 "layer 'dw.layer.inner' of the checkpoint is not in the "
+                 'model')
 
 
 def test_corrupted_packed_tensor(saved, tmp_path):
@@ -541,3 +556,59 @@ def test_inspect_tool(saved, capsys):
     assert info['totals']['packed_bytes'] == summary['packed_weight_bytes']
     assert tool.main([path + '.missing']) == 1
     assert 'not found' in capsys.readouterr().err
+
+
+def test_file_without_channels_loads(saved, tmp_path):
+    """Files written before ``channels`` existed: scales along dim 0."""
+
+    def edit(tensors, meta):
+        for rec in meta['layers']:
+            del rec['channels']
+
+    path = _rewrite(saved[1], str(tmp_path / 'old.pth'), edit)
+    fresh = load_quantized(build(1), path)
+    x = _input()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), saved[0](x))
+
+
+class Kinds(nn.Module):
+    """Conv1d and (grouped, strided) ConvTranspose2d layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1,
+                                     output_padding=1, groups=2)
+        self.c1 = nn.Conv1d(6, 5, 3, padding=1)
+
+    def forward(self, x):
+        return self.c1(self.up(x).flatten(2))
+
+
+def test_round_trip_conv1d_and_conv_transpose(tmp_path):
+    torch.manual_seed(0)
+    model = Kinds().eval()
+    gen = torch.Generator().manual_seed(1)
+    for name, bits in (('up', 3), ('c1', 4)):
+        layer = model.get_submodule(name)
+        q = torch.randint(-(2**(bits - 1)) + 1, 2**(bits - 1),
+                          layer.weight.shape, generator=gen,
+                          dtype=torch.int8)
+        scale = torch.rand(layer.out_channels, generator=gen) + 0.5
+        _set(model, name, QuantizedLayer(layer, q, scale, bits, 8, 0.1))
+    path = str(tmp_path / 'kinds.pth')
+    save_quantized(model, path)
+    _, meta = load_container(path)
+    up = _record(meta, 'up')
+    assert (up['shape'], up['channels'], up['layer_type']) == (
+        [4, 3, 3, 3], 6, 'ConvTranspose2d')
+    torch.manual_seed(2)
+    fresh = load_quantized(Kinds().eval(), path)
+    for name in ('up', 'c1'):
+        a, b = fresh.get_submodule(name), model.get_submodule(name)
+        assert torch.equal(a.qweight, b.qweight)
+        assert torch.equal(a.weight_scale, b.weight_scale)
+        assert torch.equal(a.layer.weight, b.layer.weight)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))

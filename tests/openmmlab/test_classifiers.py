@@ -63,8 +63,9 @@ def test_w4a8_end_to_end(ws, kind):
     assert (first['w_bits'], first['a_bits']) == (8, None)  # input float
     assert last['name'] == 'head.fc'
     assert (last['w_bits'], last['a_bits']) == (8, 8)
+    assert (first['role'], last['role']) == ('input', 'output')
     for lay in layers[1:-1]:
-        assert (lay['w_bits'], lay['a_bits']) == (4, 8), lay['name']
+        assert (lay['w_bits'], lay['a_bits'], lay['role']) == (4, 8, None)
     for lay in layers:
         assert lay['rows'] > 0 and lay['rounds'] >= 1
         assert lay['time_s'] >= 0

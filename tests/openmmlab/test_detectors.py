@@ -60,10 +60,19 @@ def test_w4a8_end_to_end(ws, kind, mode):
         # the RoI head's rows are the float RPN's proposals
         roi = {lay['name']: lay for lay in layers}
         assert roi['roi_head.bbox_head.shared_fcs.0']['rows'] > 8
-    # the last layer executed (not a Linear for RetinaNet) is 4-bit; a
-    # final Linear (Faster R-CNN's fc_reg) is 8-bit
-    last = layers[-1]
-    assert last['w_bits'] == (8 if kind == 'faster_rcnn' else 4)
+    # first_last_bits: the stem (fed by the images) and every layer whose
+    # output the calibration forward returns are 8-bit, the rest 4-bit
+    outputs = {'retinanet': {'bbox_head.retina_cls', 'bbox_head.retina_reg'},
+               'faster_rcnn': {'rpn_head.rpn_cls', 'rpn_head.rpn_reg',
+                               'roi_head.bbox_head.fc_cls',
+                               'roi_head.bbox_head.fc_reg'}}[kind]
+    roles = {lay['name']: lay['role'] for lay in layers if lay['role']}
+    assert roles == dict({'backbone.conv1': 'input'},
+                         **{name: 'output' for name in outputs})
+    for lay in layers:
+        bits = (8, None) if lay['role'] == 'input' else (
+            (8, 8) if lay['role'] == 'output' else (4, 8))
+        assert (lay['w_bits'], lay['a_bits']) == bits, lay['name']
 
     # CocoMetric on the float and the quantized model
     for which in ('float', 'quantized'):

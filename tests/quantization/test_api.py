@@ -124,7 +124,8 @@ def test_calib_samples_limits_batches(tiny):
 
 @pytest.mark.parametrize('bad, error, match', [
     (dict(model=nn.Sequential(nn.ReLU())), ValueError,
-     'no nn.Conv2d or nn.Linear'),
+     'has no nn.Conv2d, nn.Conv1d, nn.ConvTranspose2d, nn.Linear or '
+     'nn.MultiheadAttention layer'),
     (dict(data=[]), ValueError, 'calib_data is empty'),
     (dict(data=[torch.zeros(2, 3, 8, 8), (torch.zeros(2, 3, 8, 8), )]),
      TypeError, 'one type'),
