@@ -34,22 +34,6 @@ MODELS = list(MATRIX)
 #: Report checks that fail until the engine quantizes or reports these
 #: module types (issue 21 item 3); strict, so that they flip to failures
 #: (and the mark is removed) when the engine work lands.
-KNOWN_UNREPORTED = {
-    'mask_rcnn': 'issue 21 item 3: the mask head\'s nn.ConvTranspose2d '
-                 '(roi_head.mask_head.upsample) is neither quantized nor '
-                 'reported',
-    'detr': 'issue 21 item 3: nn.MultiheadAttention (in_proj_weight of '
-            'every encoder/decoder attention) and the nn.Embedding of the '
-            'queries are neither quantized nor reported',
-}
-
-
-def _report_params():
-    return [pytest.param(m, marks=pytest.mark.xfail(
-        strict=True, reason=KNOWN_UNREPORTED[m]))
-        if m in KNOWN_UNREPORTED else m for m in MODELS]
-
-
 def _normalisation(cfg):
     """``(mean, std, flip channels)`` of the config's preprocessor (the
     model's own, else the top-level one, as the Runner picks it)."""
@@ -142,7 +126,7 @@ def test_tools_test_reproduces_int_metrics(stock, model, tmp_path):
         assert float(metrics[key]) == value, key
 
 
-@pytest.mark.parametrize('model', _report_params())
+@pytest.mark.parametrize('model', MODELS)
 def test_report_accounts_for_every_weight(stock, model):
     report = stock.ptq(model)
     float_model = build_float_model(stock.cfg(model))
