@@ -552,9 +552,9 @@ class PTQRun:
         self.metrics = report['extra']['metrics']
 
 
-class Workspace:
-    """Package-wide lazy cache of datasets, float checkpoints and PTQ runs,
-    so that every expensive step runs once whatever tests are selected."""
+class LazyCache:
+    """Makes each expensive thing once, on first use, and keeps it for the
+    session; temporary folders come from pytest's factory."""
 
     def __init__(self, factory: pytest.TempPathFactory) -> None:
         self.factory = factory
@@ -567,6 +567,11 @@ class Workspace:
 
     def tmp(self, name: str) -> str:
         return str(self.factory.mktemp(name))
+
+
+class Workspace(LazyCache):
+    """Package-wide lazy cache of datasets, float checkpoints and PTQ runs,
+    so that every expensive step runs once whatever tests are selected."""
 
     @property
     def cls_root(self) -> str:

@@ -25,7 +25,8 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 from torch import nn
 
-from ..conftest import _set_bn_stats, make_coco, make_imagenet_folder
+from ..conftest import (LazyCache, _set_bn_stats, make_coco,
+                        make_imagenet_folder)
 
 HERE = osp.dirname(osp.abspath(__file__))
 CONFIG_DIR = osp.join(HERE, 'configs')
@@ -136,21 +137,9 @@ ADDITIVE = frozenset({
 
 
 # -------------------------------------------------------------- workspace --
-class StockWorkspace:
+class StockWorkspace(LazyCache):
     """Package-wide lazy cache of the matrix's data sets, Runner models,
     float checkpoints and ``tools/ptq.py`` runs."""
-
-    def __init__(self, factory: pytest.TempPathFactory) -> None:
-        self.factory = factory
-        self._cache: Dict[Any, Any] = {}
-
-    def _once(self, key: Any, make):
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    def tmp(self, name: str) -> str:
-        return str(self.factory.mktemp(name))
 
     @property
     def cls_root(self) -> str:
