@@ -11,8 +11,10 @@ paper's numpy code gets float32 activations).
 mmquant's solver (:func:`mmquant.core.solver.bitsplit_solve`) works on the
 float64 sufficient statistics ``A = X^T X``, ``C = X^T Y``, ``yy`` and stops
 when nothing changes. It runs with each round schedule: ``mmquant`` is the
-default (``'integer'``), ``planes only`` the paper's update space
-(``'planes'``), ``planes, then integers`` the ``'planes+integer'`` schedule.
+default (``'integer'``), ``paper`` the authors' update on the statistics
+(``'paper'``, the same rounds as the direct port), ``canonical planes``
+the ``'canonical-planes'`` schedule and ``canonical planes, then
+integers`` the ``'canonical-planes+integer'`` schedule.
 
 Both start from the same MSE round-to-nearest initialisation; both are
 scored with the same exact float64 objective ``sum_m ||y_m - s_m X q_m||^2``.
@@ -53,9 +55,10 @@ from mmquant.core.solver import bitsplit_solve, objective  # noqa: E402
 # result key -> (the solver's schedule, its label in the table)
 SCHEDULE_RUNS = {
     'mmquant': ('integer', 'mmquant'),
-    'mmquant_planes': ('planes', 'mmquant, planes only'),
-    'mmquant_planes_integer': ('planes+integer',
-                               'mmquant, planes, then integers')
+    'mmquant_paper': ('paper', 'mmquant, paper'),
+    'mmquant_planes': ('canonical-planes', 'mmquant, canonical planes'),
+    'mmquant_planes_integer': ('canonical-planes+integer',
+                               'mmquant, canonical planes, then integers')
 }
 
 

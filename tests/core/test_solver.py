@@ -1,5 +1,6 @@
 """MSE-RTN initialisation and the BitSplit output-reconstruction solver."""
 import math
+import re
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ from mmquant.core.stats import LayerGeometry, StatsAccumulator
 
 # --------------------------------------------------------------- helpers
 
-# the phases of each schedule: False = bit-plane rounds, True = integer rounds
+# the phases of each schedule: False = bit-plane rounds, True = integer
+# rounds ('paper': its own rounds, see paper_rounds)
 PHASES = {
     'integer': [True],
-    'planes': [False],
-    'planes+integer': [False, True]
+    'paper': [None],
+    'canonical-planes': [False],
+    'canonical-planes+integer': [False, True]
 }
 
 
@@ -204,7 +207,7 @@ def test_weight_refinement_is_a_noop_after_mse_rtn(bits, schedule, problem):
 
 
 @pytest.mark.parametrize('bits', [2, 3, 4, 8])
-@pytest.mark.parametrize('schedule', SCHEDULES)
+@pytest.mark.parametrize('schedule', [s for s in SCHEDULES if s != 'paper'])
 def test_result_is_coordinate_optimal(bits, schedule, problem):
     P = problem(24, 8, 200, seed=10 + bits)
     res = bitsplit_solve(P['W'], P['A'], P['C'], bits, P['yy'],
@@ -213,7 +216,7 @@ def test_result_is_coordinate_optimal(bits, schedule, problem):
     assert res.qweight.shape == (8, 24)
     assert int(res.qweight.abs().max()) <= qmax(bits)
     assert_coordinate_optimal(res, P['A'], P['C'], P['yy'], bits,
-                              schedule != 'planes')
+                              schedule != 'canonical-planes')
 
 
 @pytest.mark.parametrize('bits', [2, 3, 4, 6])
@@ -245,9 +248,10 @@ def test_objective_matches_explicit_residual(problem):
     assert torch.allclose(res.objective_init, init, rtol=1e-6)
 
 
-@pytest.mark.parametrize('bits,schedule', [(2, 'integer'), (3, 'planes'),
+@pytest.mark.parametrize('bits,schedule', [(2, 'integer'),
+                                           (3, 'canonical-planes'),
                                            (3, 'integer'),
-                                           (3, 'planes+integer'),
+                                           (3, 'canonical-planes+integer'),
                                            (4, 'integer')])
 def test_statistics_solver_equals_explicit_x_solver(bits, schedule, problem):
     """Solving from (A, C) == the same algorithm run on X itself."""
@@ -313,8 +317,9 @@ def plain_stats_solve(W, A, C, bits, schedule, max_rounds=100, tol=1e-9):
     return q, s, rounds
 
 
-@pytest.mark.parametrize('bits,schedule', [(3, 'planes'), (3, 'integer'),
-                                           (4, 'planes+integer')])
+@pytest.mark.parametrize('bits,schedule', [(3, 'canonical-planes'),
+                                           (3, 'integer'),
+                                           (4, 'canonical-planes+integer')])
 def test_block_sweep_equals_plain_gauss_seidel(bits, schedule, problem):
     """The blocked, per-channel-event sweep is the plain coordinate loop.
 
@@ -333,6 +338,147 @@ def test_block_sweep_equals_plain_gauss_seidel(bits, schedule, problem):
     assert torch.equal(res.qweight.double(), q_ref)
     assert torch.allclose(res.scale.double(), s_ref, rtol=1e-6)
 
+
+
+def paper_rounds(W, X, Y, bits, rounds, q_init=None):
+    """The authors' update (``ofwa_rr``), explicit ``X``, float64.
+
+    Independent ternary planes ``B_j`` (``j = 0`` most significant, weight
+    ``p_j = 2^(k-2-j)``), initialised by the canonical split of the MSE-RTN
+    integers. Each round: the closed-form scale ``s = <Y, X q> / |X q|^2``;
+    then for each plane ``j`` and each input ``n`` in order, with
+    ``B_j[:, n] = 0`` and ``s_j = s p_j``,
+    ``r = 2 (s_j (A B_j^T)[n] - (Y_res^T X)[:, n])`` where
+    ``Y_res = Y - s X (q - p_j B_j)^T``, and ``B_j[:, n] = -sign(r)``, set
+    to 0 where ``|r| < s_j A[n, n]``. Ties: an exact ``|r| = s_j A[n, n]``
+    keeps ``-sign(r)`` (zero only strictly below the threshold, as in the
+    authors' code); ``r = 0`` gives 0.
+
+    Returns:
+        tuple: The integers ``q`` ``(M, N)`` and the scales ``(M,)`` of
+        the last round's start (the authors' code does not refit them).
+    """
+    X, Y = X.double(), Y.double()
+    q, s = naive_rtn(W, bits) if q_init is None else (q_init.double(), None)
+    P = split_planes(q.to(torch.int32), bits).double()
+    pw = [2.0**(bits - 2 - j) for j in range(bits - 1)]
+    A = X.t() @ X
+
+    def stitch(skip=None):
+        out = torch.zeros_like(q)
+        for j, (B, p) in enumerate(zip(P, pw)):
+            if j != skip:
+                out += p * B
+        return out
+
+    for _ in range(rounds):
+        XQ = X @ stitch().t()
+        s = (Y * XQ).sum(0) / (XQ * XQ).sum(0)
+        for j in range(bits - 1):
+            B = P[j]
+            Yres = Y - X @ (stitch(skip=j) * s[:, None]).t()
+            T = Yres.t() @ X
+            sj = s * pw[j]
+            for n in range(q.shape[1]):
+                B[:, n] = 0
+                r = 2 * (sj * (B @ A[n]) - T[:, n])
+                new = -torch.sign(r)
+                new[r.abs() < sj * A[n, n]] = 0
+                B[:, n] = new
+    return stitch(), s
+
+
+@pytest.mark.parametrize('bits', [2, 3, 4, 8])
+def test_paper_schedule_is_the_authors_update(bits, problem):
+    """schedule='paper' on the statistics == the authors' update on X.
+
+    Same MSE-RTN start; identical integers and scales after 1, 2 and 10
+    rounds (random continuous data: no decision is within rounding of a
+    tie). The problem has several blocks, and one input always zero: there
+    the authors' rule gives ``r = 0``, hence 0 in every plane, while the
+    solver keeps the initial integer as for every schedule (it does not
+    change the objective).
+    """
+    P = problem(150, 12, 400, seed=60 + bits)
+    X = P['X'].clone()
+    X[:, 7] = 0
+    Y = X @ P['W'].double().t() + 0.02 * torch.randn(
+        400, 12, generator=torch.Generator().manual_seed(bits),
+        dtype=torch.float64)
+    A, C, yy = X.t() @ X, X.t() @ Y, (Y * Y).sum(0)
+    q0 = mse_rtn(P['W'], bits)[0]
+    live = torch.ones(150, dtype=torch.bool)
+    live[7] = False
+    for rounds in (1, 2, 10):
+        res = bitsplit_solve(P['W'], A, C, bits, yy, max_rounds=rounds,
+                             schedule='paper')
+        q_ref, s_ref = paper_rounds(P['W'], X, Y, bits, rounds)
+        assert torch.equal(res.qweight[:, live].double(), q_ref[:, live])
+        assert torch.equal(res.qweight[:, 7], q0[:, 7])
+        assert not bool(q_ref[:, 7].any())
+        assert torch.allclose(res.scale.double(), s_ref, rtol=1e-6)
+        assert res.rounds <= rounds
+        assert torch.allclose(
+            res.objective,
+            objective(res.qweight, res.scale, A, C, yy), rtol=1e-9)
+    # after one round the planes already differ from the canonical ones
+    # somewhere: the result is not canonical-plane rounds renamed
+    ref = bitsplit_solve(P['W'], A, C, bits, yy, max_rounds=10,
+                         schedule='canonical-planes')
+    if bits > 2:
+        assert not torch.equal(res.qweight, ref.qweight)
+
+
+def test_paper_schedule_ties_take_the_sign():
+    """An exact tie ``|r| = s_j A[n, n]`` sets the bit to ``-sign(r)``.
+
+    ``A = I``, ``w = (1, +-0.5)``, W2, started from ``q = (1, 0)``: the
+    first round's scale is 1 and input 1 has the target 0.5 = p_0 / 2
+    exactly (``|r| = s_0 A[1, 1]``): the authors' rule sets its bit to
+    +-1, where a strict rule (or an integer step, rounding half to even)
+    would keep 0. Both give the same objective.
+    """
+    for sign in (1.0, -1.0):
+        W = torch.tensor([[1.0, 0.5 * sign]], dtype=torch.float64)
+        A = torch.eye(2, dtype=torch.float64)
+        q_init = torch.tensor([[1.0, 0.0]])
+        res = bitsplit_solve(W, A, W.t(), 2, max_rounds=1,
+                             schedule='paper', q_init=q_init)
+        assert res.qweight.tolist() == [[1, int(sign)]]
+        assert res.scale.tolist() == [1.0]
+        assert res.objective.tolist() == [0.25]
+        q_ref, s_ref = paper_rounds(W, A, W.t(), 2, 1, q_init)
+        assert q_ref.tolist() == [[1.0, sign]]
+        assert s_ref.tolist() == [1.0]
+
+
+def test_paper_schedule_grouped_equals_the_authors_update():
+    """All groups of a grouped conv at once == each group on its own X."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1, groups=2, bias=False)
+    x = torch.relu(torch.randn(4, 8, 8, 8)).double()
+    conv = conv.double()
+    acc = _layer_stats(conv, x)
+    weight = conv.weight.detach()
+    with torch.no_grad():
+        y = conv(x)
+    for bits in (2, 3, 4, 8):
+        for rounds in (1, 2, 10):
+            res = solve_layer(weight, acc, bits, max_rounds=rounds,
+                              schedule='paper')
+            for g in range(2):
+                Xg = torch.nn.functional.unfold(
+                    x[:, 4 * g:4 * g + 4], 3,
+                    padding=1).transpose(1, 2).reshape(-1, 36)
+                Yg = y[:, 3 * g:3 * g + 3].flatten(2).transpose(
+                    1, 2).reshape(-1, 3)
+                Wg = weight[3 * g:3 * g + 3].reshape(3, -1)
+                q_ref, s_ref = paper_rounds(Wg, Xg, Yg, bits, rounds)
+                assert torch.equal(
+                    res.qweight[3 * g:3 * g + 3].reshape(3, -1).double(),
+                    q_ref)
+                assert torch.allclose(res.scale[3 * g:3 * g + 3].double(),
+                                      s_ref, rtol=1e-6)
 
 def _all_vectors(N, bits):
     top = qmax(bits)
@@ -359,9 +505,9 @@ def test_global_optimum_rate_on_tiny_problems(bits, schedule, rows):
     width): at W2 (where a plane move is an integer move) every schedule
     reaches the global optimum for 575/800 channels (71.9%), with a mean
     excess of the objective over the optimum of 28.3%; at W3 'integer'
-    535/800 (66.9%, 29.5%), 'planes' 512/800 (64.0%, 32.7%),
-    'planes+integer' 535/800 (66.9%, 30.2%). The asserted bounds leave
-    margin.
+    535/800 (66.9%, 29.5%), 'canonical-planes' 512/800 (64.0%, 32.7%),
+    'canonical-planes+integer' 535/800 (66.9%, 30.2%). The asserted bounds
+    leave margin.
     """
     found = total = 0
     excess = []
@@ -506,8 +652,15 @@ def test_bad_bits_and_shapes_raise(problem):
         bitsplit_solve(P['W'], bad, P['C'], 4)
     for schedule in ('plane', 'Integer', None, True):
         with pytest.raises(ValueError, match="schedule must be one of "
-                           "'integer', 'planes', 'planes\\+integer', got"):
+                           "'integer', 'paper', 'canonical-planes', "
+                           "'canonical-planes\\+integer', got"):
             bitsplit_solve(P['W'], P['A'], P['C'], 4, schedule=schedule)
+    # the names of earlier versions say what replaced them
+    for old, new in (('planes', 'canonical-planes'),
+                     ('planes+integer', 'canonical-planes\\+integer')):
+        with pytest.raises(ValueError, match=f"schedule '{re.escape(old)}' "
+                           f"was renamed '{new}'.*schedule='paper'"):
+            bitsplit_solve(P['W'], P['A'], P['C'], 4, schedule=old)
 
 
 # ---------------------------------------------------------- solve_layer
@@ -587,7 +740,9 @@ def _assert_same_result(a, b):
     assert a.history == b.history
 
 
-@pytest.mark.parametrize('bits,schedule', [(3, 'integer'), (4, 'planes')])
+@pytest.mark.parametrize('bits,schedule', [(3, 'integer'),
+                                           (4, 'canonical-planes'),
+                                           (3, 'paper')])
 def test_torchscript_sweep_equals_python_sweep(bits, schedule, problem,
                                                monkeypatch):
     """The block sweep runs through TorchScript by default; the scripted
@@ -638,8 +793,10 @@ def test_solver_restores_torch_threads(problem):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-@pytest.mark.parametrize('bits,schedule', [(3, 'integer'), (4, 'planes'),
-                                           (3, 'planes+integer')])
+@pytest.mark.parametrize('bits,schedule', [(3, 'integer'),
+                                           (4, 'canonical-planes'),
+                                           (3, 'canonical-planes+integer'),
+                                           (4, 'paper')])
 def test_solver_on_cuda_equals_cpu(bits, schedule, problem):
     """The same rounds on a GPU (dense block updates instead of the CPU's
     sparse ones): the same integers, rounds and scales."""
