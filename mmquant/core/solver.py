@@ -95,6 +95,9 @@ _RENAMED_SCHEDULES = {
 # declared when no coordinate is a candidate. Protects against endless
 # flip-flopping on rounding noise when t sits on a tie.
 _TOL = 1e-9
+# A channel stays in the rounds that visit every coordinate while a round
+# lowers its objective by more than _TOL_ROUND * ||y||^2.
+_TOL_ROUND = 1e-13
 # Coordinates per lazy-update block (u = A q / diag(A) is refreshed by one
 # GEMM per block; at most 255, see _visit_block). With several intra-op
 # threads, smaller when there are many channels, so that a block tile stays
@@ -310,8 +313,8 @@ class _BatchedSolver:
     not change in a round keeps its (optimal) scale and its
     coordinate-optimal integers, so it cannot become improvable again.
     The rounds of a phase work on a compact copy of the active channels'
-    state (the working set, see :meth:`round_`), which shrinks with them;
-    a channel's integers are copied back once, when it leaves.
+    state (the working set, see :meth:`round_planes`), which shrinks with
+    them; a channel's integers are copied back once, when it leaves.
     """
 
     def __init__(self, A: Tensor, Ct: Tensor, yy: Tensor, q: Tensor,
@@ -335,7 +338,7 @@ class _BatchedSolver:
         self._bfull: Optional[Tensor] = None
         self.ws = _Workspace(A.device)
         # the channels the rounds work on (None: all) and their state
-        # (q, u, cta, Ct, s, yy, c, d), see round_
+        # (q, u, cta, Ct, s, yy, c, d), see round_planes
         self.wch: Optional[Tensor] = None
         self.work: Tuple[Tensor, ...] = ()
         self._parity = 0
@@ -354,9 +357,9 @@ class _BatchedSolver:
         """``c = C^T q`` and ``d = q^T A q = sum q diag(A) u``."""
         return (Ct * q).sum(2), (q * u).mul_(self.diag).sum(2)
 
-    def candidates(self, q: Tensor, u: Tensor, cta: Tensor, inv_s: Tensor,
-                   integer: bool) -> Tensor:
-        """Where the best reachable value ``new`` for the targets
+    def candidates(self, q: Tensor, u: Tensor, cta: Tensor,
+                   inv_s: Tensor) -> Tensor:
+        """Where the best canonical-plane value ``new`` for the targets
         ``t = q - u + cta inv_s`` lowers ``(q - t)^2`` by more than
         ``_TOL``, as ``(q - new) (q + new - 2 t) > _TOL``.
 
@@ -371,44 +374,30 @@ class _BatchedSolver:
         t = torch.sub(q, u, out=ws.get('t', shape, q.dtype))
         t.addcmul_(cta, inv_s)
         w, v = ws.get('w', shape, q.dtype), ws.get('v', shape, q.dtype)
-        if integer:
-            new = torch.round(t, out=v).clamp_(-top, top)
-            w = torch.add(q, new, out=w).sub_(t, alpha=2)
-            step = new.sub_(q)
-        else:
-            # nb q + (nb qmax + off) in one pass (exact: small integers)
-            key = torch.addcmul(self.key0, q, self.nbt, out=w)
-            key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
-            # key >= 0, so truncation is floor
-            # (int32 keys: converting to and indexing with them is about
-            # twice as fast as with int64)
-            kl = ws.get('k', shape, torch.int32).copy_(key)
-            step = torch.index_select(self.table, 0, kl.view(-1),
-                                      out=v.view(-1)).view(shape)
-            w = torch.add(step, q, alpha=2, out=w).sub_(t, alpha=2)
+        # nb q + (nb qmax + off) in one pass (exact: small integers)
+        key = torch.addcmul(self.key0, q, self.nbt, out=w)
+        key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
+        # key >= 0, so truncation is floor
+        # (int32 keys: converting to and indexing with them is about
+        # twice as fast as with int64)
+        kl = ws.get('k', shape, torch.int32).copy_(key)
+        step = torch.index_select(self.table, 0, kl.view(-1),
+                                  out=v.view(-1)).view(shape)
+        w = torch.add(step, q, alpha=2, out=w).sub_(t, alpha=2)
         # step = new - q: the gain is -step (q + new - 2 t) > _TOL
         mask = torch.lt(w.mul_(step), -_TOL,
                         out=ws.get('m', shape, torch.bool))
         return mask
 
-    def round_(self, integer: bool) -> bool:
-        """One round (scale, then one sweep) on the working set.
-
-        The working set starts as all channels. Once at most
-        :data:`_SHRINK` of its channels have a candidate, the others leave
-        it (their state is stored back into the full arrays) and the next
-        rounds work on compact copies of the rest, stored back when they
-        leave or at the end of the phase.
-
-        Args:
-            integer: Integer coordinates instead of bit planes.
+    def _scale_step(self, q: Tensor, u: Tensor, s: Tensor, c: Tensor,
+                    d: Tensor,
+                    planes: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """Closed-form scale ``|c| / d``; a negative optimum is absorbed
+        by negating ``q`` (and ``u``, ``planes``) in place.
 
         Returns:
-            bool: Whether anything moved.
+            tuple: The new ``s`` and ``c``.
         """
-        q, u, cta, Ct, s, yy, c, d = self.work
-        wch = self.wch
-        # Closed-form scale |c| / d; a negative optimum is absorbed by -q.
         ok = (d > 0) & (c != 0)
         new = c.abs() / torch.where(ok, d, 1.0)
         ok &= torch.isfinite(new) & (new > 0)
@@ -417,13 +406,74 @@ class _BatchedSolver:
             sign = torch.where(flip, -1.0, 1.0)
             q.mul_(sign[:, :, None])
             u.mul_(sign[:, :, None])
+            if planes is not None:
+                planes.mul_(sign[None, :, :, None])
             c = c * sign
-        s = torch.where(ok, new, s)
+        return torch.where(ok, new, s), c
+
+    def round_all(self) -> bool:
+        """One integer round visiting every coordinate, on the working set.
+
+        The scale, then one Gauss-Seidel pass over all coordinates. A
+        channel whose objective the pass lowered by at most
+        :data:`_TOL_ROUND` times ``||y||^2`` (no move, or only moves
+        between equally good integers) leaves the working set: with the
+        same integers it would get the same scale and make the same moves
+        again.
+
+        Returns:
+            bool: Whether some channel still improves.
+        """
+        q, u, cta, Ct, s, yy, c, d = self.work
+        wch = self.wch
+        s, c = self._scale_step(q, u, s, c, d)
+        obj0 = yy - 2 * s * c + s * s * d
+        inv_s = (1.0 / s)[:, :, None]
+        self._sweep(q, u, cta, inv_s, Ct, c, d, list(range(q.shape[2])), 0)
+        obj = yy - 2 * s * c + s * s * d
+        self._publish(wch, s, obj, c, d)
+        moved_ch = ((obj0 - obj) > _TOL_ROUND * yy.abs()).view(
+            torch.uint8).amax(0).bool()
+        n_moved = int(moved_ch.sum())
+        if 0 < n_moved <= _SHRINK * moved_ch.numel():
+            # the channels that stopped improving leave
+            if wch is not None:
+                out = (~moved_ch).nonzero().flatten()
+                rows = wch.index_select(0, out)
+                self.q.index_copy_(1, rows, q.index_select(1, out))
+                self.u.index_copy_(1, rows, u.index_select(1, out))
+            else:
+                self.q, self.u = q, u
+            keep = moved_ch.nonzero().flatten()
+            q, u, cta, Ct, s, yy, c, d = _select(
+                (q, u, cta, Ct, s, yy, c, d), keep, self.ws,
+                f'work{self._parity}')
+            self._parity ^= 1
+            wch = keep if wch is None else wch.index_select(0, keep)
+        self.work, self.wch = (q, u, cta, Ct, s, yy, c, d), wch
+        return n_moved > 0
+
+    def round_planes(self) -> bool:
+        """One canonical-plane round (scale, then one sweep over the
+        candidates) on the working set.
+
+        The working set starts as all channels. Once at most
+        :data:`_SHRINK` of its channels have a candidate, the others leave
+        it (their state is stored back into the full arrays) and the next
+        rounds work on compact copies of the rest, stored back when they
+        leave or at the end of the phase.
+
+        Returns:
+            bool: Whether anything moved.
+        """
+        q, u, cta, Ct, s, yy, c, d = self.work
+        wch = self.wch
+        s, c = self._scale_step(q, u, s, c, d)
         obj = yy - 2 * s * c + s * s * d
         # Candidates: coordinates where some channel improves (q - t)^2
         # by more than _TOL.
         inv_s = (1.0 / s)[:, :, None]
-        mask = self.candidates(q, u, cta, inv_s, integer)
+        mask = self.candidates(q, u, cta, inv_s)
         # (amax over a bool's bytes is any, and fast over the outer dims)
         mask = mask.view(torch.uint8)
         coords = mask.amax(dim=1).amax(dim=0).nonzero().flatten().tolist()
@@ -444,8 +494,7 @@ class _BatchedSolver:
             self._parity ^= 1
             wch = keep if wch is None else wch.index_select(0, keep)
         if coords:
-            self._sweep(q, u, cta, inv_s, Ct, c, d, coords,
-                        0 if integer else 1)
+            self._sweep(q, u, cta, inv_s, Ct, c, d, coords, 1)
             obj = yy - 2 * s * c + s * s * d
         self.work, self.wch = (q, u, cta, Ct, s, yy, c, d), wch
         self._publish(wch, s, obj, c, d)
@@ -509,17 +558,7 @@ class _BatchedSolver:
         pl = self.planes
         for _ in range(max_rounds):
             # closed-form scale; a negative optimum negates the planes
-            ok = (d > 0) & (c != 0)
-            new = c.abs() / torch.where(ok, d, 1.0)
-            ok &= torch.isfinite(new) & (new > 0)
-            flip = ok & (c < 0)
-            if bool(flip.any()):
-                sign = torch.where(flip, -1.0, 1.0)
-                q.mul_(sign[:, :, None])
-                u.mul_(sign[:, :, None])
-                pl.mul_(sign[None, :, :, None])
-                c = c * sign
-            s = torch.where(ok, new, s)
+            s, c = self._scale_step(q, u, s, c, d, pl)
             inv_s = (1.0 / s)[:, :, None]
             before = pl.clone()
             for j, pj in enumerate(weights):
@@ -560,7 +599,7 @@ class _BatchedSolver:
         self.work = (self.q, self.u, self.cta, self.Ct, self.s, self.yy,
                      self.c, self.d)
         for _ in range(max_rounds):
-            moved = self.round_(integer)
+            moved = self.round_all() if integer else self.round_planes()
             self.rounds += 1
             self.history.append(float(self.obj.sum()))
             if not moved:
@@ -739,8 +778,8 @@ def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
         B = len(blk)
         idx: Optional[Tensor] = None
         gidx = Q.new_empty(0, dtype=torch.long)
+        ix = gidx
         if c1 - c0 == B:  # contiguous: views, no gathers
-            bb = bfull[:, c0:c1, c0:c1].clone()
             q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1]
             cb = cta[:, :, c0:c1]
             b0 = plane[:, :, c0:c1] if mode == 2 else q0
@@ -749,8 +788,6 @@ def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
             # update of u reads the rows it needs in place
             ix = torch.tensor(blk, dtype=torch.long, device=Q.device)
             idx = ix
-            bb = bfull.view(G, -1).index_select(
-                1, (ix.unsqueeze(1) * N + ix).view(-1)).view(G, B, B)
             # (a gather is faster than index_select along the last dim)
             gidx = ix.expand(G, m, B)
             q0, u0 = Q.gather(2, gidx), U.gather(2, gidx)
@@ -761,6 +798,11 @@ def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
             tb = torch.addcmul(b0 * pj - u0, cb, inv_s)
         else:
             tb = torch.addcmul(q0 - u0, cb, inv_s)
+        if idx is None:
+            bb = bfull[:, c0:c1, c0:c1].clone()
+        else:
+            bb = bfull.view(G, -1).index_select(
+                1, (ix.unsqueeze(1) * N + ix).view(-1)).view(G, B, B)
         torch.diagonal(bb, dim1=1, dim2=2).zero_()
         # tb: (G, m, B) targets of the block; bb[:, i, j]: drop of target
         # j per unit move of q_i (zero diagonal: t_i does not depend on

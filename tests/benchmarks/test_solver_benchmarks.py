@@ -23,13 +23,16 @@ def test_benchmark_schedules_rows_and_summary(tmp_path, capsys):
         assert r['rel']['canonical-planes+integer'] == 0.0
         assert r['rel']['integer'] == pytest.approx(
             r['objective']['integer'] / ref - 1)
-    # W2: a plane move is an integer move, so the schedules coincide (the
-    # two-phase schedule adds one integer round that finds nothing)
+    # W2: a plane move is an integer move, so the paper's rounds and the
+    # default's (both visit every coordinate) coincide; the canonical-plane
+    # rounds visit only the round-start candidates (the two-phase schedule
+    # adds integer rounds that may improve on them)
     w2 = rows[0]
     planes = 'canonical-planes'
-    assert w2['objective']['integer'] == w2['objective'][planes]
-    assert w2['rounds']['integer'] == w2['rounds'][planes]
-    assert w2['rounds'][planes + '+integer'] == w2['rounds'][planes] + 1
+    assert w2['objective']['integer'] == pytest.approx(
+        w2['objective']['paper'], rel=1e-12)
+    assert w2['objective']['integer'] <= w2['objective'][planes]
+    assert w2['rounds'][planes + '+integer'] > w2['rounds'][planes]
     text = capsys.readouterr().out
     assert '[2/2, ETA' in text
     assert ('| canonical-planes+integer | +0.00% | +0.00% to +0.00% '
