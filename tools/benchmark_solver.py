@@ -30,6 +30,7 @@ Usage::
     python tools/benchmark_solver.py            # the full benchmark
     python tools/benchmark_solver.py --quick    # a small smoke run
     python tools/benchmark_solver.py --sizes 256  # the 256 -> 256 layer only
+    python tools/benchmark_solver.py --bits 2 8   # other bit widths
 """
 import argparse
 import json
@@ -312,6 +313,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512],
                         choices=[256, 512],
                         help='which layers to run (channels in = out)')
+    parser.add_argument('--bits', type=int, nargs='+', default=[4, 3, 2],
+                        help='bit widths (default: 4 3 2)')
     parser.add_argument('--device', default='cpu',
                         help='where both solvers run (e.g. cuda)')
     parser.add_argument('--json', default=None, help='write results here')
@@ -332,13 +335,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                             False, args.repeat, args.seed, args.device)
     else:
         if 256 in args.sizes:
-            rows += run_problem('conv3x3 256->256', 256, 256, 8192, (4, 3),
-                                100, False, args.repeat, args.seed,
-                                args.device)
-        if 512 in args.sizes:
-            rows += run_problem('conv3x3 512->512', 512, 512, 16384, (4, 3),
-                                args.timed_rounds, True, args.repeat,
+            rows += run_problem('conv3x3 256->256', 256, 256, 8192,
+                                args.bits, 100, False, args.repeat,
                                 args.seed, args.device)
+        if 512 in args.sizes:
+            rows += run_problem('conv3x3 512->512', 512, 512, 16384,
+                                args.bits, args.timed_rounds, True,
+                                args.repeat, args.seed, args.device)
     print(f'\nload average at end {os.getloadavg()[0]:.2f}\n')
     print(table(rows))
     if args.json:
