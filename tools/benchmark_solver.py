@@ -167,8 +167,9 @@ def direct_port(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor,
         alpha = (Y * XB).sum(0) / (XB * XB).sum(0)
         for j in range(bits - 1):
             B = planes[j]
-            others = sum(p * f for i, (p, f) in enumerate(zip(planes, frac))
-                         if i != j)
+            # (at W2 there is no other plane: zeros)
+            others = sum((p * f for i, (p, f) in enumerate(zip(planes, frac))
+                          if i != j), torch.zeros_like(B))
             Yres = Y - X @ (others * alpha[:, None]).t()
             T = Yres.t() @ X
             sj = alpha * frac[j]
