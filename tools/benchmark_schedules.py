@@ -117,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='problems per size')
     parser.add_argument('--bits', type=int, nargs='+',
                         default=[2, 3, 4, 5, 8])
-    parser.add_argument('--reference', default='planes+integer',
+    parser.add_argument('--reference', default='canonical-planes+integer',
                         choices=SCHEDULES)
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads (default 1)')

@@ -11,8 +11,10 @@ paper's numpy code gets float32 activations).
 mmquant's solver (:func:`mmquant.core.solver.bitsplit_solve`) works on the
 float64 sufficient statistics ``A = X^T X``, ``C = X^T Y``, ``yy`` and stops
 when nothing changes. It runs with each round schedule: ``mmquant`` is the
-default (``'integer'``), ``planes only`` the paper's update space
-(``'planes'``), ``planes, then integers`` the ``'planes+integer'`` schedule.
+default (``'integer'``), ``paper`` the authors' update on the statistics
+(``'paper'``, the same rounds as the direct port), ``canonical planes``
+the ``'canonical-planes'`` schedule and ``canonical planes, then
+integers`` the ``'canonical-planes+integer'`` schedule.
 
 Both start from the same MSE round-to-nearest initialisation; both are
 scored with the same exact float64 objective ``sum_m ||y_m - s_m X q_m||^2``.
@@ -28,6 +30,7 @@ Usage::
     python tools/benchmark_solver.py            # the full benchmark
     python tools/benchmark_solver.py --quick    # a small smoke run
     python tools/benchmark_solver.py --sizes 256  # the 256 -> 256 layer only
+    python tools/benchmark_solver.py --bits 2 8   # other bit widths
 """
 import argparse
 import json
@@ -53,9 +56,10 @@ from mmquant.core.solver import bitsplit_solve, objective  # noqa: E402
 # result key -> (the solver's schedule, its label in the table)
 SCHEDULE_RUNS = {
     'mmquant': ('integer', 'mmquant'),
-    'mmquant_planes': ('planes', 'mmquant, planes only'),
-    'mmquant_planes_integer': ('planes+integer',
-                               'mmquant, planes, then integers')
+    'mmquant_paper': ('paper', 'mmquant, paper'),
+    'mmquant_planes': ('canonical-planes', 'mmquant, canonical planes'),
+    'mmquant_planes_integer': ('canonical-planes+integer',
+                               'mmquant, canonical planes, then integers')
 }
 
 
@@ -163,8 +167,9 @@ def direct_port(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor,
         alpha = (Y * XB).sum(0) / (XB * XB).sum(0)
         for j in range(bits - 1):
             B = planes[j]
-            others = sum(p * f for i, (p, f) in enumerate(zip(planes, frac))
-                         if i != j)
+            # (at W2 there is no other plane: zeros)
+            others = sum((p * f for i, (p, f) in enumerate(zip(planes, frac))
+                          if i != j), torch.zeros_like(B))
             Yres = Y - X @ (others * alpha[:, None]).t()
             T = Yres.t() @ X
             sj = alpha * frac[j]
@@ -309,6 +314,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512],
                         choices=[256, 512],
                         help='which layers to run (channels in = out)')
+    parser.add_argument('--bits', type=int, nargs='+', default=[4, 3, 2],
+                        help='bit widths (default: 4 3 2)')
     parser.add_argument('--device', default='cpu',
                         help='where both solvers run (e.g. cuda)')
     parser.add_argument('--json', default=None, help='write results here')
@@ -329,13 +336,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                             False, args.repeat, args.seed, args.device)
     else:
         if 256 in args.sizes:
-            rows += run_problem('conv3x3 256->256', 256, 256, 8192, (4, 3),
-                                100, False, args.repeat, args.seed,
-                                args.device)
-        if 512 in args.sizes:
-            rows += run_problem('conv3x3 512->512', 512, 512, 16384, (4, 3),
-                                args.timed_rounds, True, args.repeat,
+            rows += run_problem('conv3x3 256->256', 256, 256, 8192,
+                                args.bits, 100, False, args.repeat,
                                 args.seed, args.device)
+        if 512 in args.sizes:
+            rows += run_problem('conv3x3 512->512', 512, 512, 16384,
+                                args.bits, args.timed_rounds, True,
+                                args.repeat, args.seed, args.device)
     print(f'\nload average at end {os.getloadavg()[0]:.2f}\n')
     print(table(rows))
     if args.json:

@@ -26,20 +26,33 @@ Algorithm (all channels and, in :func:`solve_layer`, all groups at once):
      ``a s^2 (q[n] - t)^2 + const`` with
      ``t = q[n] + (c[n] / s - h[n]) / a``, and ``q[n]`` moves to
 
-     - the best value reachable from ``q[n]`` by changing single bit
-       planes (*plane* rounds, the paper's update, kept on the canonical
-       sign-magnitude split and looked up in a small precomputed table), or
      - the best integer ``clip(round(t), -qmax, qmax)`` (*integer* rounds,
-       mmquant's default). Every single bit-plane change is an integer
-       change, so an integer move is never worse than the plane move.
+       mmquant's default), or
+     - the best value reachable from ``q[n]`` by changing single bit
+       planes of its canonical sign-magnitude split, re-split after every
+       change (*canonical-plane* rounds, looked up in a small precomputed
+       table; not the paper's update). Every single bit-plane change is an
+       integer change, so an integer move is never worse than the plane
+       move.
 
    until no coordinate and no scale changes (or ``max_rounds``).
 
 The ``schedule`` picks the rounds (see :data:`SCHEDULES`): ``'integer'``
-(default), ``'planes'`` (the paper), or ``'planes+integer'`` (plane rounds
-until nothing changes, then integer rounds). A result of integer rounds is
-optimal with respect to every single-plane change, every single-integer
-change and the scale.
+(default), ``'canonical-planes'``, ``'canonical-planes+integer'``
+(canonical-plane rounds until nothing changes, then integer rounds), or
+``'paper'``: the authors' update (``ofwa_rr`` of their code). It keeps the
+``k - 1`` ternary planes as independent arrays (initialised by the
+canonical split; splits such as ``1 = 2 - 1`` arise and stay) and runs
+``max_rounds`` rounds of: the closed-form scale, then for each plane from
+the most significant a Gauss-Seidel pass over all inputs in order, each
+bit set to its best value in ``{-1, 0, +1}`` given everything else (an
+exact tie takes the non-zero value, as their code does). Its result
+equals the authors' from the same start except in degenerate cases: an
+input that is always zero keeps its initial integer (their code zeroes
+its bits; the objective is the same), a negative optimal scale is
+absorbed by negating the planes, and ``q^T A q = 0`` keeps the previous
+scale. A result of integer rounds is optimal with respect to every
+single-plane change, every single-integer change and the scale.
 
 Every step is an exact minimisation, so the objective never increases.
 See ``docs/solver.md`` for the complexity and the degenerate-case policy.
@@ -62,15 +75,29 @@ __all__ = [
 ]
 
 # The round schedules (see the module docstring): integer rounds from the
-# initialisation (default); the paper's bit-plane rounds; plane rounds until
-# nothing changes, then integer rounds.
-SCHEDULES = ('integer', 'planes', 'planes+integer')
+# initialisation (default); the authors' update on independent ternary
+# planes; canonical-plane rounds; canonical-plane rounds until nothing
+# changes, then integer rounds.
+SCHEDULES = ('integer', 'paper', 'canonical-planes',
+             'canonical-planes+integer')
+# Schedules of earlier versions and what replaced them (named in the
+# error).
+_RENAMED_SCHEDULES = {
+    'planes': "renamed 'canonical-planes': it re-splits the integer "
+    "canonically after every move and is not the paper's update, which is "
+    "schedule='paper'",
+    'planes+integer': "renamed 'canonical-planes+integer' (its plane "
+    "rounds are not the paper's update, which is schedule='paper')",
+}
 
 # A coordinate is a candidate of a round only if its best move lowers
 # (q[n] - t)^2 by more than _TOL (in units of a * s^2); convergence is
 # declared when no coordinate is a candidate. Protects against endless
 # flip-flopping on rounding noise when t sits on a tie.
 _TOL = 1e-9
+# A channel stays in the rounds that visit every coordinate while a round
+# lowers its objective by more than _TOL_ROUND * ||y||^2.
+_TOL_ROUND = 1e-13
 # Coordinates per lazy-update block (u = A q / diag(A) is refreshed by one
 # GEMM per block; at most 255, see _visit_block). With several intra-op
 # threads, smaller when there are many channels, so that a block tile stays
@@ -126,7 +153,7 @@ class SolverResult:
         objective: ``(M,)`` float64 objective of the result (with the
             returned float32 scales).
         rounds: Number of rounds run (both phases of
-            ``'planes+integer'`` together).
+            ``'canonical-planes+integer'`` together).
         history: Total objective after the initialisation and after each
             round; non-increasing.
         bits: The bit width.
@@ -222,8 +249,12 @@ def check_schedule(schedule: str) -> str:
         str: ``schedule``.
 
     Raises:
-        ValueError: If it is not one of :data:`SCHEDULES`.
+        ValueError: If it is not one of :data:`SCHEDULES` (naming the
+            replacement of a schedule of an earlier version).
     """
+    if isinstance(schedule, str) and schedule in _RENAMED_SCHEDULES:
+        raise ValueError(f'schedule {schedule!r} was '
+                         f'{_RENAMED_SCHEDULES[schedule]}')
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError('schedule must be one of '
                          f'{", ".join(map(repr, SCHEDULES))}, got '
@@ -282,8 +313,8 @@ class _BatchedSolver:
     not change in a round keeps its (optimal) scale and its
     coordinate-optimal integers, so it cannot become improvable again.
     The rounds of a phase work on a compact copy of the active channels'
-    state (the working set, see :meth:`round_`), which shrinks with them;
-    a channel's integers are copied back once, when it leaves.
+    state (the working set, see :meth:`round_planes`), which shrinks with
+    them; a channel's integers are copied back once, when it leaves.
     """
 
     def __init__(self, A: Tensor, Ct: Tensor, yy: Tensor, q: Tensor,
@@ -307,7 +338,7 @@ class _BatchedSolver:
         self._bfull: Optional[Tensor] = None
         self.ws = _Workspace(A.device)
         # the channels the rounds work on (None: all) and their state
-        # (q, u, cta, Ct, s, yy, c, d), see round_
+        # (q, u, cta, Ct, s, yy, c, d), see round_planes
         self.wch: Optional[Tensor] = None
         self.work: Tuple[Tensor, ...] = ()
         self._parity = 0
@@ -326,9 +357,9 @@ class _BatchedSolver:
         """``c = C^T q`` and ``d = q^T A q = sum q diag(A) u``."""
         return (Ct * q).sum(2), (q * u).mul_(self.diag).sum(2)
 
-    def candidates(self, q: Tensor, u: Tensor, cta: Tensor, inv_s: Tensor,
-                   integer: bool) -> Tensor:
-        """Where the best reachable value ``new`` for the targets
+    def candidates(self, q: Tensor, u: Tensor, cta: Tensor,
+                   inv_s: Tensor) -> Tensor:
+        """Where the best canonical-plane value ``new`` for the targets
         ``t = q - u + cta inv_s`` lowers ``(q - t)^2`` by more than
         ``_TOL``, as ``(q - new) (q + new - 2 t) > _TOL``.
 
@@ -343,44 +374,30 @@ class _BatchedSolver:
         t = torch.sub(q, u, out=ws.get('t', shape, q.dtype))
         t.addcmul_(cta, inv_s)
         w, v = ws.get('w', shape, q.dtype), ws.get('v', shape, q.dtype)
-        if integer:
-            new = torch.round(t, out=v).clamp_(-top, top)
-            w = torch.add(q, new, out=w).sub_(t, alpha=2)
-            step = new.sub_(q)
-        else:
-            # nb q + (nb qmax + off) in one pass (exact: small integers)
-            key = torch.addcmul(self.key0, q, self.nbt, out=w)
-            key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
-            # key >= 0, so truncation is floor
-            # (int32 keys: converting to and indexing with them is about
-            # twice as fast as with int64)
-            kl = ws.get('k', shape, torch.int32).copy_(key)
-            step = torch.index_select(self.table, 0, kl.view(-1),
-                                      out=v.view(-1)).view(shape)
-            w = torch.add(step, q, alpha=2, out=w).sub_(t, alpha=2)
+        # nb q + (nb qmax + off) in one pass (exact: small integers)
+        key = torch.addcmul(self.key0, q, self.nbt, out=w)
+        key.add_(torch.clamp(t, -top - 1.0, top + 1.0, out=v), alpha=2)
+        # key >= 0, so truncation is floor
+        # (int32 keys: converting to and indexing with them is about
+        # twice as fast as with int64)
+        kl = ws.get('k', shape, torch.int32).copy_(key)
+        step = torch.index_select(self.table, 0, kl.view(-1),
+                                  out=v.view(-1)).view(shape)
+        w = torch.add(step, q, alpha=2, out=w).sub_(t, alpha=2)
         # step = new - q: the gain is -step (q + new - 2 t) > _TOL
         mask = torch.lt(w.mul_(step), -_TOL,
                         out=ws.get('m', shape, torch.bool))
         return mask
 
-    def round_(self, integer: bool) -> bool:
-        """One round (scale, then one sweep) on the working set.
-
-        The working set starts as all channels. Once at most
-        :data:`_SHRINK` of its channels have a candidate, the others leave
-        it (their state is stored back into the full arrays) and the next
-        rounds work on compact copies of the rest, stored back when they
-        leave or at the end of the phase.
-
-        Args:
-            integer: Integer coordinates instead of bit planes.
+    def _scale_step(self, q: Tensor, u: Tensor, s: Tensor, c: Tensor,
+                    d: Tensor,
+                    planes: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """Closed-form scale ``|c| / d``; a negative optimum is absorbed
+        by negating ``q`` (and ``u``, ``planes``) in place.
 
         Returns:
-            bool: Whether anything moved.
+            tuple: The new ``s`` and ``c``.
         """
-        q, u, cta, Ct, s, yy, c, d = self.work
-        wch = self.wch
-        # Closed-form scale |c| / d; a negative optimum is absorbed by -q.
         ok = (d > 0) & (c != 0)
         new = c.abs() / torch.where(ok, d, 1.0)
         ok &= torch.isfinite(new) & (new > 0)
@@ -389,13 +406,74 @@ class _BatchedSolver:
             sign = torch.where(flip, -1.0, 1.0)
             q.mul_(sign[:, :, None])
             u.mul_(sign[:, :, None])
+            if planes is not None:
+                planes.mul_(sign[None, :, :, None])
             c = c * sign
-        s = torch.where(ok, new, s)
+        return torch.where(ok, new, s), c
+
+    def round_all(self) -> bool:
+        """One integer round visiting every coordinate, on the working set.
+
+        The scale, then one Gauss-Seidel pass over all coordinates. A
+        channel whose objective the pass lowered by at most
+        :data:`_TOL_ROUND` times ``||y||^2`` (no move, or only moves
+        between equally good integers) leaves the working set: with the
+        same integers it would get the same scale and make the same moves
+        again.
+
+        Returns:
+            bool: Whether some channel still improves.
+        """
+        q, u, cta, Ct, s, yy, c, d = self.work
+        wch = self.wch
+        s, c = self._scale_step(q, u, s, c, d)
+        obj0 = yy - 2 * s * c + s * s * d
+        inv_s = (1.0 / s)[:, :, None]
+        self._sweep(q, u, cta, inv_s, Ct, c, d, list(range(q.shape[2])), 0)
+        obj = yy - 2 * s * c + s * s * d
+        self._publish(wch, s, obj, c, d)
+        moved_ch = ((obj0 - obj) > _TOL_ROUND * yy.abs()).view(
+            torch.uint8).amax(0).bool()
+        n_moved = int(moved_ch.sum())
+        if 0 < n_moved <= _SHRINK * moved_ch.numel():
+            # the channels that stopped improving leave
+            if wch is not None:
+                out = (~moved_ch).nonzero().flatten()
+                rows = wch.index_select(0, out)
+                self.q.index_copy_(1, rows, q.index_select(1, out))
+                self.u.index_copy_(1, rows, u.index_select(1, out))
+            else:
+                self.q, self.u = q, u
+            keep = moved_ch.nonzero().flatten()
+            q, u, cta, Ct, s, yy, c, d = _select(
+                (q, u, cta, Ct, s, yy, c, d), keep, self.ws,
+                f'work{self._parity}')
+            self._parity ^= 1
+            wch = keep if wch is None else wch.index_select(0, keep)
+        self.work, self.wch = (q, u, cta, Ct, s, yy, c, d), wch
+        return n_moved > 0
+
+    def round_planes(self) -> bool:
+        """One canonical-plane round (scale, then one sweep over the
+        candidates) on the working set.
+
+        The working set starts as all channels. Once at most
+        :data:`_SHRINK` of its channels have a candidate, the others leave
+        it (their state is stored back into the full arrays) and the next
+        rounds work on compact copies of the rest, stored back when they
+        leave or at the end of the phase.
+
+        Returns:
+            bool: Whether anything moved.
+        """
+        q, u, cta, Ct, s, yy, c, d = self.work
+        wch = self.wch
+        s, c = self._scale_step(q, u, s, c, d)
         obj = yy - 2 * s * c + s * s * d
         # Candidates: coordinates where some channel improves (q - t)^2
         # by more than _TOL.
         inv_s = (1.0 / s)[:, :, None]
-        mask = self.candidates(q, u, cta, inv_s, integer)
+        mask = self.candidates(q, u, cta, inv_s)
         # (amax over a bool's bytes is any, and fast over the outer dims)
         mask = mask.view(torch.uint8)
         coords = mask.amax(dim=1).amax(dim=0).nonzero().flatten().tolist()
@@ -416,7 +494,7 @@ class _BatchedSolver:
             self._parity ^= 1
             wch = keep if wch is None else wch.index_select(0, keep)
         if coords:
-            self._sweep(q, u, cta, inv_s, Ct, c, d, coords, integer)
+            self._sweep(q, u, cta, inv_s, Ct, c, d, coords, 1)
             obj = yy - 2 * s * c + s * s * d
         self.work, self.wch = (q, u, cta, Ct, s, yy, c, d), wch
         self._publish(wch, s, obj, c, d)
@@ -433,9 +511,12 @@ class _BatchedSolver:
 
     def _sweep(self, Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
                Ct: Tensor, c: Tensor, d: Tensor, coords: List[int],
-               integer: bool) -> None:
+               mode: int, plane: Optional[Tensor] = None,
+               pj: float = 1.0) -> None:
         """One Gauss-Seidel pass over ``coords`` (see
         :func:`_sweep_blocks`), in place."""
+        if plane is None:
+            plane = Q.new_empty(0)
         step = _block_size(Q.shape[0] * Q.shape[1])
         sparse_ok = Q.shape[0] == 1 and Q.device.type == 'cpu'
         sweep = _kernel()
@@ -443,10 +524,74 @@ class _BatchedSolver:
         # for the shrinking tiles and gains nothing from them)
         with warnings.catch_warnings(), torch.jit.optimized_execution(False):
             warnings.simplefilter('ignore')  # "CSR support is in beta"
-            sweep(Q, U, cta, inv_s, Ct, c, d, coords, step, not integer,
+            sweep(Q, U, cta, inv_s, Ct, c, d, coords, step, mode,
                   self.bfull, self.diag, self.table, self.top, self.nb,
                   self.off, _positions(step, Q.device), sparse_ok, _SPARSE,
-                  _COMPACT)
+                  _COMPACT, plane, float(pj))
+
+    def run_paper(self, bits: int, max_rounds: int) -> None:
+        """The authors' rounds on independent ternary planes.
+
+        The planes start as the canonical split of ``q``. Each of the
+        ``max_rounds`` rounds takes the closed-form scale, then sweeps
+        plane ``j = 0 .. k-2`` (most significant first), each over all
+        coordinates in ascending order, setting every ``b_j[n]`` to its
+        best value in ``{-1, 0, 1}`` given everything else. A channel whose
+        planes did not change in a round is at a fixed point of the rounds
+        (same planes, hence the same scale and the same decisions) and
+        leaves the working set: the result equals ``max_rounds`` rounds.
+        The scale is the one of the last round's start, as in the authors'
+        code (not refitted to the last round's planes).
+
+        Args:
+            bits: The bit width.
+            max_rounds: Number of rounds.
+        """
+        G, Mg, N = self.q.shape
+        self.planes = split_planes(self.q.to(torch.int32), bits).to(
+            self.q.dtype)  # (k - 1, G, Mg, N)
+        weights = [float(1 << (bits - 2 - j)) for j in range(bits - 1)]
+        coords = list(range(N))
+        wch: Optional[Tensor] = None  # the working set's channels
+        q, u, cta, Ct, s, yy, c, d = (self.q, self.u, self.cta, self.Ct,
+                                      self.s, self.yy, self.c, self.d)
+        pl = self.planes
+        for _ in range(max_rounds):
+            # closed-form scale; a negative optimum negates the planes
+            s, c = self._scale_step(q, u, s, c, d, pl)
+            inv_s = (1.0 / s)[:, :, None]
+            before = pl.clone()
+            for j, pj in enumerate(weights):
+                self._sweep(q, u, cta, inv_s, Ct, c, d, coords, 2, pl[j],
+                            pj)
+            obj = yy - 2 * s * c + s * s * d
+            self._publish(wch, s, obj, c, d)
+            self.rounds += 1
+            self.history.append(float(self.obj.sum()))
+            moved = (pl != before).view(torch.uint8).amax(3).amax(
+                0).amax(0).bool()  # (m,)
+            n_moved = int(moved.sum())
+            if n_moved == 0:
+                break
+            if n_moved <= _SHRINK * moved.numel():
+                # the channels at a fixed point leave the working set
+                out = (~moved).nonzero().flatten()
+                rows = out if wch is None else wch.index_select(0, out)
+                self.q.index_copy_(1, rows, q.index_select(1, out))
+                self.u.index_copy_(1, rows, u.index_select(1, out))
+                self.planes.index_copy_(2, rows, pl.index_select(2, out))
+                keep = moved.nonzero().flatten()
+                q, u, cta, Ct, s, yy, c, d = _select(
+                    (q, u, cta, Ct, s, yy, c, d), keep)
+                pl = pl.index_select(2, keep)
+                wch = keep if wch is None else wch.index_select(0, keep)
+        if wch is not None:
+            self.q.index_copy_(1, wch, q)
+            self.u.index_copy_(1, wch, u)
+            self.planes.index_copy_(2, wch, pl)
+        self.c, self.d = self._terms(self.q, self.u, self.Ct)
+        s = self.s
+        self.obj = self.yy - 2 * s * self.c + s * s * self.d
 
     def run_phase(self, integer: bool, max_rounds: int) -> None:
         """Rounds until nothing moves or ``max_rounds``."""
@@ -454,7 +599,7 @@ class _BatchedSolver:
         self.work = (self.q, self.u, self.cta, self.Ct, self.s, self.yy,
                      self.c, self.d)
         for _ in range(max_rounds):
-            moved = self.round_(integer)
+            moved = self.round_all() if integer else self.round_planes()
             self.rounds += 1
             self.history.append(float(self.obj.sum()))
             if not moved:
@@ -469,9 +614,9 @@ class _BatchedSolver:
         self.obj = self.yy - 2 * s * self.c + s * s * self.d
 
 
-def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, keyed: bool,
+def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, mode: int,
                  table: Tensor, top: int, nb: int, pos: Tensor,
-                 compact: float) -> bool:
+                 compact: float, pj: float) -> bool:
     """Gauss-Seidel over the ``B`` coordinates of one block (hot loop).
 
     Channels are independent, so instead of visiting the coordinates one
@@ -483,23 +628,28 @@ def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, keyed: bool,
     Only targets *after* the moved coordinate are updated (``bu`` is the
     strictly upper triangle), and the moved coordinate's step becomes zero
     (the integer step is the rounded target; the plane table maps its own
-    end point to a zero step), so passed coordinates never move again:
+    end point to a zero step; the paper's ternary choice depends on the
+    target alone), so passed coordinates never move again:
     the tiles are narrowed to the columns after the earliest move, and
     channels that stop moving are dropped from them once they are at least
     ``1 - compact`` of them.
 
     Args:
-        tb: ``(G, m, B)`` targets, overwritten.
+        tb: ``(G, m, B)`` targets, overwritten; in mode 2 the targets of
+            the plane, ``t - (q - pj b)``.
         zb: ``(G, m, B)`` the state, updated in place: the integers
-            ``q``, or with ``keyed`` the plane-table keys
-            ``nb q + nb qmax + off``.
+            ``q`` (mode 0), the plane-table keys ``nb q + nb qmax + off``
+            (mode 1) or the plane's values ``b`` (mode 2).
         bu: ``(G, B, B)`` strictly upper triangle of the target drops.
-        keyed: Bit-plane steps from ``table`` (else integer steps).
+        mode: 0: integer steps; 1: canonical bit-plane steps from
+            ``table``; 2: the paper's step of one independent plane of
+            weight ``pj``, ``b = sign(e)`` if ``|e| >= pj / 2``, else 0.
         table: The plane table.
         top: ``qmax``.
         nb: Table row length (a unit move of ``q`` moves the key by it).
         pos: ``uint8`` position weights ``B, B - 1, ..., 1``.
         compact: :data:`_COMPACT`.
+        pj: The plane's weight (mode 2).
 
     Returns:
         bool: Whether anything moved.
@@ -515,11 +665,16 @@ def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, keyed: bool,
     # B moving iterations and one that finds nothing
     for _ in range(B + 1):
         tv, zv = tb[:, :, c:], z[:, :, c:]
-        if keyed:
+        if mode == 1:
             # the key is >= 0, so the int32 truncation is a floor (int32:
             # twice as fast to make and to index with as int64)
             key = torch.add(zv, tv.clamp(lo, hi), alpha=2).to(torch.int32)
             step = table.index_select(0, key.view(-1)).view(key.shape)
+        elif mode == 2:
+            # the authors' rule: -sign(r), zero only if strictly below the
+            # threshold (an exact tie |e| = pj / 2 takes the sign)
+            step = torch.where(tv.abs() >= 0.5 * pj, torch.sign(tv),
+                               torch.zeros_like(tv)).sub_(zv)
         else:
             step = tv.round().clamp_(-top, top).sub_(zv)
         # first moving coordinate per channel: position j weighs B - j, so
@@ -539,10 +694,12 @@ def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, keyed: bool,
         # (a channel that does not move gets position B - 1, zero step)
         first = (B - val.to(torch.long)).clamp_(max=B - 1)
         d = step.gather(2, first - c)  # (G, m, 1)
-        if keyed:
+        if mode == 1:
             z.scatter_add_(2, first, d * nb)
         else:
             z.scatter_add_(2, first, d)
+        if mode == 2:  # a unit step of the plane moves q by pj
+            d = d * pj
         if G == 1:
             rows = bu0.index_select(0, first.view(-1))[:, c:]
         else:
@@ -566,9 +723,10 @@ def _visit_block(tb: Tensor, zb: Tensor, bu: Tensor, keyed: bool,
 
 def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
                   Ct: Tensor, c: Tensor, d: Tensor, coords: List[int],
-                  step: int, keyed: bool, bfull: Tensor, diag: Tensor,
+                  step: int, mode: int, bfull: Tensor, diag: Tensor,
                   table: Tensor, top: int, nb: int, off: int, pos: Tensor,
-                  sparse_ok: bool, sparse: float, compact: float) -> None:
+                  sparse_ok: bool, sparse: float, compact: float,
+                  plane: Tensor, pj: float) -> None:
     """One Gauss-Seidel pass over ``coords`` (ascending), in place.
 
     The coordinates are taken in blocks of ``step``. Per block, the
@@ -595,7 +753,9 @@ def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
         d: ``(G, m)`` ``q^T A q``, updated in place.
         coords: Ascending coordinates to visit.
         step: Coordinates per block (at most 255).
-        keyed: Bit-plane steps from ``table`` (else integer steps).
+        mode: 0: integer steps; 1: canonical bit-plane steps from
+            ``table``; 2: the paper's steps of the independent plane
+            ``plane`` (see :func:`_visit_block`).
         bfull: ``(G, N, N)`` ``A[i, j] / A[j, j]``.
         diag: ``(G, 1, N)`` ``diag(A)``.
         table: The plane table (:func:`_plane_table`).
@@ -607,6 +767,9 @@ def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
             on the CPU).
         sparse: :data:`_SPARSE`.
         compact: :data:`_COMPACT`.
+        plane: Mode 2: ``(G, m, N)`` the plane's values in
+            ``{-1, 0, 1}`` (float64), updated in place; else unused.
+        pj: Mode 2: the plane's weight ``2^(k-2-j)``.
     """
     G, m, N = Q.shape[0], Q.shape[1], Q.shape[2]
     for start in range(0, len(coords), step):
@@ -615,36 +778,54 @@ def _sweep_blocks(Q: Tensor, U: Tensor, cta: Tensor, inv_s: Tensor,
         B = len(blk)
         idx: Optional[Tensor] = None
         gidx = Q.new_empty(0, dtype=torch.long)
+        ix = gidx
         if c1 - c0 == B:  # contiguous: views, no gathers
-            bb = bfull[:, c0:c1, c0:c1].clone()
             q0, u0 = Q[:, :, c0:c1], U[:, :, c0:c1]
-            tb = torch.addcmul(q0 - u0, cta[:, :, c0:c1], inv_s)
+            cb = cta[:, :, c0:c1]
+            b0 = plane[:, :, c0:c1] if mode == 2 else q0
         else:
             # only the block's B x B entries of bfull are gathered; the
             # update of u reads the rows it needs in place
             ix = torch.tensor(blk, dtype=torch.long, device=Q.device)
             idx = ix
-            bb = bfull.view(G, -1).index_select(
-                1, (ix.unsqueeze(1) * N + ix).view(-1)).view(G, B, B)
             # (a gather is faster than index_select along the last dim)
             gidx = ix.expand(G, m, B)
             q0, u0 = Q.gather(2, gidx), U.gather(2, gidx)
-            tb = torch.addcmul(q0 - u0, cta.gather(2, gidx), inv_s)
+            cb = cta.gather(2, gidx)
+            b0 = plane.gather(2, gidx) if mode == 2 else q0
+        if mode == 2:
+            # the plane's target: t - (q - pj b) = pj b - u + cta / s
+            tb = torch.addcmul(b0 * pj - u0, cb, inv_s)
+        else:
+            tb = torch.addcmul(q0 - u0, cb, inv_s)
+        if idx is None:
+            bb = bfull[:, c0:c1, c0:c1].clone()
+        else:
+            bb = bfull.view(G, -1).index_select(
+                1, (ix.unsqueeze(1) * N + ix).view(-1)).view(G, B, B)
         torch.diagonal(bb, dim1=1, dim2=2).zero_()
         # tb: (G, m, B) targets of the block; bb[:, i, j]: drop of target
         # j per unit move of q_i (zero diagonal: t_i does not depend on
         # q_i).
-        if keyed:
+        if mode == 1:
             zb = torch.mul(q0, nb).add_(top * nb + off)
         else:
-            zb = q0.clone(memory_format=torch.contiguous_format)
-        moved = _visit_block(tb, zb, bb.triu(1), keyed, table, top, nb,
-                             pos[pos.numel() - B:], compact)
+            zb = b0.clone(memory_format=torch.contiguous_format)
+        moved = _visit_block(tb, zb, bb.triu(1), mode, table, top, nb,
+                             pos[pos.numel() - B:], compact, pj)
         if not moved:
             continue
-        if keyed:  # back from keys to integers (exact: small integers)
+        if mode == 1:  # back from keys to integers (exact: small integers)
             zb.sub_(top * nb + off).div_(nb)
-        delta = zb.sub_(q0)  # (G, m, B)
+        if mode == 2:
+            # (b0 may be a view of the plane: the step before the write)
+            delta = (zb - b0).mul_(pj)
+            if idx is None:
+                plane[:, :, c0:c1] = zb
+            else:
+                plane.scatter_(2, gidx, zb)
+        else:
+            delta = zb.sub_(q0)  # (G, m, B)
         if sparse_ok and _apply_sparse(Q, U, Ct, c, d, delta, bb, c0, idx,
                                        bfull, diag, sparse):
             continue
@@ -817,10 +998,13 @@ def _solve_batched(weight: Tensor, A: Tensor, C: Tensor, yy: Tensor,
         st = _BatchedSolver(A, Ct, yy, q, s, bits, h)
         obj_init = st.obj.clone()
         if N > 0 and Mg > 0 and max_rounds > 0:
-            if schedule != 'integer':
-                st.run_phase(False, max_rounds)
-            if schedule != 'planes':
-                st.run_phase(True, max_rounds)
+            if schedule == 'paper':
+                st.run_paper(bits, max_rounds)
+            else:
+                if schedule != 'integer':
+                    st.run_phase(False, max_rounds)
+                if schedule != 'canonical-planes':
+                    st.run_phase(True, max_rounds)
         scale32 = st.s.to(torch.float32)
         s64 = scale32.to(torch.float64)
         # Objective with the stored (float32) scales; c is exact, d up to
@@ -898,15 +1082,21 @@ def bitsplit_solve(weight: Tensor,
             ``w_m^T A w_m`` is used, which is exact when the targets are
             the float outputs ``Y = X W^T`` (it only shifts the reported
             objective, never the solution).
-        max_rounds: Round cap of each phase (for ``'planes+integer'``:
-            of the plane rounds and of the integer rounds).
+        max_rounds: Round cap of each phase (for
+            ``'canonical-planes+integer'``: of the plane rounds and of the
+            integer rounds); for ``'paper'`` the number of rounds (the
+            authors' ``max_epoch``; rounds after all channels stopped
+            changing are skipped, they would change nothing).
         schedule: Which coordinate updates the rounds make, one of
             :data:`SCHEDULES`: ``'integer'`` (each coordinate moves to its
             best integer; never worse than a bit-plane move, and in
             mmquant's measurements lower in objective on average and in
-            fewer rounds, see ``docs/solver.md``), ``'planes'`` (the
-            paper's bit-plane updates only), ``'planes+integer'`` (plane
-            rounds until nothing changes, then integer rounds).
+            fewer rounds, see ``docs/solver.md``), ``'paper'`` (the
+            authors' update on independent ternary planes, see the module
+            docstring), ``'canonical-planes'`` (single changes of the
+            canonical bit planes; not the paper's update) or
+            ``'canonical-planes+integer'`` (those rounds until nothing
+            changes, then integer rounds).
         q_init: Optional initial integers ``(M, N)`` (instead of MSE-RTN).
         scale_init: Optional initial positive scales ``(M,)``.
 

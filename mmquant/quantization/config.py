@@ -17,7 +17,8 @@ from mmquant.core.solver import check_schedule
 # Keys of earlier versions and what replaced them (named in the error).
 _REPLACED = {
     'refine_integer': "replaced by schedule: refine_integer=True was "
-    "schedule='planes+integer', False was schedule='planes'"
+    "schedule='canonical-planes+integer', False was "
+    "schedule='canonical-planes'"
 }
 
 #: Quantization methods for the weights.
@@ -85,9 +86,13 @@ class QuantConfig:
         schedule (str): The solver's coordinate updates (see
             :data:`mmquant.core.solver.SCHEDULES`): ``'integer'`` (each
             coordinate moves to its best integer, never worse than a
-            bit-plane move), ``'planes'`` (the paper's bit-plane updates
-            only) or ``'planes+integer'`` (plane rounds until nothing
-            changes, then integer rounds). Defaults to ``'integer'``.
+            bit-plane move), ``'paper'`` (the authors' update: independent
+            ternary planes, ``max_rounds`` rounds), ``'canonical-planes'``
+            (single canonical bit-plane changes, not the paper's update)
+            or ``'canonical-planes+integer'`` (those rounds until nothing
+            changes, then integer rounds). The names ``'planes'`` and
+            ``'planes+integer'`` of earlier versions raise an error naming
+            their replacement. Defaults to ``'integer'``.
         damping (float): Ridge towards the float weights, relative to the
             mean of ``diag(A)`` and multiplied by ``N / rows`` when a layer
             has fewer calibration rows than inputs: the solver minimises

@@ -137,11 +137,14 @@ def test_calib_samples_limits_batches(tiny):
      "unknown quantizer config key.*'w_bit' \\(did you mean 'w_bits'"),
     (dict(config=dict(a_bits=1)), ValueError, 'a_bits must be'),
     (dict(config=dict(schedule='plane')), ValueError,
-     "schedule must be one of 'integer', 'planes', 'planes\\+integer', "
-     "got 'plane'"),
+     "schedule must be one of 'integer', 'paper', 'canonical-planes', "
+     "'canonical-planes\\+integer', got 'plane'"),
+    (dict(config=dict(schedule='planes')), ValueError,
+     "schedule 'planes' was renamed 'canonical-planes'.*schedule='paper'"),
     (dict(config=dict(refine_integer=False)), ValueError,
      "'refine_integer' \\(replaced by schedule: refine_integer=True was "
-     "schedule='planes\\+integer', False was schedule='planes'\\)"),
+     "schedule='canonical-planes\\+integer', False was "
+     "schedule='canonical-planes'\\)"),
 ])
 def test_bad_input(tiny, bad, error, match):
     with pytest.raises(error, match=match):
