@@ -4,7 +4,8 @@ For every problem (the generator of ``tools/benchmark_solver.py``:
 post-ReLU-like, correlated 3x3 conv inputs) and bit width, solves with each
 schedule of :data:`mmquant.core.solver.SCHEDULES` from the same MSE-RTN
 start and reports the objective relative to a reference schedule
-(``planes+integer`` by default) and the rounds. The summary gives, per
+(``canonical-planes+integer`` by default; ``--reference paper``
+compares with the authors' update) and the rounds. The summary gives, per
 schedule, the mean and range of the relative objective, on how many
 problems it is lower than the reference and the mean rounds.
 

@@ -21,21 +21,22 @@ Algorithm (all channels and, in :func:`solve_layer`, all groups at once):
    * the closed-form scale ``s = c^T q / q^T h`` (a negative optimum is
      absorbed by negating ``q``, which the symmetric grid allows; a
      degenerate ``q^T h <= 0`` keeps the previous scale), then
-   * one Gauss-Seidel pass over the coordinates ``n`` that can still be
-     improved. With ``a = A[n, n]`` the objective restricted to ``q[n]`` is
+   * one ascending Gauss-Seidel pass over the coordinates ``n``. With
+     ``a = A[n, n]`` the objective restricted to ``q[n]`` is
      ``a s^2 (q[n] - t)^2 + const`` with
      ``t = q[n] + (c[n] / s - h[n]) / a``, and ``q[n]`` moves to
 
      - the best integer ``clip(round(t), -qmax, qmax)`` (*integer* rounds,
-       mmquant's default), or
+       mmquant's default; the pass visits every coordinate), or
      - the best value reachable from ``q[n]`` by changing single bit
        planes of its canonical sign-magnitude split, re-split after every
        change (*canonical-plane* rounds, looked up in a small precomputed
-       table; not the paper's update). Every single bit-plane change is an
-       integer change, so an integer move is never worse than the plane
-       move.
+       table; the pass visits the coordinates that can improve at the
+       start of the round; not the paper's update). Every single
+       bit-plane change is an integer change, so an integer move is never
+       worse than the plane move.
 
-   until no coordinate and no scale changes (or ``max_rounds``).
+   until no channel improves (or ``max_rounds``).
 
 The ``schedule`` picks the rounds (see :data:`SCHEDULES`): ``'integer'``
 (default), ``'canonical-planes'``, ``'canonical-planes+integer'``
@@ -436,14 +437,13 @@ class _BatchedSolver:
             torch.uint8).amax(0).bool()
         n_moved = int(moved_ch.sum())
         if 0 < n_moved <= _SHRINK * moved_ch.numel():
-            # the channels that stopped improving leave
+            # the channels that stopped improving leave (with all channels
+            # in the working set, q and u are the full arrays themselves)
             if wch is not None:
                 out = (~moved_ch).nonzero().flatten()
                 rows = wch.index_select(0, out)
                 self.q.index_copy_(1, rows, q.index_select(1, out))
                 self.u.index_copy_(1, rows, u.index_select(1, out))
-            else:
-                self.q, self.u = q, u
             keep = moved_ch.nonzero().flatten()
             q, u, cta, Ct, s, yy, c, d = _select(
                 (q, u, cta, Ct, s, yy, c, d), keep, self.ws,
