@@ -439,11 +439,7 @@ class _BatchedSolver:
         if 0 < n_moved <= _SHRINK * moved_ch.numel():
             # the channels that stopped improving leave (with all channels
             # in the working set, q and u are the full arrays themselves)
-            if wch is not None:
-                out = (~moved_ch).nonzero().flatten()
-                rows = wch.index_select(0, out)
-                self.q.index_copy_(1, rows, q.index_select(1, out))
-                self.u.index_copy_(1, rows, u.index_select(1, out))
+            self._store_leaving(wch, moved_ch, q, u)
             keep = moved_ch.nonzero().flatten()
             q, u, cta, Ct, s, yy, c, d = _select(
                 (q, u, cta, Ct, s, yy, c, d), keep, self.ws,
@@ -452,6 +448,26 @@ class _BatchedSolver:
             wch = keep if wch is None else wch.index_select(0, keep)
         self.work, self.wch = (q, u, cta, Ct, s, yy, c, d), wch
         return n_moved > 0
+
+    def _store_leaving(self, wch: Optional[Tensor], stay: Tensor,
+                       q: Tensor, u: Tensor) -> None:
+        """Store the integers and ``u`` of the working-set channels that
+        leave it (``~stay``) back into the full arrays.
+
+        Args:
+            wch (Tensor, optional): The working set's channel indices;
+                ``None`` while it is all channels (then ``q`` and ``u``
+                are the full arrays themselves).
+            stay (Tensor): Bool per working-set channel.
+            q (Tensor): The working set's integers.
+            u (Tensor): The working set's ``u``.
+        """
+        if wch is None:
+            return
+        out = (~stay).nonzero().flatten()
+        rows = wch.index_select(0, out)
+        self.q.index_copy_(1, rows, q.index_select(1, out))
+        self.u.index_copy_(1, rows, u.index_select(1, out))
 
     def round_planes(self) -> bool:
         """One canonical-plane round (scale, then one sweep over the
@@ -482,11 +498,7 @@ class _BatchedSolver:
         if coords and int(moved_ch.sum()) <= _SHRINK * moved_ch.numel():
             # the channels without a candidate would not move: they leave
             self._publish(wch, s, obj, c, d)
-            if wch is not None:
-                out = (~moved_ch).nonzero().flatten()
-                rows = wch.index_select(0, out)
-                self.q.index_copy_(1, rows, q.index_select(1, out))
-                self.u.index_copy_(1, rows, u.index_select(1, out))
+            self._store_leaving(wch, moved_ch, q, u)
             keep = moved_ch.nonzero().flatten()
             q, u, cta, Ct, s, yy, inv_s, c, d = _select(
                 (q, u, cta, Ct, s, yy, inv_s, c, d), keep, self.ws,
