@@ -323,7 +323,11 @@ class StatsAccumulator:
 
         Returns:
             Tensor: ``(K, G * N)`` rows (image-major, then output rows,
-            then output columns), in ``inputs``' dtype and device.
+            then output columns), in ``inputs``' dtype and device; they
+            are widened to the accumulation dtype (float64) only in
+            :meth:`update_rows`, so the rows of a half-precision layer can
+            first be fake-quantized in that dtype, as the quantized layer
+            does.
         """
         g = self.geom
         x = inputs.detach()

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmquant.core.activation import fake_quantize_activation
-from mmquant.core.grid import check_bits, dequantize, qmax
+from mmquant.core.grid import check_bits, qmax
 from .layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
                           layer_weight, out_channels, weight_name)
 
@@ -31,6 +31,12 @@ class QuantizedLayer(nn.Module):
     Persistent state: ``qweight``, ``weight_scale``, ``act_scale`` and the
     wrapped module's other parameters and buffers (``layer.bias``).
 
+    The scales are stored as ``float32`` whatever the model's dtype; the
+    wrapped module computes in ``compute_dtype`` (the float layer's weight
+    dtype unless ``dtype`` is given): its weight is ``qweight *
+    weight_scale`` evaluated exactly and rounded once to that dtype, and a
+    fake-quantized input keeps the input's dtype.
+
     Args:
         layer (nn.Module): The float layer (see
             :data:`~mmquant.nn.layer_kinds.QUANTIZABLE`); it is
@@ -49,6 +55,9 @@ class QuantizedLayer(nn.Module):
             ``a_bits``.
         act_signed (bool): Signed (narrow symmetric) or unsigned input
             grid.
+        dtype (torch.dtype, optional): Floating dtype the wrapped module
+            computes in; its floating parameters and buffers are cast to
+            it.  ``None`` keeps the dtype of the layer's weight.
     """
 
     def __init__(self,
@@ -58,7 +67,8 @@ class QuantizedLayer(nn.Module):
                  w_bits: int,
                  a_bits: Optional[int] = None,
                  act_scale: Optional[float] = None,
-                 act_signed: bool = False) -> None:
+                 act_signed: bool = False,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         if not isinstance(layer, QUANTIZABLE + (nn.MultiheadAttention, )):
             raise TypeError('QuantizedLayer wraps nn.Conv2d, nn.Conv1d, '
@@ -91,6 +101,12 @@ class QuantizedLayer(nn.Module):
             raise ValueError(f'weight_scale has {weight_scale.numel()} '
                              f'values, the layer {channels} output '
                              'channels')
+        if dtype is None:
+            dtype = getattr(layer, wname).dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f'dtype must be a floating torch.dtype, got '
+                            f'{dtype!r}')
+        self.compute_dtype = dtype
         self.act_signed = bool(act_signed)
         self.register_buffer('qweight', qweight.detach().to(torch.int8))
         self.register_buffer(
@@ -102,21 +118,50 @@ class QuantizedLayer(nn.Module):
                          dtype=torch.float32))
         inner = copy.deepcopy(layer)
         delattr(inner, wname)
-        inner.register_buffer(wname, torch.empty(0), persistent=False)
+        inner.to(dtype)
+        inner.register_buffer(wname, torch.empty(0, dtype=dtype),
+                              persistent=False)
         self.layer = inner
         self.refresh_weight()
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh_weight(self) -> None:
-        """Recompute the wrapped layer's float weight from the integers."""
+        """Recompute the wrapped layer's float weight from the integers.
+
+        ``qweight * weight_scale`` is exact in float64 (an 8-bit integer
+        times a float32 scale), so the weight is that product rounded once
+        to ``compute_dtype``; for float32 it equals :func:`dequantize`.
+        """
         kind = layer_kind(self.layer)
         groups = getattr(self.layer, 'groups', 1)
+        q2d = conv2d_weight(self.qweight, kind, groups)
+        scale = self.weight_scale.to(device=q2d.device, dtype=torch.float64)
+        exact = q2d.to(torch.float64) * scale.reshape(
+            (-1, ) + (1, ) * (q2d.dim() - 1))
         setattr(
             self.layer, weight_name(self.layer),
-            layer_weight(
-                dequantize(conv2d_weight(self.qweight, kind, groups),
-                           self.weight_scale), kind,
-                groups).contiguous().to(self.weight_scale.device))
+            layer_weight(exact, kind, groups).to(
+                device=self.weight_scale.device,
+                dtype=self.compute_dtype).contiguous())
+
+    def _apply(self, fn: Any, recurse: bool = True) -> 'QuantizedLayer':
+        """Apply ``fn`` (``.to()``, ``.half()`` ...), keeping the float32
+        scales and recomputing the weight in the wrapped layer's new dtype.
+        """
+        kept = {
+            name: self._buffers[name]
+            for name in ('weight_scale', 'act_scale')
+        }
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:
+                self._buffers[name] = old.to(new.device)
+        weight = getattr(self.layer, weight_name(self.layer))
+        if weight.dtype != self.compute_dtype:
+            self.compute_dtype = weight.dtype
+            self.refresh_weight()
+        return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Fake-quantize the input (if ``a_bits``), then run the layer.
@@ -162,7 +207,8 @@ class QuantizedLayer(nn.Module):
         acts = 'float' if self.a_bits is None else (
             f'{self.a_bits} bits, {grid}, '
             f'scale={self.act_scale.item():.4g}')
-        return f'w_bits={self.w_bits}, input={acts}'
+        dtype = str(self.compute_dtype).replace('torch.', '')
+        return f'w_bits={self.w_bits}, input={acts}, dtype={dtype}'
 
 
 def _refresh_after_load(module: QuantizedLayer, incompatible: Any) -> None:

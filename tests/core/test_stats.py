@@ -252,3 +252,29 @@ def test_shape_mismatch_raises():
     lin = StatsAccumulator(LayerGeometry('linear', 4, 3))
     with pytest.raises(ValueError, match='rows'):
         lin.update(torch.zeros(5, 4), torch.zeros(6, 3))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16],
+                         ids=str)
+def test_half_precision_rows_accumulate_in_float64(dtype):
+    """Rows of a half-precision model are widened before the products:
+    the statistics equal those of the same values given as float64."""
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 5, generator=gen).to(dtype)
+    y = torch.randn(2, 6, 5, 5, generator=gen).to(dtype)
+    geom = LayerGeometry.from_module(conv)
+    half, wide = StatsAccumulator(geom), StatsAccumulator(geom)
+    half.update(x, y)
+    wide.update(x.double(), y.double())
+    for acc in (half, wide):
+        assert acc.A.dtype == acc.C.dtype == acc.yy.dtype == torch.float64
+    assert torch.equal(half.A, wide.A)
+    assert torch.equal(half.C, wide.C)
+    assert torch.equal(half.yy, wide.yy)
+    rows = half.input_rows(x)
+    assert rows.dtype == dtype  # widened when accumulated, not before
+    half.update_rows(rows, half.output_rows(y))
+    wide.update_rows(rows.double(), half.output_rows(y).double())
+    assert torch.equal(half.A, wide.A)
+    assert torch.equal(half.C, wide.C)

@@ -9,6 +9,7 @@ from mmquant import QuantConfig
 from mmquant.checkpoint import load_container, load_quantized, save_quantized
 from mmquant.core.activation import fake_quantize_activation
 from mmquant.nn import QuantizedLayer
+from mmquant.nn.layer_kinds import weight_name
 from mmquant.quantization.capture import LayerCapture
 
 
@@ -180,3 +181,38 @@ def test_mmcv_attention_wrapper():
                                'output'),
     }
     assert isinstance(qmodel.attn.attn, QuantizedLayer)
+
+
+@pytest.mark.parametrize('ec', [False, True], ids=['fast', 'ec'])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16],
+                         ids=str)
+def test_attention_in_model_dtype(dtype, ec, tmp_path):
+    """The in_proj wrapper and the out_proj nested in it keep float32
+    scales and compute in the model's dtype, also after a round trip."""
+    batches = [tuple(t.to(dtype) for t in b) for b in data()]
+    qmodel, _ = mmquant.quantize(
+        build().to(dtype), batches,
+        QuantConfig(w_bits=4, a_bits=8, error_compensation=ec),
+        logger=lambda msg: None)
+    layers = {n: m for n, m in qmodel.named_modules()
+              if isinstance(m, QuantizedLayer)}
+    assert {'cross', 'cross.layer.out_proj'} <= set(layers)
+    for layer in layers.values():
+        assert layer.compute_dtype == dtype
+        assert layer.weight_scale.dtype == torch.float32
+        assert layer.act_scale.dtype == torch.float32
+        assert getattr(layer.layer, weight_name(layer.layer)).dtype == dtype
+    x, mem = (t.to(dtype) for t in data(1, seed=2)[0])
+    with torch.no_grad():
+        out = qmodel(x, mem)
+    assert out.dtype == dtype
+    path = str(tmp_path / 'attn.pth')
+    save_quantized(qmodel, path)
+    fresh = load_quantized(build(seed=7).to(dtype), path)
+    expected, loaded = qmodel.state_dict(), fresh.state_dict()
+    assert list(loaded) == list(expected)
+    for key, value in expected.items():
+        assert loaded[key].dtype == value.dtype, key
+        assert torch.equal(loaded[key], value), key
+    with torch.no_grad():
+        assert torch.equal(fresh(x, mem), out)
