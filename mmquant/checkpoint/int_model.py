@@ -50,6 +50,13 @@ RESERVED_META_KEYS = ('layers', 'mmquant_version', 'float_bytes',
 _LAYER_KEYS = ('name', 'w_bits', 'a_bits', 'act_signed', 'shape', 'numel',
                'layer_type')
 _FLOAT32_BYTES = 4
+#: Compute dtypes a layer record may name (``dtype``); absent: float32.
+_DTYPES = {
+    'float16': torch.float16,
+    'bfloat16': torch.bfloat16,
+    'float32': torch.float32,
+    'float64': torch.float64,
+}
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -254,6 +261,7 @@ def save_quantized(model: nn.Module,
             'numel': int(layer.qweight.numel()),
             'layer_type': type(layer.layer).__name__,
             'channels': int(layer.weight_scale.numel()),
+            'dtype': _dtype_name(layer.compute_dtype, name),
         })
     missing = [name for name, _ in layers
                if f'{name}.qweight' not in state]
@@ -277,6 +285,26 @@ def save_quantized(model: nn.Module,
         'other_bytes': other_bytes,
         'layers': len(records),
     }
+
+
+def _dtype_name(dtype: torch.dtype, name: str) -> str:
+    """The record name of a layer's compute dtype.
+
+    Args:
+        dtype: The layer's ``compute_dtype``.
+        name: The layer's name, for the message.
+
+    Returns:
+        str: ``'float16'``, ``'bfloat16'``, ``'float32'`` or ``'float64'``.
+
+    Raises:
+        ValueError: For any other dtype.
+    """
+    for key, value in _DTYPES.items():
+        if value == dtype:
+            return key
+    raise ValueError(f'layer {name!r} computes in {dtype}, which an INT '
+                     f'checkpoint cannot record (one of {sorted(_DTYPES)})')
 
 
 def _is_bits(value: Any) -> bool:
@@ -346,9 +374,15 @@ def _check_record(where: str, rec: Any) -> Dict[str, Any]:
             or channels < 0):
         raise CheckpointError(f'{where}: channels must be a non-negative '
                               f'int, got {channels!r}')
+    # files written before dtype support have no 'dtype': float32
+    dtype = rec.get('dtype', 'float32')
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f'{where}: dtype must be one of '
+                              f'{sorted(_DTYPES)}, got {dtype!r}')
     out = dict(rec)
     out['shape'] = tuple(shape)
     out['channels'] = channels
+    out['dtype'] = dtype
     return out
 
 
@@ -703,7 +737,7 @@ def apply_quantized(model: nn.Module,
                          weight_scale.to(device=device, dtype=torch.float32),
                          rec['w_bits'], rec['a_bits'],
                          None if rec['a_bits'] is None else float(act_scale),
-                         rec['act_signed'])
+                         rec['act_signed'], _DTYPES[rec['dtype']])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f'{path_str!r}: cannot rebuild layer '
                                   f'{name!r}: {e}') from e
@@ -772,9 +806,10 @@ def inspect_quantized(path: PathLike) -> Dict[str, Any]:
         * ``meta``: the caller's meta (all non-reserved keys);
         * ``layers``: one dict per quantized layer, in file order, with
           ``name``, ``layer_type``, ``w_bits``, ``a_bits``, ``act_signed``,
-          ``shape``, ``numel``, ``packed_bytes``, ``float_bytes`` (float32
-          size of the weight) and ``ratio`` (``float_bytes /
-          packed_bytes``);
+          ``shape``, ``numel``, ``dtype`` (the compute dtype's name,
+          ``'float32'`` for a record without it), ``packed_bytes``,
+          ``float_bytes`` (float32 size of the weight) and ``ratio``
+          (``float_bytes / packed_bytes``);
         * ``totals``: ``layers``, ``packed_bytes``, ``float_bytes``,
           ``ratio``, ``scale_bytes`` (weight and activation scales),
           ``other_bytes`` (all non-packed tensors, scales included),
@@ -818,6 +853,7 @@ def inspect_quantized(path: PathLike) -> Dict[str, Any]:
             'act_signed': rec['act_signed'],
             'shape': list(rec['shape']),
             'numel': rec['numel'],
+            'dtype': rec['dtype'],
             'packed_bytes': packed_bytes,
             'float_bytes': float_bytes,
             'ratio': float_bytes / packed_bytes if packed_bytes else None,

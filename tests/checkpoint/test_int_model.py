@@ -206,6 +206,7 @@ def test_file_layout(saved):
             'numel': qweight.numel(),
             'layer_type': type(model.get_submodule(name).layer).__name__,
             'channels': qweight.shape[0],
+            'dtype': 'float32',
         }
         packed = tensors[f'{name}.qweight_packed']
         assert packed.dtype == torch.uint8
@@ -570,6 +571,64 @@ def test_file_without_channels_loads(saved, tmp_path):
     x = _input()
     with torch.no_grad():
         assert torch.equal(fresh(x), saved[0](x))
+
+
+def test_file_without_dtype_loads_as_float32(saved, tmp_path):
+    """Files written before ``dtype`` existed compute in float32."""
+
+    def edit(tensors, meta):
+        for rec in meta['layers']:
+            del rec['dtype']
+
+    path = _rewrite(saved[1], str(tmp_path / 'old.pth'), edit)
+    assert {r['dtype'] for r in inspect_quantized(path)['layers']} == {
+        'float32'}
+    fresh = load_quantized(build(1).double(), path)
+    for name in ORDER:
+        layer = fresh.get_submodule(name)
+        assert layer.compute_dtype == torch.float32
+        assert layer.weight.dtype == torch.float32
+        assert torch.equal(layer.weight, saved[0].get_submodule(name).weight)
+
+
+@pytest.mark.parametrize('dtype', ['int8', 'float', 3, None])
+def test_bad_dtype_record(saved, tmp_path, dtype):
+
+    def edit(tensors, meta):
+        meta['layers'][1]['dtype'] = dtype
+
+    path = _rewrite(saved[1], str(tmp_path / 'bad.pth'), edit)
+    with pytest.raises(CheckpointError, match="layer 'dw'.*dtype must be"):
+        load_quantized(build(1), path)
+
+
+@pytest.mark.parametrize('dtype',
+                         [torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
+def test_round_trip_keeps_the_dtype(dtype, tmp_path):
+    model = quantize(build(0).to(dtype), MIXED)
+    path = str(tmp_path / 'q.pth')
+    save_quantized(model, path)
+    _, meta = load_container(path)
+    assert {r['dtype'] for r in meta['layers']} == {str(dtype)[6:]}
+    fresh = load_quantized(build(1).to(dtype), path)
+    for name in ORDER:
+        layer = fresh.get_submodule(name)
+        assert layer.compute_dtype == dtype
+        assert layer.weight.dtype == dtype
+        assert layer.weight_scale.dtype == torch.float32
+        assert torch.equal(layer.weight, model.get_submodule(name).weight)
+    expected = model.state_dict()
+    loaded = fresh.state_dict()
+    assert list(loaded) == list(expected)
+    for key, value in expected.items():
+        assert loaded[key].dtype == value.dtype, key
+        assert torch.equal(loaded[key], value), key
+    x = _input().to(dtype)
+    with torch.no_grad():
+        out = fresh(x)
+        assert out.dtype == dtype
+        assert torch.equal(out, model(x))
 
 
 class Kinds(nn.Module):
