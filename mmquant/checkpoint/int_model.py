@@ -252,7 +252,7 @@ def save_quantized(model: nn.Module,
         tensors[_packed_name(name)] = packed
         packed_bytes += _nbytes(packed)
         float_bytes += layer.qweight.numel() * _FLOAT32_BYTES
-        records.append({
+        record = {
             'name': name,
             'w_bits': int(layer.w_bits),
             'a_bits': None if layer.a_bits is None else int(layer.a_bits),
@@ -261,8 +261,13 @@ def save_quantized(model: nn.Module,
             'numel': int(layer.qweight.numel()),
             'layer_type': type(layer.layer).__name__,
             'channels': int(layer.weight_scale.numel()),
-            'dtype': _dtype_name(layer.compute_dtype, name),
-        })
+        }
+        dtype = _dtype_name(layer.compute_dtype, name)
+        if dtype != 'float32':
+            # absent means float32, so float32 models write the same
+            # files as before dtype support
+            record['dtype'] = dtype
+        records.append(record)
     missing = [name for name, _ in layers
                if f'{name}.qweight' not in state]
     if missing:

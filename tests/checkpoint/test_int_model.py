@@ -206,8 +206,7 @@ def test_file_layout(saved):
             'numel': qweight.numel(),
             'layer_type': type(model.get_submodule(name).layer).__name__,
             'channels': qweight.shape[0],
-            'dtype': 'float32',
-        }
+        }  # no 'dtype': float32 layers write none (absent = float32)
         packed = tensors[f'{name}.qweight_packed']
         assert packed.dtype == torch.uint8
         assert packed.numel() == packed_nbytes(qweight.numel(), rec['w_bits'])
@@ -574,11 +573,12 @@ def test_file_without_channels_loads(saved, tmp_path):
 
 
 def test_file_without_dtype_loads_as_float32(saved, tmp_path):
-    """Files written before ``dtype`` existed compute in float32."""
+    """A record without ``dtype`` (a float32 layer's, or any record of a
+    file written before ``dtype`` existed) computes in float32."""
 
     def edit(tensors, meta):
-        for rec in meta['layers']:
-            del rec['dtype']
+        # float32 layers write no dtype: the file is as before
+        assert all('dtype' not in rec for rec in meta['layers'])
 
     path = _rewrite(saved[1], str(tmp_path / 'old.pth'), edit)
     assert {r['dtype'] for r in inspect_quantized(path)['layers']} == {
