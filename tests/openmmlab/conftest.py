@@ -507,8 +507,9 @@ TRAINING = dict(resnet=(12, 3e-3), mobilenet=(96, 3e-3))
 #: kernel (default vs AVX2/AVX512) grow to completely different weights
 #: within 16 Adam steps (measured: relative weight differences of 2.3-3.0
 #: after 24-96 steps at every learning rate tried, 1e-3..1e-2), so every
-#: machine would test another model. The file is ``_train_classifier`` on this data, as
-#: ``python tests/openmmlab/make_checkpoints.py`` writes it.
+#: machine would test another model. The file is ``_train_classifier``
+#: on this data, as ``python tests/openmmlab/make_checkpoints.py`` writes
+#: it.
 COMMITTED = dict(mobilenet=(
     osp.join(osp.dirname(osp.abspath(__file__)), 'data',
              'mobilenet_x0.25_tiny.pth'),

@@ -48,7 +48,8 @@ def _build_elsewhere(ws, kind: str, out: str) -> str:
             {capability!r}.lower(), torch.backends.cpu.get_cpu_capability()
         q = cf.small_quantizer()
         if {kind!r} == 'retinanet':
-            model = cf._calibrate_bn(cf.det_config({ws.coco_root!r}, 'retinanet', q))
+            model = cf._calibrate_bn(
+                cf.det_config({ws.coco_root!r}, 'retinanet', q))
         else:
             steps, lr = cf.TRAINING[{kind!r}]
             model = cf._train_classifier(
