@@ -669,27 +669,29 @@ def render_markdown(rows: Sequence[BenchmarkRow],
     return '\n\n'.join(parts) + '\n'
 
 
-def update_readme(path: str, section: str) -> None:
-    """Replace the text between the benchmark markers of a README.
+def update_readme(path: str, section: str, start: str = README_START,
+                  end: str = README_END) -> None:
+    """Replace the text between two markers of a Markdown page.
 
     Args:
-        path (str): The README (must contain :data:`README_START` and
-            :data:`README_END`, in this order, once each).
+        path (str): The page (must contain ``start`` and ``end``, in this
+            order, once each).
         section (str): The new text between them.
+        start (str): The start marker. Defaults to :data:`README_START`.
+        end (str): The end marker. Defaults to :data:`README_END`.
     """
     with open(path) as f:
         text = f.read()
-    starts, ends = text.count(README_START), text.count(README_END)
-    if starts != 1 or ends != 1 or \
-            text.index(README_START) > text.index(README_END):
+    starts, ends = text.count(start), text.count(end)
+    if starts != 1 or ends != 1 or text.index(start) > text.index(end):
         raise ValueError(
-            f'{path}: needs exactly one {README_START!r} followed by one '
-            f'{README_END!r} line to mark the generated results '
+            f'{path}: needs exactly one {start!r} followed by one '
+            f'{end!r} line to mark the generated results '
             f'(found {starts} and {ends})')
-    head, rest = text.split(README_START)
-    _, tail = rest.split(README_END)
-    write_text_atomic(path, head + README_START + '\n' + section.strip()
-                       + '\n' + README_END + tail)
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    write_text_atomic(path, head + start + '\n' + section.strip()
+                      + '\n' + end + tail)
 
 
 #: Metadata of each method in a metafile entry (``Mode``: BitSplit only).

@@ -99,6 +99,16 @@ class QuantConfig:
             ``|Y - X W_q^T|^2 + lam |W - W_q|^2``. It keeps such layers
             (heads, late 1x1-spatial layers, small calibration sets) from
             fitting the calibration set. Defaults to 0.1.
+        damping_scales_with_rows (bool): Multiply the ridge by
+            ``max(1, N / rows)`` (``True``) or keep it at ``damping *
+            mean(diag A)`` whatever the number of rows (``False``).
+            Defaults to True.
+        output_method (str, optional): How the *output layers* (see
+            ``first_last_bits``) are quantized: ``'bitsplit'`` (output
+            reconstruction, like every other layer) or ``'rtn'``
+            (weight-only MSE rounding, as the authors' released code
+            treats a classifier's last ``fc``). ``None`` follows
+            ``method``. Defaults to None.
         bn_reestimation (bool): Re-estimate BatchNorm running statistics on
             the calibration data after quantization. Defaults to False.
         act_samples (int): Values kept per activation for fitting its
@@ -123,6 +133,8 @@ class QuantConfig:
     max_rounds: int = 100
     schedule: str = 'integer'
     damping: float = 0.1
+    damping_scales_with_rows: bool = True
+    output_method: Optional[str] = None
     bn_reestimation: bool = False
     act_samples: int = 1 << 18
     max_stats_bytes: Optional[int] = 2 << 30
@@ -153,7 +165,17 @@ class QuantConfig:
         for name in ('max_rounds', 'act_samples'):
             _check_positive(name, getattr(self, name), optional=False)
         check_schedule(self.schedule)
-        for name in ('error_compensation', 'bn_reestimation'):
+        if self.output_method is not None:
+            if self.output_method not in METHODS:
+                raise ValueError(f'output_method must be one of {METHODS} '
+                                 f'or None, got {self.output_method!r}')
+            if self.method == 'rtn' and self.output_method != 'rtn':
+                raise ValueError(
+                    f'output_method={self.output_method!r} needs '
+                    "method='bitsplit' (an RTN run collects no statistics "
+                    'to reconstruct outputs from)')
+        for name in ('error_compensation', 'bn_reestimation',
+                     'damping_scales_with_rows'):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f'{name} must be True or False, got '
                                 f'{getattr(self, name)!r}')

@@ -663,10 +663,20 @@ class _Run:
         t0 = time.perf_counter()
         weight = state.weight2d()
         yy = float(state.acc.yy.sum())
-        ridge = _damp(state.acc, weight, self.cfg.damping)
-        result = solve_layer(weight, state.acc, state.spec.w_bits,
-                             max_rounds=self.cfg.max_rounds,
-                             schedule=self.cfg.schedule)
+        # output_method='rtn': the output layers keep the MSE-RTN start
+        # (weight-only rounding); their statistics still give the error
+        weight_only = (self.cfg.output_method == 'rtn'
+                       and 'output' in (state.report.role or '').split('+'))
+        ridge = _damp(state.acc, weight,
+                      0.0 if weight_only else self.cfg.damping,
+                      self.cfg.damping_scales_with_rows)
+        result = solve_layer(
+            weight, state.acc, state.spec.w_bits,
+            max_rounds=0 if weight_only else self.cfg.max_rounds,
+            schedule=self.cfg.schedule)
+        if weight_only:
+            state.report.note = ("weight-only MSE rounding "
+                                 "(output_method='rtn')")
         self.timing['solver'] += time.perf_counter() - t0
         rep = state.report
         rep.rows = int(state.acc.n_rows)
@@ -731,13 +741,15 @@ def _attached(captures: Iterable[LayerCapture]) -> Iterator[None]:
         yield
 
 
-def _damp(acc: StatsAccumulator, weight: Tensor,
-          damping: float) -> Callable[[Tensor, Tensor], float]:
+def _damp(acc: StatsAccumulator, weight: Tensor, damping: float,
+          scales_with_rows: bool = True
+          ) -> Callable[[Tensor, Tensor], float]:
     """Add a ridge pulling the weights towards the float weights.
 
     ``A += lam I``, ``C += lam W^T``, ``yy += lam |w|^2`` per group, with
-    ``lam = damping * max(1, N / rows) * mean(diag A)``: the objective
-    becomes
+    ``lam = damping * max(1, N / rows) * mean(diag A)`` (without the
+    ``max(1, N / rows)`` factor if ``scales_with_rows`` is False): the
+    objective becomes
     ``|Y - X W_q^T|^2 + lam |W - W_q|^2``. Directions the calibration rows
     do not see (fewer rows than inputs, dead inputs) then follow the float
     weights instead of fitting the calibration set.
@@ -746,6 +758,8 @@ def _damp(acc: StatsAccumulator, weight: Tensor,
         acc (StatsAccumulator): The layer's statistics (modified).
         weight (Tensor): The float weight.
         damping (float): Relative ridge strength; 0 disables it.
+        scales_with_rows (bool): Grow the ridge with ``N / rows`` when a
+            layer has fewer calibration rows than inputs.
 
     Returns:
         callable: ``ridge(q, scale)``, the ridge term's value summed over
@@ -755,7 +769,9 @@ def _damp(acc: StatsAccumulator, weight: Tensor,
     W = acc.weight_matrix(weight).to(acc.A)  # (G, Mg, N)
     # fewer rows than inputs: the statistics see only part of the input
     # space, so the ridge grows with N / rows
-    scale = damping * max(1.0, N / max(int(acc.n_rows), 1))
+    scale = damping
+    if scales_with_rows:
+        scale *= max(1.0, N / max(int(acc.n_rows), 1))
     lam = scale * torch.diagonal(acc.A, dim1=1, dim2=2).mean(dim=1)
     if damping > 0:
         acc.A += lam[:, None, None] * torch.eye(

@@ -30,7 +30,8 @@ class LayerReport:
             ``'output'`` (its output reaches the model's outputs),
             ``'input+output'`` or ``None``; input and output layers get
             ``first_last_bits``.
-        note (str): Why a layer was left float, if it was.
+        note (str): Why a layer was left float, if it was, or how it
+            was treated unlike the config's other layers.
     """
 
     name: str

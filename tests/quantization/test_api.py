@@ -168,3 +168,68 @@ def test_bn_reestimation_matches_quantized_batch_statistics():
     assert torch.allclose(qmodel.bn.running_mean, expected, atol=1e-5)
     assert not torch.allclose(model.bn.running_mean, expected, atol=1e-3)
     assert not qmodel.bn.training and qmodel.bn.momentum == 0.1
+
+
+@pytest.mark.parametrize('ec', [False, True])
+def test_output_method_rtn_rounds_only_the_output_layers(tiny, ec):
+    """``output_method='rtn'`` gives the output layer (the head) exactly
+    the weight-only MSE rounding of an RTN run; the other layers keep
+    their BitSplit solution."""
+    data = batches()
+    common = dict(w_bits=3, a_bits=8, error_compensation=ec)
+    ref, _ = mmquant.quantize(tiny, data, QuantConfig(**common))
+    rtn, _ = mmquant.quantize(tiny, data,
+                              QuantConfig(method='rtn', **common))
+    out, report = mmquant.quantize(
+        tiny, data, QuantConfig(output_method='rtn', **common))
+    rows = {r.name: r for r in report.layers}
+    assert rows['head'].role == 'output'
+    assert rows['head'].rounds == 0
+    # the same integers; the objective uses the stored float32 scales
+    assert rows['head'].objective == pytest.approx(
+        rows['head'].objective_rtn, rel=1e-5)
+    assert 'weight-only' in rows['head'].note
+    q_out, q_ref, q_rtn = qlayers(out), qlayers(ref), qlayers(rtn)
+    assert torch.equal(q_out['head'].qweight, q_rtn['head'].qweight)
+    assert torch.equal(q_out['head'].weight_scale,
+                       q_rtn['head'].weight_scale)
+    assert not torch.equal(q_ref['head'].qweight, q_rtn['head'].qweight)
+    # the layers before the head are those of the reference run
+    for name in ('stem', 'dw', 'grouped', 'same', 'pw'):
+        assert torch.equal(q_out[name].qweight, q_ref[name].qweight), name
+        assert rows[name].rounds > 0 and rows[name].note == '', name
+
+
+@pytest.mark.parametrize('cfg, match', [
+    (dict(output_method='gptq'), "output_method must be one of"),
+    (dict(method='rtn', output_method='bitsplit'),
+     "output_method='bitsplit' needs method='bitsplit'"),
+    (dict(damping_scales_with_rows=1), 'damping_scales_with_rows must be '
+     'True or False'),
+])
+def test_bad_ablation_options(cfg, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        QuantConfig(**cfg)
+
+
+@pytest.mark.parametrize('scales_with_rows, factor', [(True, 4.0),
+                                                     (False, 1.0)])
+def test_ridge_strength(scales_with_rows, factor):
+    """``lam = damping * mean(diag A)``, times ``N / rows`` when the layer
+    saw fewer rows than it has inputs (here 8 rows, N = 32)."""
+    from mmquant.core.stats import LayerGeometry, StatsAccumulator
+    from mmquant.quantization.engine import _damp
+    gen = torch.Generator().manual_seed(0)
+    layer = nn.Linear(32, 4)
+    acc = StatsAccumulator(LayerGeometry.from_module(layer))
+    x = torch.randn(8, 32, generator=gen)
+    acc.update(x, layer(x).detach() - layer.bias.detach())
+    A0 = acc.A.clone()
+    mean_diag = float(torch.diagonal(A0[0]).mean())
+    ridge = _damp(acc, layer.weight.detach(), 0.1, scales_with_rows)
+    lam = 0.1 * factor * mean_diag
+    assert torch.allclose(acc.A[0] - A0[0],
+                          lam * torch.eye(32, dtype=torch.float64))
+    q = torch.zeros(4, 32)
+    w2 = float((layer.weight.detach().double()**2).sum())
+    assert ridge(q, torch.ones(4)) == pytest.approx(lam * w2, rel=1e-12)

@@ -49,3 +49,16 @@ def test_ten_line_example_runs(tmp_path, monkeypatch):
     # random-weight MobileNetV3 (hardswish, SE gates) at W8A8: measured
     # 0.079 relative L2 error, against 0.27 at W4A8 (0.38 with RTN)
     assert err(w8) < 0.1
+
+
+def test_every_config_key_is_in_the_table():
+    """The Config table of docs/python_api.md names every QuantConfig
+    key, and no key that does not exist."""
+    import dataclasses
+    with open(DOC) as f:
+        text = f.read()
+    section = text.split('## Config', 1)[1].split('\n## ', 1)[0]
+    documented = set(re.findall(r'^\| `(\w+)` \|', section, re.M))
+    fields = {f.name for f in dataclasses.fields(mmquant.QuantConfig)}
+    assert documented == fields, (sorted(fields - documented),
+                                  sorted(documented - fields))
