@@ -111,6 +111,20 @@ class QuantConfig:
             ``method``. Defaults to None.
         bn_reestimation (bool): Re-estimate BatchNorm running statistics on
             the calibration data after quantization. Defaults to False.
+        sensitivity (bool): Also solve every quantized layer at each of
+            ``candidate_bits`` from the same statistics and record its
+            relative output error at each width
+            (``LayerReport.sensitivity``). Defaults to False.
+        candidate_bits (list[int]): The widths of ``sensitivity`` and
+            ``target_bits``. Defaults to ``[2, 3, 4, 8]``.
+        target_bits (float, optional): Mixed precision: choose each
+            layer's weight width from ``candidate_bits`` so that the
+            average bits per weight (weighted by parameter count, over all
+            quantized layers) is at most this, minimising the summed
+            relative squared output error measured by a fast-mode
+            sensitivity pass (:mod:`mmquant.quantization.mixed_precision`);
+            layers fixed by ``first_last_bits`` or ``overrides`` keep their
+            width. ``None``: every layer gets ``w_bits``. Defaults to None.
         act_samples (int): Values kept per activation for fitting its
             scale. Defaults to 2**18.
         max_stats_bytes (int, optional): Budget for one layer's statistics
@@ -136,6 +150,10 @@ class QuantConfig:
     damping_scales_with_rows: bool = True
     output_method: Optional[str] = None
     bn_reestimation: bool = False
+    sensitivity: bool = False
+    candidate_bits: List[int] = field(
+        default_factory=lambda: [2, 3, 4, 8])
+    target_bits: Optional[float] = None
     act_samples: int = 1 << 18
     max_stats_bytes: Optional[int] = 2 << 30
     seed: int = 0
@@ -174,8 +192,28 @@ class QuantConfig:
                     f'output_method={self.output_method!r} needs '
                     "method='bitsplit' (an RTN run collects no statistics "
                     'to reconstruct outputs from)')
+        if isinstance(self.candidate_bits, (str, int)) or not isinstance(
+                self.candidate_bits, Sequence) or not self.candidate_bits:
+            raise TypeError('candidate_bits must be a non-empty list of '
+                            f'bit widths, got {self.candidate_bits!r}')
+        for bits in self.candidate_bits:
+            check_bits(bits, 'candidate_bits')
+        self.candidate_bits = sorted(set(self.candidate_bits))
+        if self.target_bits is not None:
+            if isinstance(self.target_bits, bool) or not isinstance(
+                    self.target_bits, (int, float)) or not \
+                    2 <= self.target_bits <= 8:
+                raise ValueError('target_bits must be a number in 2..8 '
+                                 '(average bits per weight), got '
+                                 f'{self.target_bits!r}')
+            self.target_bits = float(self.target_bits)
+        if self.method == 'rtn' and (self.sensitivity
+                                     or self.target_bits is not None):
+            raise ValueError(
+                "sensitivity and target_bits need method='bitsplit': they "
+                'measure output errors from its calibration statistics')
         for name in ('error_compensation', 'bn_reestimation',
-                     'damping_scales_with_rows'):
+                     'damping_scales_with_rows', 'sensitivity'):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f'{name} must be True or False, got '
                                 f'{getattr(self, name)!r}')

@@ -28,6 +28,7 @@ calls (one set of integers serves every call).
 """
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
@@ -47,6 +48,7 @@ from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
                       OpCall, StopForward, conv2d_weight, layer_kind,
                       layer_weight)
 from .config import LayerSpec, QuantConfig
+from .mixed_precision import allocation_overrides, plan_mixed_precision
 from .report import LayerReport, QuantReport
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -138,9 +140,49 @@ def quantize(model: nn.Module,
     elif not isinstance(config, QuantConfig):
         raise TypeError('config must be a QuantConfig or a dict, got '
                         f'{type(config).__name__}')
+    forward_fn = forward_fn or default_forward
+    logger = logger or _default_logger()
+    if config.target_bits is not None:
+        return _quantize_mixed(model, calib_data, config, forward_fn,
+                               inplace, logger)
     run = _Run(model if inplace else copy.deepcopy(model), config,
-               forward_fn or default_forward, logger or _default_logger())
+               forward_fn, logger)
     return run.execute(calib_data)
+
+
+def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
+                    config: QuantConfig, forward_fn: ForwardFn,
+                    inplace: bool, logger: Logger
+                    ) -> Tuple[nn.Module, QuantReport]:
+    """``target_bits``: a fast-mode sensitivity pass, the allocation,
+    then the configured run with the chosen per-layer widths."""
+    collector = _Run(model, config, forward_fn, logger)
+    collector._collect_batches(calib_data)
+    batches = collector.batches  # calib_data may be a one-shot iterator
+    probe = _Run(copy.deepcopy(model), dataclasses.replace(
+        config, error_compensation=False, sensitivity=True,
+        target_bits=None, bn_reestimation=False), forward_fn, logger)
+    logger('mmquant: mixed precision: sensitivity pass (fast mode) at '
+           f'widths {config.candidate_bits}')
+    _, sens = probe.execute(batches)
+    params = {s.name: s.weight2d().numel() for s in probe.layers}
+    plan = plan_mixed_precision(sens, config, params)
+    logger(f'mmquant: mixed precision: {plan.average_bits:.3f} bits per '
+           f'weight (target {plan.target_bits}); widths '
+           f'{sorted(plan.bits.items())}')
+    final = dataclasses.replace(config, target_bits=None,
+                                overrides=allocation_overrides(plan, config))
+    run = _Run(model if inplace else copy.deepcopy(model), final,
+               forward_fn, logger)
+    qmodel, report = run.execute(batches)
+    report.config = config.to_dict()
+    report.extra['mixed_precision'] = plan.to_dict()
+    for rep in report.layers:
+        probed = {r.name: r for r in sens.layers}.get(rep.name)
+        if probed is not None and probed.sensitivity is not None:
+            rep.sensitivity = probed.sensitivity
+    report.timing['sensitivity_pass'] = sens.timing['total']
+    return qmodel, report
 
 
 def _default_logger() -> Logger:
@@ -691,6 +733,18 @@ class _Run:
         rep.rel_error_rtn = _rel(rep.objective_rtn, yy)
         rep.rel_error = _rel(rep.objective, yy)
         rep.rounds = int(result.rounds)
+        if self.cfg.sensitivity:
+            t1 = time.perf_counter()
+            rep.sensitivity = {}
+            for bits in self.cfg.candidate_bits:
+                res = result if bits == state.spec.w_bits else solve_layer(
+                    weight, state.acc, bits,
+                    max_rounds=0 if weight_only else self.cfg.max_rounds,
+                    schedule=self.cfg.schedule)
+                obj = float(res.objective.sum()) - ridge(res.qweight,
+                                                         res.scale)
+                rep.sensitivity[str(bits)] = _rel(obj, yy)
+            self.timing['solver'] += time.perf_counter() - t1
         if act is None:
             act = self._fit_activation(state)
         self._swap(state, state.own_weight(result.qweight), result.scale,

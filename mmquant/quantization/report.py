@@ -30,6 +30,8 @@ class LayerReport:
             ``'output'`` (its output reaches the model's outputs),
             ``'input+output'`` or ``None``; input and output layers get
             ``first_last_bits``.
+        sensitivity (dict, optional): ``{str(bits): rel_error}`` at each
+            candidate width (``QuantConfig.sensitivity``).
         note (str): Why a layer was left float, if it was, or how it
             was treated unlike the config's other layers.
     """
@@ -49,6 +51,7 @@ class LayerReport:
     rounds: int = 0
     time_s: float = 0.0
     role: Optional[str] = None
+    sensitivity: Optional[Dict[str, float]] = None
     note: str = ''
 
 

@@ -1,0 +1,170 @@
+"""Sensitivity (every width from one set of statistics) and mixed
+precision under an average-bits budget."""
+import itertools
+import random
+
+import pytest
+import torch
+
+import mmquant
+from mmquant import QuantConfig
+from mmquant.nn import QuantizedLayer
+from mmquant.quantization.mixed_precision import GRID_STEPS, allocate_bits
+
+from .models import TinyNet, init_model, smooth_images
+
+
+def batches():
+    return list(smooth_images(32, 16, 0).split(8))
+
+
+def quiet(msg):
+    pass
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    return init_model(TinyNet())
+
+
+def brute_force(errors, costs, budget):
+    best = None
+    for picks in itertools.product(*[range(len(e)) for e in errors]):
+        cost = sum(c[k] for c, k in zip(costs, picks))
+        if cost <= budget:
+            err = sum(e[k] for e, k in zip(errors, picks))
+            if best is None or err < best:
+                best = err
+    return best
+
+
+def random_instance(rng, n_items, big):
+    errors, costs = [], []
+    widths = [2, 3, 4, 8]
+    for _ in range(n_items):
+        params = rng.randint(10**5, 10**7) if big else rng.randint(1, 300)
+        e = sorted((rng.random() for _ in widths), reverse=True)
+        errors.append(e)
+        costs.append([params * w for w in widths])
+    lo = sum(c[0] for c in costs)
+    hi = sum(c[-1] for c in costs)
+    return errors, costs, rng.randint(lo, hi)
+
+
+@pytest.mark.parametrize('big', [False, True])
+def test_allocation_matches_brute_force(big):
+    """Small costs: the exact integer grid gives the optimum itself. Large
+    costs (millions of parameters, > GRID_STEPS steps): costs rounded up
+    to the grid, always within budget and within 1 % of the optimum."""
+    rng = random.Random(0)
+    worst = 0.0
+    for _ in range(60):
+        errors, costs, budget = random_instance(rng, 6, big)
+        if big:
+            assert budget > GRID_STEPS  # the rounded grid is exercised
+        picks, total = allocate_bits(errors, costs, budget)
+        assert sum(c[k] for c, k in zip(costs, picks)) <= budget
+        assert total == pytest.approx(
+            sum(e[k] for e, k in zip(errors, picks)))
+        opt = brute_force(errors, costs, budget)
+        if big:
+            worst = max(worst, total / opt - 1)
+        else:
+            assert total == pytest.approx(opt, rel=1e-12)
+    assert worst <= 0.01
+
+
+def test_allocation_ties_and_bad_input():
+    # equal errors: the least cost wins, then the earlier option of the
+    # later item
+    assert allocate_bits([[1.0, 1.0]], [[2, 3]], 3) == ([0], 1.0)
+    assert allocate_bits([[2.0, 1.0], [2.0, 1.0]], [[1, 2], [1, 2]],
+                         3) == ([1, 0], 3.0)
+    with pytest.raises(ValueError, match='below the cheapest choice'):
+        allocate_bits([[1.0, 0.5]], [[4, 8]], 3)
+    with pytest.raises(ValueError, match='one non-empty row'):
+        allocate_bits([[1.0]], [[1, 2]], 3)
+
+
+def test_sensitivity_equals_runs_at_each_width(tiny):
+    """The error a sensitivity run records at width b is exactly the
+    error of a run at width b (fast mode: the same statistics)."""
+    common = dict(a_bits=8, error_compensation=False)
+    _, rep = mmquant.quantize(tiny, batches(), QuantConfig(
+        w_bits=4, sensitivity=True, **common), logger=quiet)
+    rows = {r.name: r for r in rep.layers}
+    for bits in (2, 3, 8):
+        _, at = mmquant.quantize(tiny, batches(), QuantConfig(
+            w_bits=bits, **common), logger=quiet)
+        for r in at.layers:
+            if r.role is None:  # first_last_bits keeps the others at 8
+                assert rows[r.name].sensitivity[str(bits)] == r.rel_error
+    for r in rep.layers:
+        assert r.sensitivity[str(r.w_bits)] == r.rel_error
+        assert r.sensitivity['8'] < r.sensitivity['4'] < \
+            r.sensitivity['2'], r.name
+
+
+@pytest.mark.parametrize('ec', [False, True])
+def test_target_bits_chooses_widths_within_budget(tiny, ec):
+    cfg = QuantConfig(target_bits=3.0, error_compensation=ec)
+    qmodel, rep = mmquant.quantize(tiny, batches(), cfg, logger=quiet)
+    plan = rep.extra['mixed_precision']
+    layers = {n: m for n, m in qmodel.named_modules()
+              if isinstance(m, QuantizedLayer)}
+    params = {n: m.qweight.numel() for n, m in layers.items()}
+    widths = {n: m.w_bits for n, m in layers.items()}
+    assert widths == {**plan['bits'], **plan['fixed']}
+    assert plan['fixed'] == {'stem': 8, 'head': 8}
+    average = sum(params[n] * widths[n] for n in widths) / sum(
+        params.values())
+    assert average == pytest.approx(plan['average_bits'], abs=1e-6)
+    assert average <= 3.0
+    assert len(set(plan['bits'].values())) > 1  # really mixed
+    assert rep.config['target_bits'] == 3.0
+    assert rep.mode == ('error_compensated' if ec else 'fast')
+    # the allocation minimises the probe's summed squared errors
+    errors = [[rep.layers[i].sensitivity[str(b)] ** 2 for b in (2, 3, 4, 8)]
+              for i, r in enumerate(rep.layers) if r.name in plan['bits']]
+    assert plan['error'] == pytest.approx(brute_force(
+        errors, [[params[n] * b for b in (2, 3, 4, 8)]
+                 for n in plan['bits']],
+        int(3.0 * sum(params.values())) - 8 * (params['stem']
+                                                + params['head'])))
+
+
+def test_target_bits_fast_equals_overrides(tiny):
+    """Fast mode: the mixed run is the plain run with the chosen widths
+    as overrides (the probe changes nothing but the widths)."""
+    q1, rep = mmquant.quantize(tiny, batches(), QuantConfig(
+        target_bits=3.5, error_compensation=False), logger=quiet)
+    overrides = {n: dict(w_bits=b)
+                 for n, b in rep.extra['mixed_precision']['bits'].items()}
+    q2, _ = mmquant.quantize(tiny, batches(), QuantConfig(
+        error_compensation=False, overrides=overrides), logger=quiet)
+    for (n, a), (_, b) in zip(q1.named_modules(), q2.named_modules()):
+        if isinstance(a, QuantizedLayer):
+            assert torch.equal(a.qweight, b.qweight), n
+            assert torch.equal(a.weight_scale, b.weight_scale), n
+
+
+def test_target_below_what_the_model_allows(tiny):
+    with pytest.raises(ValueError, match='target_bits=2.0 is below the '
+                       'smallest average this model allows'):
+        mmquant.quantize(tiny, batches(), QuantConfig(target_bits=2.0),
+                         logger=quiet)
+
+
+@pytest.mark.parametrize('cfg, error, match', [
+    (dict(target_bits=1.5), ValueError, 'target_bits must be a number in '
+     '2..8'),
+    (dict(candidate_bits=[2, 9]), ValueError, 'candidate_bits must be an '
+     'integer in 2..8'),
+    (dict(candidate_bits=4), TypeError, 'candidate_bits must be a '
+     'non-empty list'),
+    (dict(method='rtn', sensitivity=True), ValueError,
+     "sensitivity and target_bits need method='bitsplit'"),
+])
+def test_bad_mixed_precision_config(cfg, error, match):
+    with pytest.raises(error, match=match):
+        QuantConfig(**cfg)
