@@ -20,7 +20,8 @@ import re
 import textwrap
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from mmengine.config import Config
@@ -42,13 +43,19 @@ METHODS: Dict[str, Dict[str, Any]] = {
                           error_compensation=False),
     'bitsplit': dict(type='mmquant.BitSplitQuantizer',
                      error_compensation=True),
+    # the bits tag's weight part is the average-bits target (w3.5a8)
+    'bitsplit-mixed': dict(type='mmquant.BitSplitQuantizer',
+                           error_compensation=True),
 }
+#: The methods whose bits tag gives ``target_bits`` instead of ``w_bits``.
+MIXED_METHODS = ('bitsplit-mixed', )
 #: How each method is named in tables.
 METHOD_TITLES = {
     'float': 'float',
     'rtn': 'RTN',
     'bitsplit-fast': 'BitSplit (fast)',
     'bitsplit': 'BitSplit (EC)',
+    'bitsplit-mixed': 'BitSplit (EC, mixed)',
 }
 DEFAULT_BITS = ('w8a8', 'w4a8', 'w3a8', 'w2a8')
 #: (metric key, column title, scale) per task; the first is the one the
@@ -64,7 +71,7 @@ DELTA_TITLES = {'Image Classification': 'Δ Top-1',
                 'Object Detection': 'Δ box AP'}
 README_START = '<!-- mmquant-benchmark:start -->'
 README_END = '<!-- mmquant-benchmark:end -->'
-_BITS_RE = re.compile(r'^w([2-8])a([2-8]|f)$')
+_BITS_RE = re.compile(r'^w([2-8](?:\.[0-9]+)?)a([2-8]|f)$')
 
 
 @dataclass
@@ -124,8 +131,11 @@ class BenchmarkRow:
         return (self.model, self.method, self.bits)
 
 
-def parse_bits(bits: str) -> Tuple[int, Optional[int]]:
+def parse_bits(bits: str) -> Tuple[Union[int, float], Optional[int]]:
     """Parse ``'w4a8'`` into ``(4, 8)`` (``'w4af'``: float activations).
+
+    A fractional weight part (``'w3.5a8'``) is a mixed-precision target,
+    returned as a float; only :data:`MIXED_METHODS` accept it.
 
     Args:
         bits (str): The bit-width tag.
@@ -137,12 +147,41 @@ def parse_bits(bits: str) -> Tuple[int, Optional[int]]:
         ValueError: If the tag is not ``w<2..8>a<2..8|f>``.
     """
     match = _BITS_RE.match(str(bits).lower())
-    if match is None:
+    if match is None or not 2 <= float(match.group(1)) <= 8:
         raise ValueError(f'bad bit-width tag {bits!r}: expected '
                          "'w<2..8>a<2..8>' (e.g. 'w4a8') or 'w<2..8>af' "
-                         'for float activations')
+                         "for float activations ('w3.5a8': an average for "
+                         'bitsplit-mixed)')
     a = match.group(2)
-    return int(match.group(1)), None if a == 'f' else int(a)
+    w = match.group(1)
+    return (float(w) if '.' in w else int(w)), None if a == 'f' else int(a)
+
+
+def method_quantizer(method: str, bits: str) -> Dict[str, Any]:
+    """The quantizer settings of one benchmark run.
+
+    Args:
+        method (str): A key of :data:`METHODS`.
+        bits (str): A bit-width tag.
+
+    Returns:
+        dict: :data:`METHODS` ``[method]`` with ``w_bits`` (or, for
+        :data:`MIXED_METHODS`, ``target_bits``) and ``a_bits``.
+
+    Raises:
+        ValueError: For a fractional tag of a uniform method.
+    """
+    check_methods([method])
+    w_bits, a_bits = parse_bits(bits)
+    if method in MIXED_METHODS:
+        return dict(METHODS[method], target_bits=float(w_bits),
+                    a_bits=a_bits)
+    if isinstance(w_bits, float):
+        raise ValueError(f'{bits!r}: fractional weight bits are an '
+                         f'average-bits target; method {method!r} needs '
+                         'integer bits (use one of '
+                         f'{list(MIXED_METHODS)})')
+    return dict(METHODS[method], w_bits=w_bits, a_bits=a_bits)
 
 
 def check_methods(methods: Sequence[str]) -> List[str]:
@@ -406,6 +445,9 @@ def run_benchmark(models: Sequence[BenchmarkModel],
     """
     methods = check_methods(methods)
     parsed = [(b.lower(), parse_bits(b)) for b in bits]
+    for method in methods:  # refuse a bad pair before anything runs
+        for tag, _ in parsed:
+            method_quantizer(method, tag)
     if calib_samples < 1:
         raise ValueError(f'calib_samples must be >= 1, got {calib_samples}')
     logger = MMLogger.get_current_instance()
@@ -478,13 +520,12 @@ def run_benchmark(models: Sequence[BenchmarkModel],
         else:
             count += 1
         for method in methods:
-            for tag, (w_bits, a_bits) in parsed:
+            for tag, _ in parsed:
                 if (entry.name, method, tag) in done:
                     count += 1
                     continue
                 progress(f'{entry.name}: {METHOD_TITLES[method]} {tag}')
-                overrides = dict(METHODS[method], w_bits=w_bits,
-                                 a_bits=a_bits)
+                overrides = method_quantizer(method, tag)
                 quantizer = build_quantizer(cfg, overrides)
                 t0 = time.perf_counter()
                 qmodel, report = quantizer.quantize(model, batches,
@@ -700,10 +741,12 @@ METHOD_METADATA: Dict[str, Dict[str, str]] = {
     'rtn': dict(Method='RTN'),
     'bitsplit-fast': dict(Method='BitSplit', Mode='fast'),
     'bitsplit': dict(Method='BitSplit', Mode='EC'),
+    'bitsplit-mixed': dict(Method='BitSplit', Mode='EC, mixed precision'),
 }
 #: How each method is named in the file names of entry configs.
 _FILE_TAGS = {'rtn': 'rtn', 'bitsplit-fast': 'bitsplit-fast',
-              'bitsplit': 'bitsplit-ec'}
+              'bitsplit': 'bitsplit-ec',
+              'bitsplit-mixed': 'bitsplit-ec-mixed'}
 #: Metric names of the metafile (OpenMMLab's) per evaluator key.
 _METAFILE_KEYS = {
     'accuracy/top1': 'Top 1 Accuracy',
@@ -769,9 +812,7 @@ def render_entry_config(config: str, method: str, bits: str,
     Returns:
         str: Python config text.
     """
-    check_methods([method])
-    w_bits, a_bits = parse_bits(bits)
-    quantizer = dict(METHODS[method], w_bits=w_bits, a_bits=a_bits)
+    quantizer = method_quantizer(method, bits)
     base = osp.relpath(config, folder).replace(osp.sep, '/')
     about = textwrap.wrap(
         f'{METHOD_TITLES[method]} {bits.upper()} of {config}: its model, '
@@ -831,7 +872,10 @@ def quantizer_metadata(cfg: Config) -> Dict[str, Any]:
         Method={'rtn': 'RTN', 'bitsplit': 'BitSplit'}.get(method, method))
     if method == 'bitsplit':
         meta['Mode'] = 'EC' if qcfg.error_compensation else 'fast'
-    meta['Weight bits'] = qcfg.w_bits
+        if qcfg.target_bits is not None:
+            meta['Mode'] += ', mixed precision'
+    meta['Weight bits'] = qcfg.w_bits if qcfg.target_bits is None \
+        else qcfg.target_bits
     meta['Activation bits'] = 32 if qcfg.a_bits is None else qcfg.a_bits
     return meta
 
@@ -1000,7 +1044,8 @@ def _read(path: str) -> str:
 
 __all__ = [
     'BenchmarkModel', 'BenchmarkRow', 'METHODS', 'DEFAULT_BITS',
-    'parse_bits', 'load_benchmark_list', 'replace_data_root',
+    'parse_bits', 'method_quantizer', 'MIXED_METHODS',
+    'load_benchmark_list', 'replace_data_root',
     'count_macs', 'run_benchmark', 'render_header', 'render_markdown',
     'update_readme',
     'render_metafile', 'write_metafile', 'save_results', 'load_results',

@@ -159,12 +159,15 @@ def test_count_macs_exact():
 
 @pytest.mark.parametrize('tag,expected', [('w4a8', (4, 8)),
                                           ('W2A8', (2, 8)),
-                                          ('w3af', (3, None))])
+                                          ('w3af', (3, None)),
+                                          ('w3.5a8', (3.5, 8))])
 def test_parse_bits(tag, expected):
     assert bm.parse_bits(tag) == expected
+    assert type(bm.parse_bits(tag)[0]) is type(expected[0])
 
 
-@pytest.mark.parametrize('tag', ['w1a8', 'w9a8', '4a8', 'w4', 'w4a1'])
+@pytest.mark.parametrize('tag', ['w1a8', 'w9a8', '4a8', 'w4', 'w4a1',
+                                 'w8.5a8', 'w1.9a8', 'w3.a8'])
 def test_parse_bits_rejects(tag):
     with pytest.raises(ValueError, match='bad bit-width tag'):
         bm.parse_bits(tag)
@@ -254,3 +257,30 @@ def test_merge_results(bench, tmp_path):
     bm.save_results(second, rows[2:], dict(info, calib_samples=64))
     with pytest.raises(ValueError, match='calib_samples=64'):
         bm.merge_results([first, second])
+
+
+def test_mixed_method_quantizer(tmp_path):
+    """``bitsplit-mixed`` turns the tag's weight part into target_bits;
+    the entry config it writes gives that back as metadata."""
+    assert bm.method_quantizer('bitsplit-mixed', 'w3.5a8') == dict(
+        type='mmquant.BitSplitQuantizer', error_compensation=True,
+        target_bits=3.5, a_bits=8)
+    assert bm.method_quantizer('bitsplit-mixed', 'w3a8')['target_bits'] \
+        == 3.0
+    with pytest.raises(ValueError, match="'w3.5a8': fractional weight bits "
+                       "are an average-bits target; method 'bitsplit'"):
+        bm.method_quantizer('bitsplit', 'w3.5a8')
+    with pytest.raises(ValueError, match="method 'rtn' needs integer"):
+        bm.run_benchmark([], ['rtn'], ['w3.5a8'], str(tmp_path))
+    model_cfg = tmp_path / 'model.py'
+    model_cfg.write_text("quantizer = dict(type='mmquant.BitSplitQuantizer')"
+                         "\n")
+    path = bm.entry_config_path(str(model_cfg), 'bitsplit-mixed', 'w3.5a8',
+                                str(tmp_path))
+    assert path.endswith('model_bitsplit-ec-mixed_w3.5a8.py')
+    with open(path, 'w') as f:
+        f.write(bm.render_entry_config(str(model_cfg), 'bitsplit-mixed',
+                                       'w3.5a8', str(tmp_path)))
+    assert bm.quantizer_metadata(Config.fromfile(path)) == {
+        'Method': 'BitSplit', 'Mode': 'EC, mixed precision',
+        'Weight bits': 3.5, 'Activation bits': 8}
