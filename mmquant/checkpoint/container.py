@@ -769,6 +769,10 @@ def verify_container(
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
             raise CheckpointError(f'{path!r} is corrupted: entry {name!r} '
                                   'of tensors is not a named tensor')
+        if t.layout != torch.strided or t.is_quantized:
+            raise CheckpointError(
+                f'{path!r} is corrupted: tensor {name!r} is not a dense '
+                f'tensor (layout={t.layout}, dtype={t.dtype})')
         if name not in checksums:
             raise CheckpointError(
                 f'{path!r} is corrupted: no checksum for tensor {name!r}')

@@ -394,7 +394,7 @@ def test_deeply_nested_meta(tmp_path):
 
 
 def test_meta_size_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(container, 'MAX_META_BYTES', 100)
+    monkeypatch.setattr(container, 'MAX_META_BYTES', 100, raising=False)
     with pytest.raises(ValueError, match='more than the 100 allowed'):
         save_container(tmp_path / 'a.pth', {}, {'x': 'y' * 100})
     assert _files(tmp_path) == []
@@ -426,7 +426,8 @@ def test_compressed_members(tmp_path, monkeypatch):
     assert meta == {'v': 1} and torch.equal(tensors['w'], torch.arange(10.))
     # A member that would inflate far beyond the file is refused before
     # anything is inflated (the floor is lowered from 64 MiB to 1 MiB).
-    monkeypatch.setattr(container, '_INFLATE_MIN_CAP', 1 << 20)
+    monkeypatch.setattr(container, '_INFLATE_MIN_CAP', 1 << 20,
+                        raising=False)
     big, bomb = tmp_path / 'big.pth', tmp_path / 'bomb.pth'
     save_container(big, {'w': torch.zeros(1 << 20)}, {})
     _deflate(big, bomb)
@@ -481,4 +482,18 @@ def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='is full') as err:
         fileio.write_text_atomic(str(path), 'x' * (1 << 20))
     assert err.value.errno == errno.ENOSPC
+    assert _files(tmp_path) == []
+
+    def torch_like(f):
+        # torch.save's C++ writer may turn the OSError into this.
+        try:
+            f.write(b'x' * (1 << 20))
+        except OSError:
+            raise RuntimeError('[enforce fail at inline_container.cc:664] '
+                               '. unexpected pos 64 vs 0') from None
+
+    with pytest.raises(OSError, match='is full') as err:
+        fileio.atomic_write(str(path), torch_like)
+    assert err.value.errno == errno.ENOSPC
+    assert isinstance(err.value.__cause__, RuntimeError)
     assert _files(tmp_path) == []
