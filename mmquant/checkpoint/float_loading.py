@@ -9,7 +9,9 @@ states.  ``torch.load(weights_only=True)`` refuses these by default.
 This module loads such files with ``weights_only=True`` plus an explicit,
 minimal allowlist of data-only classes (see :func:`float_safe_globals`);
 it never falls back to ``weights_only=False``.  Anything outside the
-allowlist is refused with an error naming the offending global.
+allowlist is refused with an error naming the offending global.  Files in
+the safetensors format are read with the ``safetensors`` package when it
+is installed.
 """
 import argparse
 import hashlib
@@ -174,7 +176,10 @@ def load_float_checkpoint_file(
     ``torch.serialization.safe_globals(...)`` with
     :func:`float_safe_globals` plus ``extra_safe_globals``; never
     ``weights_only=False``.  Globals the caller had already allowlisted stay
-    allowlisted afterwards.
+    allowlisted afterwards.  A file in the safetensors format is read with
+    the ``safetensors`` package instead (``{name: tensor}``).  Only a
+    regular file is read, and a zip whose members would expand beyond
+    ``max(64 MiB, 8 x file size)`` is refused before anything is inflated.
 
     Args:
         path: Checkpoint file.
@@ -189,9 +194,11 @@ def load_float_checkpoint_file(
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
         UnsafeCheckpointError: If the file needs a global outside the
-            allowlist; the message names it and explains how to inspect or
-            convert a trusted file.
-        CheckpointError: If the file is truncated or corrupted.
+            allowlist; the message names it and explains how to convert a
+            trusted file safely.
+        CheckpointError: If the file is not a regular file, a zip bomb,
+            truncated or corrupted, or in the safetensors format without
+            the ``safetensors`` package installed.
         RuntimeError: If torch is older than 2.6.
     """
     if not hasattr(torch.serialization, 'safe_globals'):

@@ -37,7 +37,8 @@ CALLER_META = {
 }
 # File bytes beyond the raw tensor data and the meta JSON (zip headers,
 # 64-byte data alignment, pickle, checksums), measured with torch 2.9: an
-# empty container takes 1453 bytes; the mixed Net files (31 tensors, names
+# empty container takes 1517 bytes (its meta JSON, the tensor-name digest,
+# takes 85 of them); the mixed Net files (31 tensors, names
 # of ~15 characters) take 1453 + ~320 bytes per tensor.  Asserted with a
 # margin.
 BASE_OVERHEAD = 2048
