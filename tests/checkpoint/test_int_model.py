@@ -1,4 +1,5 @@
 """Tests for mmquant.checkpoint.int_model and tools/inspect_checkpoint.py."""
+import hashlib
 import json
 import os
 import os.path as osp
@@ -256,6 +257,9 @@ def test_save_load_save_is_stable(saved, tmp_path):
     assert m1 == m2
     assert list(t1) == list(t2)
     assert all(torch.equal(t1[k], t2[k]) for k in t1)
+    # Byte-identical (the digest, too, is deterministic).
+    with open(path, 'rb') as f1, open(again, 'rb') as f2:
+        assert f1.read() == f2.read()
 
 
 def test_sizes(tmp_path):
@@ -804,3 +808,26 @@ def test_inspect_escapes_file_text(saved, tmp_path):
     proc = _run_tool(str(tmp_path / 'missing\x1b[2J.pth'))
     assert proc.returncode == 1 and '\x1b' not in proc.stderr
     assert 'missing\\\\x1b[2J.pth' in proc.stderr
+
+
+def test_inspect_tool_on_untrusted_files(tmp_path, capsys):
+    """Deep meta and a FIFO: one error line and status 1, no traceback."""
+    tool = _tool()
+    deep = str(tmp_path / 'deep.pth')
+    meta = '{"layers":' + '[' * 50000 + ']' * 50000 + '}'
+    torch.save({'format': 'mmquant-int', 'format_version': 1, 'meta': meta,
+                'tensors': {}, 'checksums': {},
+                'meta_sha256': hashlib.sha256(meta.encode()).hexdigest()},
+               deep)
+    assert tool.main([deep]) == 1
+    out, err = capsys.readouterr()
+    assert out == '' and err.startswith('error: ')
+    assert 'more than 64 levels deep' in err
+    if hasattr(os, 'mkfifo'):
+        fifo = str(tmp_path / 'fifo.pth')
+        os.mkfifo(fifo)
+        # A FIFO without a writer: refused at once, never opened for
+        # a blocking read (the subprocess would otherwise time out).
+        proc = _run_tool(fifo)
+        assert proc.returncode == 1
+        assert 'is a FIFO (named pipe), not a regular file' in proc.stderr
