@@ -224,7 +224,7 @@ def save_quantized(model: nn.Module,
         ValueError: If the model has no ``QuantizedLayer``, is one itself,
             shares one under several names, holds integers outside a
             layer's grid, if ``meta`` uses a reserved key, or a state-dict
-            key collides with a packed tensor name.
+            key ends like a packed tensor name (``'.qweight_packed'``).
         TypeError: If ``meta`` is not a dict or is not JSON-able.
         OSError: If writing fails (``path`` is then left untouched).
     """
