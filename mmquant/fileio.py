@@ -9,7 +9,7 @@ import errno
 import os
 import os.path as osp
 import secrets
-from typing import IO, Any, Callable, Tuple
+from typing import IO, Any, Callable, Optional, Tuple
 
 __all__ = ['atomic_write', 'save_atomic', 'write_text_atomic']
 
@@ -60,6 +60,86 @@ def _open_temp(dirpath: str, basename: str) -> Tuple[int, str]:
             continue
 
 
+#: errnos of a full disk (or of an exhausted disk quota).
+_DISK_FULL = tuple(
+    getattr(errno, name) for name in ('ENOSPC', 'EDQUOT')
+    if hasattr(errno, name))
+
+
+class _WatchedFile:
+    """A binary file that remembers the first ``OSError`` of a write.
+
+    ``torch.save`` writes through a C++ writer that may turn the
+    ``OSError`` of a full disk into a ``RuntimeError`` without its errno;
+    the error recorded here is what :func:`atomic_write` reports.
+
+    Args:
+        f: The file to forward to.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        """Write ``data``, recording an ``OSError``.
+
+        Args:
+            data: A bytes-like object.
+
+        Returns:
+            The number of bytes written.
+        """
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        """Flush the file, recording an ``OSError``."""
+        try:
+            self._f.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        """Forward everything else to the file.
+
+        Args:
+            name: Attribute name.
+
+        Returns:
+            The file's attribute.
+        """
+        return getattr(self._f, name)
+
+
+def _disk_full(error: BaseException,
+               recorded: Optional[OSError]) -> Optional[OSError]:
+    """Find the full-disk ``OSError`` behind a failed write, if any.
+
+    Args:
+        error: The exception the write raised.
+        recorded: The first ``OSError`` the file saw, if any.
+
+    Returns:
+        The ``OSError`` with ``ENOSPC``/``EDQUOT``, or None.
+    """
+    seen = set()
+    todo = [recorded, error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Write a file atomically through ``write(binary_file)``.
 
@@ -72,21 +152,37 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     Args:
         path (str): Destination file.
         write (callable): Writes the content to the open binary file.
+
+    Raises:
+        OSError: If writing fails. A full disk (or quota) raises an
+            ``OSError`` with ``errno.ENOSPC`` (``EDQUOT``) whose message
+            names the file and the directory, whatever the writer raised
+            (``torch.save`` reports it as a ``RuntimeError``).
     """
     dirpath, basename = osp.split(osp.abspath(os.fspath(path)))
     fd, tmp = _open_temp(dirpath, basename)
+    watched = None
     try:
         with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
+            watched = _WatchedFile(f)
+            write(watched)
+            watched.flush()
             os.fsync(f.fileno())
         os.replace(tmp, osp.join(dirpath, basename))
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise
+        full = _disk_full(e, watched.error if watched else None)
+        if full is None:
+            raise
+        raise OSError(
+            full.errno,
+            f'cannot write {osp.join(dirpath, basename)!r}: the disk '
+            f'holding {dirpath!r} is full ({full.strerror}); free some '
+            'space there or write to another directory (nothing was '
+            'written)') from e
     _fsync_dir(dirpath)
 
 

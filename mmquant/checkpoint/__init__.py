@@ -10,11 +10,12 @@
 
 The format is specified in ``docs/checkpoint_format.md``.
 """
-from .container import (FORMAT_NAME, FORMAT_VERSION,
-                        SUPPORTED_FORMAT_VERSIONS, CheckpointError,
+from .container import (FORMAT_NAME, FORMAT_VERSION, MAX_META_BYTES,
+                        MAX_META_DEPTH, SUPPORTED_FORMAT_VERSIONS,
+                        TENSORS_DIGEST_KEY, CheckpointError,
                         CheckpointNotFoundError, UnsafeCheckpointError,
                         load_container, save_container, tensor_sha256,
-                        verify_container)
+                        tensors_digest, verify_container)
 from .float_loading import (extract_state_dict, float_safe_globals,
                             load_float_checkpoint,
                             load_float_checkpoint_file, sha256_file)
@@ -28,6 +29,8 @@ __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
     'CheckpointError', 'CheckpointNotFoundError', 'UnsafeCheckpointError',
     'save_container', 'load_container', 'verify_container', 'tensor_sha256',
+    'tensors_digest', 'TENSORS_DIGEST_KEY', 'MAX_META_BYTES',
+    'MAX_META_DEPTH',
     'load_float_checkpoint', 'load_float_checkpoint_file',
     'extract_state_dict', 'float_safe_globals', 'sha256_file', 'MIN_BITS',
     'MAX_BITS', 'int_range', 'pack_int', 'unpack_int', 'packed_nbytes',

@@ -27,7 +27,11 @@ import os
 import os.path as osp
 import pickle
 import re
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+import stat
+import warnings
+import zipfile
+from typing import (IO, Any, Callable, Dict, Mapping, Optional, Tuple,
+                    Union)
 
 import torch
 
@@ -36,8 +40,9 @@ from mmquant.fileio import atomic_write
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
     'NOTICE_PREFIX', 'CheckpointError', 'CheckpointNotFoundError',
-    'UnsafeCheckpointError',
-    'tensor_sha256', 'save_container', 'load_container'
+    'UnsafeCheckpointError', 'TENSORS_DIGEST_KEY', 'MAX_META_BYTES',
+    'MAX_META_DEPTH', 'tensor_sha256', 'tensors_digest', 'save_container',
+    'load_container', 'verify_container'
 ]
 
 FORMAT_NAME = 'mmquant-int'
@@ -51,6 +56,20 @@ NOTICE_PREFIX = 'NOTICE: '
 PathLike = Union[str, 'os.PathLike[str]']
 MapLocation = Union[None, str, torch.device, Dict[str, str],
                     Callable[..., Any]]
+
+#: Meta key holding :func:`tensors_digest` of the file's checksums. It is
+#: written by :func:`save_container`, covered by ``meta_sha256``, checked
+#: and removed from the meta :func:`load_container` returns; callers may
+#: not use it.
+TENSORS_DIGEST_KEY = 'tensors_sha256'
+#: Largest meta JSON text (UTF-8 bytes) written or read.
+MAX_META_BYTES = 64 << 20
+#: Deepest nesting of lists/dicts in meta (the meta dict itself is 1).
+MAX_META_DEPTH = 64
+#: Zip members of a file may expand to at most
+#: ``max(_INFLATE_MIN_CAP, _INFLATE_RATIO * file size)`` bytes in all.
+_INFLATE_MIN_CAP = 64 << 20
+_INFLATE_RATIO = 8
 
 _TOP_LEVEL_KEYS = ('format', 'format_version', 'meta', 'tensors',
                    'checksums', 'meta_sha256')
@@ -123,16 +142,40 @@ def tensor_sha256(t: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _check_json(value: Any, where: str) -> None:
+def tensors_digest(checksums: Mapping[str, str]) -> str:
+    """Return the digest of a file's tensor names and checksums.
+
+    The digest is the SHA-256 of the ASCII JSON text of the list of
+    ``[name, checksum]`` pairs sorted by name, written with
+    ``json.dumps(pairs, separators=(',', ':'))`` (non-ASCII characters
+    escaped). Stored in the meta, which ``meta_sha256`` covers, it ties
+    every checksum to its tensor's name, so a renamed tensor or two
+    tensors swapped together with their checksums are detected.
+
+    Args:
+        checksums: Mapping from tensor names to :func:`tensor_sha256`
+            values.
+
+    Returns:
+        The lowercase hexadecimal digest.
+    """
+    pairs = [[name, checksums[name]] for name in sorted(checksums)]
+    text = json.dumps(pairs, separators=(',', ':'))
+    return hashlib.sha256(text.encode('ascii')).hexdigest()
+
+
+def _check_json(value: Any, where: str, depth: int = 1) -> None:
     """Check that ``value`` round-trips exactly through strict JSON.
 
     Args:
         value: The value to check.
         where: Its location, used in error messages (e.g. ``"meta['a']"``).
+        depth: Nesting depth of ``value`` (the meta dict itself is 1).
 
     Raises:
         TypeError: If a value or key is not JSON-serialisable.
-        ValueError: If a float is NaN or infinite.
+        ValueError: If a float is NaN or infinite, or lists/dicts are
+            nested deeper than :data:`MAX_META_DEPTH`.
     """
     if value is None or isinstance(value, (str, bool, int)):
         return
@@ -141,9 +184,13 @@ def _check_json(value: Any, where: str) -> None:
             raise ValueError(f'{where} is {value!r}; NaN and infinity are '
                              'not allowed in checkpoint meta (strict JSON)')
         return
+    if isinstance(value, (list, tuple, dict)) and depth > MAX_META_DEPTH:
+        raise ValueError(f'{where} is nested {depth} levels deep; '
+                         f'checkpoint meta may nest at most {MAX_META_DEPTH} '
+                         'levels of lists and dicts')
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_json(item, f'{where}[{i}]')
+            _check_json(item, f'{where}[{i}]', depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -152,7 +199,7 @@ def _check_json(value: Any, where: str) -> None:
                     f'{where} has a key {key!r} of type '
                     f'{type(key).__name__}; checkpoint meta keys must be str '
                     '(JSON objects only have string keys)')
-            _check_json(item, f'{where}[{key!r}]')
+            _check_json(item, f'{where}[{key!r}]', depth + 1)
         return
     raise TypeError(f'{where} is of type {type(value).__module__}.'
                     f'{type(value).__qualname__}, which is not '
@@ -161,25 +208,68 @@ def _check_json(value: Any, where: str) -> None:
                     'tensors/numpy values with .tolist() or .item())')
 
 
-def _encode_meta(meta: Mapping[str, Any]) -> str:
+_JSON_TOKEN_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _json_depth(text: str) -> int:
+    """Return the deepest list/dict nesting of a JSON text, cheaply.
+
+    Brackets inside strings are skipped; the scan stops as soon as the
+    depth exceeds :data:`MAX_META_DEPTH`, so the text need not be valid.
+
+    Args:
+        text: JSON text.
+
+    Returns:
+        The depth (0 for a scalar), or ``MAX_META_DEPTH + 1`` if deeper.
+    """
+    depth = deepest = 0
+    for match in _JSON_TOKEN_RE.finditer(text):
+        token = match.group()
+        if token == '[' or token == '{':
+            depth += 1
+            if depth > MAX_META_DEPTH:
+                return depth
+            deepest = max(deepest, depth)
+        elif token == ']' or token == '}':
+            depth -= 1
+    return deepest
+
+
+def _encode_meta(meta: Mapping[str, Any],
+                 digest: Optional[str] = None) -> str:
     """Validate ``meta`` and serialise it to canonical JSON text.
 
     Args:
         meta: The metadata dict.
+        digest: If given, stored as ``meta[TENSORS_DIGEST_KEY]``.
 
     Returns:
         JSON text with sorted keys.
 
     Raises:
         TypeError: If ``meta`` is not a dict or holds non-JSON values.
-        ValueError: If ``meta`` holds NaN or infinite floats.
+        ValueError: If ``meta`` holds NaN or infinite floats, nests deeper
+            than :data:`MAX_META_DEPTH`, uses :data:`TENSORS_DIGEST_KEY`
+            or its text exceeds :data:`MAX_META_BYTES`.
     """
     if not isinstance(meta, Mapping):
         raise TypeError(f'meta must be a dict, got {type(meta).__name__}')
     meta = dict(meta)
+    if TENSORS_DIGEST_KEY in meta:
+        raise ValueError(f'meta key {TENSORS_DIGEST_KEY!r} is reserved: '
+                         'save_container writes it; use another name')
     _check_json(meta, 'meta')
-    return json.dumps(meta, sort_keys=True, allow_nan=False,
+    if digest is not None:
+        meta[TENSORS_DIGEST_KEY] = digest
+    text = json.dumps(meta, sort_keys=True, allow_nan=False,
                       ensure_ascii=False, separators=(',', ':'))
+    size = len(text.encode('utf-8', 'surrogatepass'))
+    if size > MAX_META_BYTES:
+        raise ValueError(f'checkpoint meta takes {size} bytes as JSON, more '
+                         f'than the {MAX_META_BYTES} allowed; store large '
+                         'data as tensors')
+    return text
 
 
 def _prepare_tensors(
@@ -242,7 +332,10 @@ def save_container(path: PathLike,
         tensors: Mapping from str names to dense tensors (any device/dtype).
             They are stored as contiguous CPU clones in the given order.
         meta: JSON-able dict (str keys; dict, list, tuple, str, int, finite
-            float, bool, None values).  Tuples are read back as lists.
+            float, bool, None values; at most :data:`MAX_META_DEPTH`
+            levels deep and :data:`MAX_META_BYTES` as JSON; not the key
+            :data:`TENSORS_DIGEST_KEY`, which is added).  Tuples are read
+            back as lists.
         notice: A one-line text for humans, stored as the *name* of the
             first top-level key (``NOTICE_PREFIX + notice``, value
             ``None``). mmengine's runner, given the file as the checkpoint
@@ -253,17 +346,21 @@ def save_container(path: PathLike,
         TypeError: If a tensor name is not a str, a value is not a tensor,
             ``meta`` is not JSON-serialisable (the message names the
             offending entry) or ``notice`` is not a str.
-        ValueError: If ``meta`` holds NaN/infinite floats.
+        ValueError: If ``meta`` holds NaN/infinite floats, is too deep or
+            too large, or uses :data:`TENSORS_DIGEST_KEY`.
         FileNotFoundError: If the parent directory does not exist.
         IsADirectoryError: If ``path`` is a directory.
-        OSError: If writing fails.
+        OSError: If writing fails; a full disk raises an ``OSError`` with
+            ``errno.ENOSPC`` whose message names the file.
     """
     path = osp.abspath(os.fspath(path))
     if notice is not None and not isinstance(notice, str):
         raise TypeError(
             f'notice must be a str, got {type(notice).__name__}')
-    meta_json = _encode_meta(meta)
+    _encode_meta(meta)  # validate before copying the tensors
     data = _prepare_tensors(tensors)
+    checksums = {name: tensor_sha256(t) for name, t in data.items()}
+    meta_json = _encode_meta(meta, tensors_digest(checksums))
     payload: Dict[str, Any] = {}
     if notice:
         payload[NOTICE_PREFIX + notice] = None
@@ -272,8 +369,7 @@ def save_container(path: PathLike,
         'format_version': FORMAT_VERSION,
         'meta': meta_json,
         'tensors': data,
-        'checksums': {name: tensor_sha256(t)
-                      for name, t in data.items()},
+        'checksums': checksums,
         'meta_sha256': hashlib.sha256(meta_json.encode('utf-8')).hexdigest(),
     })
     dirpath, basename = osp.split(path)
@@ -290,13 +386,19 @@ def save_container(path: PathLike,
 _UNSAFE_GLOBAL_RE = re.compile(r'GLOBAL\s+([\w.]+)')
 _WEIGHTS_ERROR_RE = re.compile(r'WeightsUnpickler error:\s*(.*?)(?:\n\n|$)',
                                re.S)
+#: Words of torch's advice to load unsafely; never passed on.
+_UNSAFE_ADVICE = ('safe_globals', 'weights_only', 'Please')
+_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'),
+               (stat.S_ISCHR, 'a character device'),
+               (stat.S_ISBLK, 'a block device'),
+               (stat.S_ISSOCK, 'a socket'))
 
 
-def _unsafe_globals(path: str) -> list:
+def _unsafe_globals(f: IO[bytes]) -> list:
     """List the globals a checkpoint needs beyond torch's default allowlist.
 
     Args:
-        path: Checkpoint file.
+        f: The open checkpoint file.
 
     Returns:
         Fully qualified names; empty if they cannot be determined (e.g. a
@@ -307,34 +409,164 @@ def _unsafe_globals(path: str) -> list:
     if get is None:
         return []
     try:
-        return list(get(path))
+        f.seek(0)
+        return list(get(f))
     except Exception:  # noqa: BLE001 - best effort diagnostics only
         return []
 
 
-def _looks_like_torch_file(path: str) -> bool:
-    """Tell whether a file starts like a torch.save file.
+def _torch_reason(message: str) -> str:
+    """Extract torch's diagnosis from a weights-only load error.
+
+    Only the first sentence of the ``WeightsUnpickler error`` is kept, and
+    nothing of torch's advice to allowlist globals or to load with
+    ``weights_only`` off, which would be unsafe for an untrusted file.
+
+    Args:
+        message: The text of torch's ``UnpicklingError``.
+
+    Returns:
+        E.g. ``' torch: Unsupported global: GLOBAL os.system was not an
+        allowed global by default.'``, or ``''``.
+    """
+    detail = _WEIGHTS_ERROR_RE.search(message)
+    if detail is None:
+        return ''
+    first = re.split(r'(?<=\.)\s', detail.group(1).strip(), maxsplit=1)[0]
+    if not first or any(word in first for word in _UNSAFE_ADVICE):
+        return ''
+    return f' torch: {first}' + ('' if first.endswith('.') else '.')
+
+
+def _open_regular(path: str, kind: str) -> Tuple[IO[bytes], int]:
+    """Open a checkpoint for reading, refusing anything but a regular file.
+
+    The file is opened without blocking and checked with ``fstat`` on the
+    open descriptor, so a FIFO, a device or a directory is refused at once
+    (a FIFO would otherwise block until a writer appears).
 
     Args:
         path: The file.
+        kind: Human-readable kind of file for messages.
 
     Returns:
-        True for a zip archive (the current format) or a pickle stream
-        (the legacy format), False otherwise.
+        ``(file, size)``: the file opened in binary mode and its size.
+
+    Raises:
+        CheckpointNotFoundError: If ``path`` does not exist.
+        CheckpointError: If it is not a regular file or cannot be read.
     """
+    flags = (os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)
+             | getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0))
     try:
-        with open(path, 'rb') as f:
-            head = f.read(4)
-    except OSError:
+        fd = os.open(path, flags)
+    except FileNotFoundError as e:
+        raise CheckpointNotFoundError(
+            f'{kind} file not found: {path!r}') from e
+    except IsADirectoryError as e:
+        raise CheckpointError(f'{kind} path is a directory, not a file: '
+                              f'{path!r}') from e
+    except OSError as e:
+        raise CheckpointError(
+            f'cannot read {kind} {path!r}: {e.strerror or e}') from e
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise CheckpointError(f'{kind} path is a directory, not a file: '
+                                  f'{path!r}')
+        if not stat.S_ISREG(st.st_mode):
+            what = next((name for test, name in _FILE_KINDS
+                         if test(st.st_mode)), 'not a regular file')
+            raise CheckpointError(
+                f'{kind} path {path!r} is {what}, not a regular file; give '
+                'the path of a checkpoint file')
+        if hasattr(os, 'O_NONBLOCK'):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb'), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_zip_sizes(f: IO[bytes], size: int, path: str,
+                     kind: str) -> None:
+    """Refuse a zip archive whose members would expand too much.
+
+    ``torch.save`` stores its members uncompressed, but a zip member may be
+    deflate-compressed, and torch inflates such members into memory of the
+    size their directory entry declares.  The declared sizes of all members
+    together may not exceed ``max(64 MiB, 8 * size)``.  Only the central
+    directory is read; nothing is inflated.
+
+    Args:
+        f: The open file, at any position (left at 0).
+        size: Its size in bytes.
+        path: The file, for messages.
+        kind: Human-readable kind of file for messages.
+
+    Raises:
+        CheckpointError: If the zip directory cannot be read or the members
+            would expand beyond the limit.
+    """
+    f.seek(0)
+    if f.read(4) != b'PK\x03\x04':
+        f.seek(0)
+        return
+    try:
+        with zipfile.ZipFile(f) as archive:
+            infos = archive.infolist()
+    except Exception as e:  # noqa: BLE001 - zipfile raises many kinds
+        raise CheckpointError(
+            f'{kind} {path!r} is truncated or corrupted: its zip directory '
+            f'cannot be read ({type(e).__name__}: {e})') from e
+    f.seek(0)
+    expanded = sum(info.file_size for info in infos)
+    cap = max(_INFLATE_MIN_CAP, _INFLATE_RATIO * size)
+    if expanded > cap:
+        packed = sum(1 for info in infos
+                     if info.compress_type != zipfile.ZIP_STORED)
+        raise CheckpointError(
+            f'{kind} {path!r} is refused: its {len(infos)} zip members '
+            f'({packed} compressed) would expand to {expanded} bytes, more '
+            f'than the {cap} bytes allowed for a file of {size} bytes '
+            '(max(64 MiB, 8 x the file size)); torch.save never compresses '
+            'its members, so this file was not written by torch.save or '
+            'was tampered with')
+
+
+def _is_safetensors(f: IO[bytes], size: int) -> bool:
+    """Tell whether a file is in the safetensors format.
+
+    A safetensors file starts with the little-endian 64-bit length of the
+    JSON header that follows it, and the header starts with ``{``.
+
+    Args:
+        f: The open file (left at position 0).
+        size: Its size in bytes.
+
+    Returns:
+        True if the first bytes have that layout.
+    """
+    f.seek(0)
+    head = f.read(9)
+    f.seek(0)
+    if len(head) < 9:
         return False
-    return head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'
+    length = int.from_bytes(head[:8], 'little')
+    return head[8:9] == b'{' and 2 <= length <= size - 8
 
 
-def _torch_load_checked(path: PathLike,
-                        map_location: MapLocation = 'cpu',
-                        kind: str = 'checkpoint',
-                        unsafe_hint: str = '') -> Any:
+def _torch_load_checked(
+        path: PathLike,
+        map_location: MapLocation = 'cpu',
+        kind: str = 'checkpoint',
+        unsafe_hint: str = '',
+        safetensors_loader: Optional[Callable[..., Any]] = None) -> Any:
     """Run ``torch.load(weights_only=True)`` with clear error messages.
+
+    Only a regular file is read (a FIFO or a device is refused at once),
+    and a zip archive whose members would expand beyond
+    ``max(64 MiB, 8 x file size)`` is refused before anything is inflated.
 
     Args:
         path: File to load.
@@ -342,6 +574,9 @@ def _torch_load_checked(path: PathLike,
         kind: Human-readable kind of file for messages.
         unsafe_hint: Extra advice appended to the message of an
             :class:`UnsafeCheckpointError`.
+        safetensors_loader: Reads a file in the safetensors format:
+            ``loader(file, path, map_location)``. If None, such a file is
+            refused with an error that names the format.
 
     Returns:
         The unpickled object.
@@ -350,45 +585,56 @@ def _torch_load_checked(path: PathLike,
         CheckpointNotFoundError: If ``path`` does not exist.
         UnsafeCheckpointError: If the file holds Python objects (or pickle
             constructs) that weights-only loading refuses.
-        CheckpointError: If the file is a directory, truncated or corrupted.
+        CheckpointError: If the file is a directory or not a regular file,
+            a zip bomb, a safetensors file nobody reads here, truncated or
+            corrupted.
     """
     path = os.fspath(path)
-    if not osp.exists(path):
-        raise CheckpointNotFoundError(f'{kind} file not found: {path!r}')
-    if osp.isdir(path):
-        raise CheckpointError(f'{kind} path is a directory, not a file: '
-                              f'{path!r}')
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if ('Weights only load failed' not in msg
-                or ('Unsupported global' not in msg
-                    and not _looks_like_torch_file(path))):
+    f, size = _open_regular(path, kind)
+    with f:
+        _check_zip_sizes(f, size, path, kind)
+        if _is_safetensors(f, size):
+            if safetensors_loader is None:
+                raise CheckpointError(
+                    f'{kind} {path!r} is in the safetensors format, not a '
+                    'torch.save file; mmquant INT checkpoints are torch.save '
+                    'files (tools/ptq.py writes them), and a float '
+                    'checkpoint in the safetensors format loads with '
+                    'mmquant.checkpoint.load_float_checkpoint')
+            return safetensors_loader(f, path, map_location)
+        try:
+            return torch.load(f, map_location=map_location,
+                              weights_only=True)
+        except pickle.UnpicklingError as e:
+            msg = str(e)
+            f.seek(0)
+            head = f.read(4)
+            looks_torch = (head.startswith(b'PK\x03\x04')
+                           or head[:1] == b'\x80')
+            if ('Weights only load failed' not in msg
+                    or ('Unsupported global' not in msg
+                        and not looks_torch)):
+                raise CheckpointError(
+                    f'{kind} {path!r} is truncated or corrupted: '
+                    f'{type(e).__name__}: {msg}') from e
+            names = sorted(set(_unsafe_globals(f)))
+            match = _UNSAFE_GLOBAL_RE.search(msg)
+            # torch names builtins without their module: getattr
+            if match and not {match.group(1), 'builtins.' + match.group(1)
+                              } & set(names):
+                names.insert(0, match.group(1))
+            found = (f' It references: {", ".join(names)}.'
+                     if names else '')
+            raise UnsafeCheckpointError(
+                f'{kind} {path!r} contains pickled Python objects (or '
+                'pickle constructs) that safe, weights-only loading does '
+                'not allow, so it is refused for safety: mmquant never '
+                f'runs code from a checkpoint file.{found}'
+                f'{_torch_reason(msg)}{unsafe_hint}') from e
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds
             raise CheckpointError(
                 f'{kind} {path!r} is truncated or corrupted: '
-                f'{type(e).__name__}: {msg}') from e
-        detail = _WEIGHTS_ERROR_RE.search(msg)
-        detail_text = detail.group(1).strip() if detail else msg
-        if not detail_text.endswith('.'):
-            detail_text += '.'
-        names = _unsafe_globals(path)
-        match = _UNSAFE_GLOBAL_RE.search(msg)
-        if match and match.group(1) not in names:
-            names.insert(0, match.group(1))
-        found = (f' It references: {", ".join(names)}.' if names else '')
-        raise UnsafeCheckpointError(
-            f'{kind} {path!r} contains pickled Python objects (or pickle '
-            'constructs) that safe weights-only loading does not allow, '
-            'so it is refused for safety; mmquant never loads files with '
-            f'weights_only=False.{found} torch said: {detail_text}'
-            f'{unsafe_hint}') from e
-    except PermissionError as e:
-        raise CheckpointError(f'cannot read {kind} {path!r}: {e}') from e
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
-        raise CheckpointError(
-            f'{kind} {path!r} is truncated or corrupted: '
-            f'{type(e).__name__}: {e}') from e
+                f'{type(e).__name__}: {e}') from e
 
 
 def load_container(
@@ -407,24 +653,44 @@ def load_container(
         verify_checksums: Whether to verify every tensor checksum (the meta
             checksum is always verified).
 
+    Only a regular file is opened (a FIFO or a device is refused at
+    once), a zip whose members would expand to more than ``max(64 MiB, 8 x
+    the file size)`` is refused before anything is inflated, and a meta of
+    more than :data:`MAX_META_BYTES` or nested deeper than
+    :data:`MAX_META_DEPTH` is refused before it is parsed.
+
+    Args:
+        path: Checkpoint file.
+        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
+        verify_checksums: Whether to verify every tensor checksum (the meta
+            checksum and the tensor-name digest are always verified).
+
     Returns:
         ``(tensors, meta)``: the named tensors in stored order and the
-        decoded meta dict.
+        decoded meta dict (without :data:`TENSORS_DIGEST_KEY`).
+
+    Warns:
+        UserWarning: If the file predates the tensor-name digest (its
+            tensor names are then not covered by any checksum).
 
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
         UnsafeCheckpointError: If the file contains pickled Python objects.
-        CheckpointError: If the file is truncated or corrupted, is not an
-            mmquant INT checkpoint (e.g. a float checkpoint), has an
-            unsupported ``format_version``, is malformed, or a checksum
-            does not match (the message names the tensor).
+        CheckpointError: If the file is not a regular file, truncated or
+            corrupted, too large when inflated, not an mmquant INT
+            checkpoint (e.g. a float checkpoint, or a safetensors file),
+            has an unsupported ``format_version``, is malformed, its meta
+            is too large or deep, a checksum does not match (the message
+            names the tensor), or the tensor names or checksums do not
+            match the digest in the meta (a renamed or swapped tensor).
     """
     path = os.fspath(path)
     obj = _torch_load_checked(
         path, map_location, 'INT checkpoint',
-        ' An mmquant INT checkpoint never contains Python objects; if this '
-        'is a float checkpoint, load it with '
-        'mmquant.checkpoint.load_float_checkpoint instead.')
+        ' An mmquant INT checkpoint never contains Python objects, so this '
+        'file was not written by mmquant or was altered; if it is a float '
+        'checkpoint, load it with mmquant.checkpoint.load_float_checkpoint '
+        'instead.')
     return verify_container(obj, path, verify_checksums)
 
 
@@ -476,12 +742,25 @@ def verify_container(
     if not (isinstance(tensors, dict) and isinstance(checksums, dict)
             and isinstance(meta_json, str) and isinstance(meta_sha, str)):
         raise CheckpointError(f'{path!r} is corrupted: malformed layout')
-    if hashlib.sha256(meta_json.encode('utf-8')).hexdigest() != meta_sha:
+    try:
+        meta_bytes = meta_json.encode('utf-8')
+    except UnicodeEncodeError as e:
+        raise CheckpointError(f'{path!r} is corrupted: meta is not valid '
+                              f'UTF-8 text ({e})') from e
+    if hashlib.sha256(meta_bytes).hexdigest() != meta_sha:
         raise CheckpointError(
             f'{path!r} is corrupted: meta checksum mismatch')
+    if len(meta_bytes) > MAX_META_BYTES:
+        raise CheckpointError(
+            f'{path!r} is refused: its meta takes {len(meta_bytes)} bytes, '
+            f'more than the {MAX_META_BYTES} allowed')
+    if _json_depth(meta_json) > MAX_META_DEPTH:
+        raise CheckpointError(
+            f'{path!r} is refused: its meta nests lists/dicts more than '
+            f'{MAX_META_DEPTH} levels deep')
     try:
         meta = json.loads(meta_json)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f'{path!r} is corrupted: meta is not valid '
                               f'JSON ({e})') from e
     if not isinstance(meta, dict):
@@ -490,6 +769,10 @@ def verify_container(
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
             raise CheckpointError(f'{path!r} is corrupted: entry {name!r} '
                                   'of tensors is not a named tensor')
+        if t.layout != torch.strided or t.is_quantized:
+            raise CheckpointError(
+                f'{path!r} is corrupted: tensor {name!r} is not a dense '
+                f'tensor (layout={t.layout}, dtype={t.dtype})')
         if name not in checksums:
             raise CheckpointError(
                 f'{path!r} is corrupted: no checksum for tensor {name!r}')
@@ -497,6 +780,7 @@ def verify_container(
     if extra:
         raise CheckpointError(f'{path!r} is corrupted: checksums for '
                               f'missing tensor(s) {extra}')
+    _check_digest(path, meta, checksums)
     if verify_checksums:
         for name, t in tensors.items():
             if tensor_sha256(t) != checksums[name]:
@@ -505,3 +789,37 @@ def verify_container(
                     f'{name!r} (dtype={_dtype_name(t.dtype)}, '
                     f'shape={list(t.shape)})')
     return dict(tensors), meta
+
+
+def _check_digest(path: str, meta: Dict[str, Any],
+                  checksums: Mapping[Any, Any]) -> None:
+    """Check and remove ``meta[TENSORS_DIGEST_KEY]``.
+
+    Files written before the digest existed have none: they load with a
+    warning, as their tensor names are not covered.
+
+    Args:
+        path: The file, for messages.
+        meta: The decoded meta; the digest is removed from it.
+        checksums: The file's checksums (names already checked).
+
+    Raises:
+        CheckpointError: If the digest is malformed or does not match.
+    """
+    if TENSORS_DIGEST_KEY not in meta:
+        warnings.warn(
+            f'{path!r} has no {TENSORS_DIGEST_KEY!r} in its meta (it was '
+            'written before mmquant recorded one), so renamed or swapped '
+            'tensors cannot be detected; quantize the model again (e.g. '
+            'with tools/ptq.py) to write a file that records it',
+            stacklevel=4)
+        return
+    digest = meta.pop(TENSORS_DIGEST_KEY)
+    if not all(isinstance(c, str) for c in checksums.values()):
+        raise CheckpointError(f'{path!r} is corrupted: a checksum is not '
+                              'a str')
+    if digest != tensors_digest(checksums):
+        raise CheckpointError(
+            f'{path!r} is corrupted: the tensor names or checksums do not '
+            f'match meta[{TENSORS_DIGEST_KEY!r}] (a tensor was renamed, '
+            'added, removed or swapped with another)')

@@ -9,14 +9,16 @@ states.  ``torch.load(weights_only=True)`` refuses these by default.
 This module loads such files with ``weights_only=True`` plus an explicit,
 minimal allowlist of data-only classes (see :func:`float_safe_globals`);
 it never falls back to ``weights_only=False``.  Anything outside the
-allowlist is refused with an error naming the offending global.
+allowlist is refused with an error naming the offending global.  Files in
+the safetensors format are read with the ``safetensors`` package when it
+is installed.
 """
 import argparse
 import hashlib
 import importlib
 import os
 from collections import OrderedDict
-from typing import Any, Iterable, List, Mapping
+from typing import IO, Any, Dict, Iterable, List, Mapping
 
 import torch
 
@@ -31,12 +33,14 @@ __all__ = [
 _HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 
 _UNSAFE_HINT = (
-    ' If you trust this file, list everything it references with '
-    '`torch.serialization.get_unsafe_globals_in_checkpoint(path)`; then '
-    'either pass the trusted classes as `extra_safe_globals=[...]`, or '
-    'convert it once, in a trusted environment, with `ckpt = '
-    'torch.load(path, weights_only=False); torch.save({"state_dict": '
-    'ckpt["state_dict"]}, "converted.pth")` and use the converted file.')
+    ' To use a file you trust, convert it once to a weights-only file in '
+    'the environment that trained the model, from the model object '
+    'itself: `torch.save({"state_dict": model.state_dict()}, '
+    '"weights.pth")` (mmengine: `runner.model.state_dict()`), and quantize '
+    'weights.pth. Classes it names that are plain data containers you '
+    'trust may instead be passed as `extra_safe_globals=[...]`; never '
+    'allow functions such as builtins.getattr, eval or exec, which let a '
+    'file run code.')
 
 
 def _import_attr(dotted: str) -> Any:
@@ -172,7 +176,10 @@ def load_float_checkpoint_file(
     ``torch.serialization.safe_globals(...)`` with
     :func:`float_safe_globals` plus ``extra_safe_globals``; never
     ``weights_only=False``.  Globals the caller had already allowlisted stay
-    allowlisted afterwards.
+    allowlisted afterwards.  A file in the safetensors format is read with
+    the ``safetensors`` package instead (``{name: tensor}``).  Only a
+    regular file is read, and a zip whose members would expand beyond
+    ``max(64 MiB, 8 x file size)`` is refused before anything is inflated.
 
     Args:
         path: Checkpoint file.
@@ -187,9 +194,11 @@ def load_float_checkpoint_file(
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
         UnsafeCheckpointError: If the file needs a global outside the
-            allowlist; the message names it and explains how to inspect or
-            convert a trusted file.
-        CheckpointError: If the file is truncated or corrupted.
+            allowlist; the message names it and explains how to convert a
+            trusted file safely.
+        CheckpointError: If the file is not a regular file, a zip bomb,
+            truncated or corrupted, or in the safetensors format without
+            the ``safetensors`` package installed.
         RuntimeError: If torch is older than 2.6.
     """
     if not hasattr(torch.serialization, 'safe_globals'):
@@ -210,7 +219,45 @@ def load_float_checkpoint_file(
             new.append(g)
     with torch.serialization.safe_globals(new):
         return _torch_load_checked(path, map_location, 'float checkpoint',
-                                   _UNSAFE_HINT)
+                                   _UNSAFE_HINT, _load_safetensors)
+
+
+def _load_safetensors(f: IO[bytes], path: str,
+                      map_location: MapLocation) -> Dict[str, Any]:
+    """Read a float checkpoint in the safetensors format.
+
+    The format holds only named tensors and string metadata, so reading it
+    cannot run code.  It needs the ``safetensors`` package.
+
+    Args:
+        f: The open file.
+        path: Its path, for messages.
+        map_location: A device (``str`` or ``torch.device``) to move the
+            tensors to; anything else leaves them on the CPU.
+
+    Returns:
+        ``{name: tensor}`` in the file's order.
+
+    Raises:
+        CheckpointError: If ``safetensors`` is not installed or the file is
+            malformed.
+    """
+    try:
+        from safetensors.torch import load as load_safetensors
+    except ImportError as e:
+        raise CheckpointError(
+            f'float checkpoint {path!r} is in the safetensors format, '
+            'which needs the safetensors package: pip install safetensors '
+            '(or save the weights with torch.save)') from e
+    try:
+        tensors = load_safetensors(f.read())
+    except Exception as e:  # noqa: BLE001 - safetensors raises many kinds
+        raise CheckpointError(
+            f'float checkpoint {path!r} is a truncated or corrupted '
+            f'safetensors file: {type(e).__name__}: {e}') from e
+    if isinstance(map_location, (str, torch.device)):
+        tensors = {k: v.to(map_location) for k, v in tensors.items()}
+    return tensors
 
 
 def _strip_module_prefix(state_dict: Mapping[str, Any]) -> 'OrderedDict':

@@ -94,6 +94,18 @@ def _packed_name(layer: str) -> str:
     return f'{layer}.{PACKED_SUFFIX}'
 
 
+def _is_packed_name(key: str) -> bool:
+    """Tell whether a tensor name is that of a layer's packed integers.
+
+    Args:
+        key: A tensor name.
+
+    Returns:
+        True if ``key`` ends with ``'.qweight_packed'``.
+    """
+    return key.endswith(f'.{PACKED_SUFFIX}')
+
+
 def _nbytes(t: Tensor) -> int:
     """Return the size of a tensor's data in bytes.
 
@@ -212,7 +224,7 @@ def save_quantized(model: nn.Module,
         ValueError: If the model has no ``QuantizedLayer``, is one itself,
             shares one under several names, holds integers outside a
             layer's grid, if ``meta`` uses a reserved key, or a state-dict
-            key collides with a packed tensor name.
+            key ends like a packed tensor name (``'.qweight_packed'``).
         TypeError: If ``meta`` is not a dict or is not JSON-able.
         OSError: If writing fails (``path`` is then left untouched).
     """
@@ -231,11 +243,11 @@ def save_quantized(model: nn.Module,
             'it first (an INT checkpoint of a float model is pointless)')
     state = model.state_dict()
     by_qweight = {f'{name}.qweight': (name, layer) for name, layer in layers}
-    for name, _ in layers:
-        if _packed_name(name) in state:
-            raise ValueError(f'state-dict key {_packed_name(name)!r} '
-                             'collides with the packed weight of layer '
-                             f'{name!r}')
+    for key in state:
+        if _is_packed_name(key):
+            raise ValueError(f'state-dict key {key!r} ends like the packed '
+                             f'weight of a quantized layer ({PACKED_SUFFIX!r})'
+                             '; rename it')
     tensors: Dict[str, Tensor] = OrderedDict()
     records: List[Dict[str, Any]] = []
     packed_bytes = float_bytes = other_bytes = 0
@@ -521,6 +533,44 @@ def _unpack_layer(path: str, rec: dict,
     return q.reshape(rec['shape'])
 
 
+def _validate_file(
+    path: str, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> Tuple[List[dict], Dict[str, Tensor], Dict[str, Tuple[Tensor,
+                                                          Tensor]]]:
+    """Check an INT checkpoint on its own, as loading and inspecting do.
+
+    The layer records must be well formed; each layer's packed tensor must
+    have exactly the size its ``w_bits`` and ``numel`` need and decode
+    without the reserved out-of-grid code; its scales must be well shaped,
+    finite and positive; and every packed tensor must belong to a record.
+
+    Args:
+        path: The file, for messages.
+        tensors: The container's verified tensors.
+        meta: The container's meta.
+
+    Returns:
+        ``(records, ints, scales)``: the validated records, the int8
+        weights and ``(weight_scale, act_scale)`` of each layer by name.
+
+    Raises:
+        CheckpointError: On the first problem found.
+    """
+    records = _layer_records(path, meta)
+    ints, scales = {}, {}
+    for rec in records:
+        scales[rec['name']] = _scale_tensors(path, rec, tensors)
+        ints[rec['name']] = _unpack_layer(path, rec, tensors)
+    recorded = {_packed_name(rec['name']) for rec in records}
+    for key in tensors:
+        if _is_packed_name(key) and key not in recorded:
+            raise CheckpointError(
+                f'{path!r}: tensor {key!r} holds the packed integers of a '
+                f"layer that meta['layers'] has no record for (was the "
+                'record removed?)')
+    return records, ints, scales
+
+
 def _suggest(name: str, candidates: List[str]) -> str:
     """Return a ``'; did you mean ...?'`` hint, or ``''``.
 
@@ -694,13 +744,9 @@ def apply_quantized(model: nn.Module,
     """
     qcls = _quantized_layer_cls()
     path_str = source
-    records = _layer_records(path_str, meta)
 
-    # 1. The file on its own: packed sizes, ranges, scales.
-    ints, scales = {}, {}
-    for rec in records:
-        scales[rec['name']] = _scale_tensors(path_str, rec, tensors)
-        ints[rec['name']] = _unpack_layer(path_str, rec, tensors)
+    # 1. The file on its own: records, packed sizes, codes, scales.
+    records, ints, scales = _validate_file(path_str, tensors, meta)
 
     # 2. The layers against the model (a record nested in another one,
     # P.layer.<child>, against the rebuilt P in step 3).
@@ -795,10 +841,13 @@ def apply_quantized(model: nn.Module,
 
 
 def inspect_quantized(path: PathLike) -> Dict[str, Any]:
-    """Summarise an INT checkpoint without a model.
+    """Verify and summarise an INT checkpoint without a model.
 
-    The file is fully verified (checksums included) by
-    :func:`.load_container`.
+    The file gets every check :func:`load_quantized` makes without a
+    model: :func:`.load_container` (checksums, tensor-name digest, meta),
+    then the layer records, the size of every packed tensor against its
+    ``w_bits`` and ``numel``, the decoding of every integer (no reserved
+    code), the scales, and that every packed tensor has a record.
 
     Args:
         path: The INT checkpoint.
@@ -826,24 +875,18 @@ def inspect_quantized(path: PathLike) -> Dict[str, Any]:
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
         CheckpointError: If the file is corrupted, unsafe, not a quantized
-            model checkpoint, or its layer records are inconsistent with
-            its tensors.
+            model checkpoint, or fails any check :func:`load_quantized`
+            makes on the file alone (the message is the same).
     """
     path_str = os.fspath(path)
     tensors, meta = load_container(path_str)
-    records = _layer_records(path_str, meta)
+    records, _, _ = _validate_file(path_str, tensors, meta)
     layers = []
     packed_total = float_total = scale_total = 0
     scale_keys = set()
     for rec in records:
         name = rec['name']
-        _scale_tensors(path_str, rec, tensors)
-        key = _packed_name(name)
-        packed = tensors.get(key)
-        if packed is None:
-            raise CheckpointError(f'{path_str!r}: quantized layer {name!r} '
-                                  f'has no packed weight tensor {key!r}')
-        packed_bytes = _nbytes(packed)
+        packed_bytes = _nbytes(tensors[_packed_name(name)])
         float_bytes = rec['numel'] * _FLOAT32_BYTES
         packed_total += packed_bytes
         float_total += float_bytes

@@ -1,18 +1,22 @@
 """Tests for mmquant.checkpoint.container."""
+import errno
 import hashlib
 import json
 import os
+import os.path as osp
 import pickle
+import zipfile
 
 import pytest
 import torch
 
+from mmquant import fileio
 from mmquant.checkpoint import container
 from mmquant.checkpoint.container import (CheckpointError,
                                           CheckpointNotFoundError,
                                           UnsafeCheckpointError,
                                           load_container, save_container,
-                                          tensor_sha256)
+                                          tensor_sha256, tensors_digest)
 from mmquant.checkpoint.packing import pack_int
 
 
@@ -67,7 +71,8 @@ def test_round_trip(tmp_path):
     # Plain torch.load with weights_only and no allowlist works.
     raw = torch.load(path, weights_only=True)
     assert raw['format'] == 'mmquant-int' and raw['format_version'] == 1
-    assert json.loads(raw['meta']) == META
+    assert json.loads(raw['meta']) == dict(
+        META, tensors_sha256=tensors_digest(raw['checksums']))
     assert raw['meta_sha256'] == hashlib.sha256(
         raw['meta'].encode('utf-8')).hexdigest()
     assert raw['checksums']['mask'] == tensor_sha256(tensors['mask'])
@@ -234,7 +239,9 @@ def _write_raw(path, **overrides):
 
 def test_raw_writer_is_valid(tmp_path):
     _write_raw(tmp_path / 'a.pth')
-    tensors, meta = load_container(tmp_path / 'a.pth')
+    # An old file, without the tensor-name digest: loads, with a warning.
+    with pytest.warns(UserWarning, match="no 'tensors_sha256'"):
+        tensors, meta = load_container(tmp_path / 'a.pth')
     assert meta == {} and torch.equal(tensors['a'], torch.ones(2))
 
 
@@ -297,3 +304,196 @@ def test_plain_pickle_refused(tmp_path):
         pickle.dump({'format': _Custom()}, f, protocol=2)
     with pytest.raises(UnsafeCheckpointError, match='_Custom'):
         load_container(path)
+
+
+# ------------------------------------------------ tensor names and digest
+
+
+def test_tensors_digest_definition():
+    checksums = {'b': 'x' * 64, 'a': 'y' * 64, 'é': 'z' * 64}
+    text = ('[["a","' + 'y' * 64 + '"],["b","' + 'x' * 64 +
+            '"],["\\u00e9","' + 'z' * 64 + '"]]')
+    assert tensors_digest(checksums) == hashlib.sha256(
+        text.encode('ascii')).hexdigest()
+    assert tensors_digest({}) == hashlib.sha256(b'[]').hexdigest()
+
+
+def test_digest_is_stored_and_reserved(tmp_path):
+    path = tmp_path / 'a.pth'
+    with pytest.raises(ValueError, match="'tensors_sha256' is reserved"):
+        save_container(path, {'a': torch.ones(1)}, {'tensors_sha256': 'x'})
+    assert _files(tmp_path) == []
+    save_container(path, {'a': torch.ones(1)}, {'v': 1})
+    raw = torch.load(path, weights_only=True)
+    assert json.loads(raw['meta'])['tensors_sha256'] == tensors_digest(
+        {'a': tensor_sha256(torch.ones(1))})
+    assert load_container(path)[1] == {'v': 1}
+
+
+def test_renamed_tensor_detected(tmp_path):
+    """A bit flip in a tensor name renames it in tensors and checksums.
+
+    pickle memoizes strings, so the name is stored once for both dicts and
+    the tensor checksum (dtype, shape, data) still matches.
+    """
+    path = tmp_path / 'int.pth'
+    save_container(path, {'a.weight': torch.ones(3),
+                          'b.weight': torch.arange(3.0)}, {})
+    data = bytearray(path.read_bytes())
+    pos = bytes(data).find(b'b.weight')
+    assert pos > 0 and bytes(data).find(b'b.weight', pos + 1) < 0
+    data[pos + 7] ^= 0x01  # 'b.weight' -> 'b.weighu'
+    path.write_bytes(bytes(data))
+    raw = torch.load(path, weights_only=True)
+    assert sorted(raw['tensors']) == sorted(raw['checksums']) == [
+        'a.weight', 'b.weighu']
+    for verify in (True, False):
+        with pytest.raises(CheckpointError,
+                           match='tensor names or checksums do not match'):
+            load_container(path, verify_checksums=verify)
+
+
+def test_swapped_tensors_detected(tmp_path):
+    path = tmp_path / 'int.pth'
+    save_container(path, {'a': torch.ones(3), 'b': torch.zeros(3)}, {})
+    raw = torch.load(path, weights_only=True)
+    tensors, sums = raw['tensors'], raw['checksums']
+    tensors['a'], tensors['b'] = tensors['b'], tensors['a']
+    sums['a'], sums['b'] = sums['b'], sums['a']
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError,
+                       match='tensor names or checksums do not match'):
+        load_container(path)
+
+
+# ------------------------------------------------------ untrusted files
+
+
+def _write_meta(path, meta_text):
+    _write_raw(path, meta=meta_text, meta_sha256=hashlib.sha256(
+        meta_text.encode('utf-8', 'surrogatepass')).hexdigest())
+
+
+def test_deeply_nested_meta(tmp_path):
+    path = tmp_path / 'deep.pth'
+    _write_meta(path, '{"a":' + '[' * 100000 + ']' * 100000 + '}')
+    with pytest.raises(CheckpointError, match='more than 64 levels deep'):
+        load_container(path)
+    # The limit holds on both sides: 64 levels save and load, 65 do not.
+    deep = {}
+    for _ in range(container.MAX_META_DEPTH - 2):
+        deep = {'k': deep}
+    save_container(path, {}, {'x': deep})
+    assert load_container(path)[1] == {'x': deep}
+    with pytest.raises(ValueError, match='nested 65 levels deep'):
+        save_container(tmp_path / 'b.pth', {}, {'x': [deep]})
+    assert not (tmp_path / 'b.pth').exists()
+    _write_meta(path, json.dumps({'x': [deep]}))
+    with pytest.raises(CheckpointError, match='more than 64 levels deep'):
+        load_container(path)
+
+
+def test_meta_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(container, 'MAX_META_BYTES', 100, raising=False)
+    with pytest.raises(ValueError, match='more than the 100 allowed'):
+        save_container(tmp_path / 'a.pth', {}, {'x': 'y' * 100})
+    assert _files(tmp_path) == []
+    _write_meta(tmp_path / 'a.pth', json.dumps({'x': 'y' * 100}))
+    with pytest.raises(CheckpointError, match='bytes, more than the 100'):
+        load_container(tmp_path / 'a.pth')
+
+
+def test_meta_with_lone_surrogate(tmp_path):
+    _write_meta(tmp_path / 'a.pth', '{"x":"\ud800"}')
+    with pytest.raises(CheckpointError, match='meta is not valid UTF-8'):
+        load_container(tmp_path / 'a.pth')
+
+
+def _deflate(src, dst):
+    """Copy a torch.save zip with every member deflate-compressed."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(
+            dst, 'w', zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+
+
+def test_compressed_members(tmp_path, monkeypatch):
+    plain, small = tmp_path / 'plain.pth', tmp_path / 'small.pth'
+    save_container(plain, {'w': torch.arange(10.0)}, {'v': 1})
+    _deflate(plain, small)
+    # torch reads deflated members: a modestly compressed file loads.
+    tensors, meta = load_container(small)
+    assert meta == {'v': 1} and torch.equal(tensors['w'], torch.arange(10.))
+    # A member that would inflate far beyond the file is refused before
+    # anything is inflated (the floor is lowered from 64 MiB to 1 MiB).
+    monkeypatch.setattr(container, '_INFLATE_MIN_CAP', 1 << 20,
+                        raising=False)
+    big, bomb = tmp_path / 'big.pth', tmp_path / 'bomb.pth'
+    save_container(big, {'w': torch.zeros(1 << 20)}, {})
+    _deflate(big, bomb)
+    size = bomb.stat().st_size
+    assert size < 64 << 10
+    with pytest.raises(CheckpointError) as err:
+        load_container(bomb)
+    msg = str(err.value)
+    assert 'compressed) would expand to' in msg
+    assert f'allowed for a file of {size} bytes' in msg
+    # The same cap for float checkpoints, and for a forged stored size.
+    from mmquant.checkpoint import load_float_checkpoint
+    with pytest.raises(CheckpointError, match='would expand to'):
+        load_float_checkpoint(bomb)
+
+
+def test_unreadable_zip_directory(tmp_path):
+    path = tmp_path / 'a.pth'
+    save_container(path, {'w': torch.ones(2)}, {})
+    data = path.read_bytes()
+    end = data.rfind(b'PK\x05\x06')
+    path.write_bytes(data[:end])  # no end of central directory
+    with pytest.raises(CheckpointError,
+                       match='truncated or corrupted: its zip directory'):
+        load_container(path)
+
+
+# ------------------------------------------------------------ disk full
+
+
+def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):
+    """ENOSPC from the kernel, through torch.save's C++ writer."""
+    if not osp.exists('/dev/full'):
+        pytest.skip('needs /dev/full')
+    open_temp = fileio._open_temp
+
+    def open_full(dirpath, basename):
+        fd, tmp = open_temp(dirpath, basename)
+        os.close(fd)
+        return os.open('/dev/full', os.O_WRONLY), tmp
+
+    monkeypatch.setattr(fileio, '_open_temp', open_full)
+    path = tmp_path / 'int.pth'
+    with pytest.raises(OSError) as err:
+        save_container(path, {'w': torch.zeros(1 << 16)}, {'v': 1})
+    assert err.value.errno == errno.ENOSPC
+    msg = str(err.value)
+    assert (f"cannot write '{path}': the disk holding '{tmp_path}' is "
+            'full') in msg
+    assert 'inline_container' not in msg
+    assert _files(tmp_path) == []
+    with pytest.raises(OSError, match='is full') as err:
+        fileio.write_text_atomic(str(path), 'x' * (1 << 20))
+    assert err.value.errno == errno.ENOSPC
+    assert _files(tmp_path) == []
+
+    def torch_like(f):
+        # torch.save's C++ writer may turn the OSError into this.
+        try:
+            f.write(b'x' * (1 << 20))
+        except OSError:
+            raise RuntimeError('[enforce fail at inline_container.cc:664] '
+                               '. unexpected pos 64 vs 0') from None
+
+    with pytest.raises(OSError, match='is full') as err:
+        fileio.atomic_write(str(path), torch_like)
+    assert err.value.errno == errno.ENOSPC
+    assert isinstance(err.value.__cause__, RuntimeError)
+    assert _files(tmp_path) == []

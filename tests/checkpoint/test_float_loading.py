@@ -1,8 +1,14 @@
 """Tests for mmquant.checkpoint.float_loading."""
 import hashlib
+import json
+import os
+import os.path as osp
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import types
 from collections import OrderedDict
 
 import numpy as np
@@ -176,8 +182,12 @@ def test_custom_class_refused(tmp_path):
     msg = str(err.value)
     assert f'{__name__}._Custom' in msg
     assert 'refused for safety' in msg
-    assert 'get_unsafe_globals_in_checkpoint' in msg
-    assert 'weights_only=False' in msg
+    # How to convert a trusted file safely, and no unsafe advice (torch's
+    # own message suggests weights_only=False and add_safe_globals).
+    assert 'torch.save({"state_dict": model.state_dict()}' in msg
+    for unsafe in ('weights_only=False', 'add_safe_globals',
+                   'safe_globals(['):
+        assert unsafe not in msg
     # Explicitly trusted by the caller: loads.
     state_dict = load_float_checkpoint(path, extra_safe_globals=[_Custom])
     assert 'conv.weight' in state_dict
@@ -188,8 +198,19 @@ def test_restricted_getattr(tmp_path):
     path = tmp_path / 'getattr.pth'
     torch.save({'state_dict': {'w': torch.ones(1)},
                 'x': _GetattrReducer()}, path)
-    with pytest.raises(UnsafeCheckpointError, match='getattr'):
+    with pytest.raises(UnsafeCheckpointError, match='getattr') as err:
         load_float_checkpoint(path)
+    assert 'weights_only=False' not in str(err.value)
+    # torch alone advises `add_safe_globals([getattr])`: never passed on.
+    with pytest.raises(UnsafeCheckpointError,
+                       match='builtins.getattr') as err:
+        load_container(path)
+    msg = str(err.value)
+    assert 'It references: builtins.getattr, numpy.ndarray.' in msg
+    assert 'torch: Unsupported global: GLOBAL getattr was not' in msg
+    for unsafe in ('weights_only=False', 'add_safe_globals',
+                   'safe_globals(['):
+        assert unsafe not in msg
 
 
 def test_history_buffer_class_state_untouched(tmp_path):
@@ -243,6 +264,106 @@ def test_errors(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match='truncated or corrupted'):
         load_float_checkpoint(path)
+
+
+def _safetensors_bytes(tensors):
+    """The bytes of a safetensors file holding float32 ``tensors``."""
+    header, data, offset = {}, b'', 0
+    for name, t in tensors.items():
+        raw = t.numpy().tobytes()
+        header[name] = {'dtype': 'F32', 'shape': list(t.shape),
+                        'data_offsets': [offset, offset + len(raw)]}
+        data += raw
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, 'little') + text + data
+
+
+class _FakeSafetensorsTorch:
+    """Stands in for ``safetensors.torch`` (float32 only)."""
+
+    @staticmethod
+    def load(data):
+        size = int.from_bytes(data[:8], 'little')
+        header = json.loads(data[8:8 + size])
+        body = bytearray(data[8 + size:])
+        return {
+            name: torch.frombuffer(body[a:b], dtype=torch.float32).reshape(
+                spec['shape']).clone()
+            for name, spec in header.items()
+            for a, b in [spec['data_offsets']]
+        }
+
+
+def test_safetensors_checkpoint(tmp_path, monkeypatch):
+    w = torch.arange(6.0).reshape(2, 3)
+    path = tmp_path / 'model.safetensors'
+    path.write_bytes(_safetensors_bytes({'conv.weight': w,
+                                         'conv.bias': torch.ones(2)}))
+    # Without the package: an error that names the format, not
+    # 'truncated or corrupted'.
+    monkeypatch.setitem(sys.modules, 'safetensors', None)
+    monkeypatch.setitem(sys.modules, 'safetensors.torch', None)
+    with pytest.raises(CheckpointError,
+                       match='safetensors format.*pip install safetensors'):
+        load_float_checkpoint(path)
+    # An INT checkpoint is never a safetensors file.
+    with pytest.raises(CheckpointError,
+                       match='is in the safetensors format, not a '
+                       'torch.save file'):
+        load_container(path)
+    # With the package: it loads, through safetensors' own reader.
+    fake = types.ModuleType('safetensors')
+    fake.torch = _FakeSafetensorsTorch
+    monkeypatch.setitem(sys.modules, 'safetensors', fake)
+    monkeypatch.setitem(sys.modules, 'safetensors.torch',
+                        _FakeSafetensorsTorch)
+    state_dict = load_float_checkpoint(path)
+    assert list(state_dict) == ['conv.weight', 'conv.bias']
+    assert torch.equal(state_dict['conv.weight'], w)
+
+
+def test_real_safetensors_package(tmp_path):
+    safetensors_torch = pytest.importorskip('safetensors.torch')
+    path = tmp_path / 'model.safetensors'
+    w = torch.arange(6.0).reshape(2, 3)
+    safetensors_torch.save_file({'w': w}, str(path))
+    assert torch.equal(load_float_checkpoint(path)['w'], w)
+
+
+def test_special_files_refused_at_once(tmp_path):
+    if not hasattr(os, 'mkfifo'):
+        pytest.skip('needs os.mkfifo')
+    fifo = tmp_path / 'ckpt.pth'
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock():
+        # Should the reader block on the FIFO, open and close its writing
+        # end so that the test fails instead of hanging.
+        if not done.wait(10):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError,
+                           match=r'is a FIFO \(named pipe\), not a '
+                           'regular file'):
+            load_float_checkpoint(fifo)
+        with pytest.raises(CheckpointError, match='FIFO'):
+            load_container(fifo)
+    finally:
+        done.set()
+    assert time.monotonic() - start < 5
+    if osp.exists('/dev/null'):
+        with pytest.raises(CheckpointError, match='a character device'):
+            load_float_checkpoint('/dev/null')
+    with pytest.raises(CheckpointError, match='directory'):
+        load_float_checkpoint(tmp_path)
 
 
 def test_allowlist_is_data_only():

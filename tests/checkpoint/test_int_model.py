@@ -1,4 +1,5 @@
 """Tests for mmquant.checkpoint.int_model and tools/inspect_checkpoint.py."""
+import hashlib
 import json
 import os
 import os.path as osp
@@ -13,7 +14,7 @@ from torch import nn
 from mmquant.checkpoint import (CheckpointError, CheckpointMismatchError,
                                 CheckpointNotFoundError, inspect_quantized,
                                 load_container, load_quantized,
-                                packed_nbytes, save_container,
+                                pack_int, packed_nbytes, save_container,
                                 save_quantized)
 from mmquant.nn import QuantizedLayer
 
@@ -37,7 +38,8 @@ CALLER_META = {
 }
 # File bytes beyond the raw tensor data and the meta JSON (zip headers,
 # 64-byte data alignment, pickle, checksums), measured with torch 2.9: an
-# empty container takes 1453 bytes; the mixed Net files (31 tensors, names
+# empty container takes 1517 bytes (its meta JSON, the tensor-name digest,
+# takes 85 of them); the mixed Net files (31 tensors, names
 # of ~15 characters) take 1453 + ~320 bytes per tensor.  Asserted with a
 # margin.
 BASE_OVERHEAD = 2048
@@ -255,6 +257,9 @@ def test_save_load_save_is_stable(saved, tmp_path):
     assert m1 == m2
     assert list(t1) == list(t2)
     assert all(torch.equal(t1[k], t2[k]) for k in t1)
+    # Byte-identical (the digest, too, is deterministic).
+    with open(path, 'rb') as f1, open(again, 'rb') as f2:
+        assert f1.read() == f2.read()
 
 
 def test_sizes(tmp_path):
@@ -556,6 +561,7 @@ def test_inspect_tool(saved, capsys):
     assert info['totals']['packed_bytes'] == summary['packed_weight_bytes']
     assert tool.main([path + '.missing']) == 1
     assert 'not found' in capsys.readouterr().err
+    assert out.splitlines()[-1] == tool.VERDICT
 
 
 def test_file_without_channels_loads(saved, tmp_path):
@@ -671,3 +677,157 @@ def test_round_trip_conv1d_and_conv_transpose(tmp_path):
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
+
+
+# ------------------------------------------- inspect validates like load
+
+
+def _tool():
+    sys.path.insert(0, osp.dirname(TOOL))
+    try:
+        import inspect_checkpoint
+    finally:
+        sys.path.pop(0)
+    return inspect_checkpoint
+
+
+def _run_tool(*args):
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [ROOT] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    return subprocess.run([sys.executable, TOOL, *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)
+
+
+def _set_bits(tensors, meta):
+    _record(meta, 'pad')['w_bits'] = 8
+
+
+def _reserved_code(tensors, meta):
+    tensors['pad.qweight_packed'][0] = 0x88  # two 4-bit codes of -8
+
+
+def _w3_tensor(tensors, meta):
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-3, 4, (160, ), generator=gen, dtype=torch.int8)
+    tensors['head.qweight_packed'] = pack_int(q, 3)
+
+
+def _drop_record(tensors, meta):
+    meta['layers'] = [r for r in meta['layers'] if r['name'] != 'group']
+
+
+@pytest.mark.parametrize('edit,fragment', [
+    (_set_bits, "'pad.qweight_packed' holds 512 bytes but 1024 8-bit "
+     "values need 1024; w_bits or shape of layer 'pad' is wrong"),
+    (_reserved_code, "the integer weights of layer 'pad' are out of "
+     'range'),
+    (_w3_tensor, "'head.qweight_packed' holds 60 bytes but 160 4-bit "
+     "values need 80; w_bits or shape of layer 'head' is wrong"),
+    (_drop_record, "tensor 'group.qweight_packed' holds the packed "
+     "integers of a layer that meta['layers'] has no record for"),
+])
+def test_inspect_fails_where_load_fails(saved, tmp_path, capsys, edit,
+                                        fragment):
+    """Crafted files with valid checksums fail inspect and load alike."""
+    path = _rewrite(saved[1], str(tmp_path / 'crafted.pth'), edit)
+    with pytest.raises(CheckpointError) as err:
+        inspect_quantized(path)
+    assert fragment in str(err.value)
+    for strict in (True, False):
+        err = _check_error(path, build(1), CheckpointError, fragment,
+                           strict=strict)
+        assert not isinstance(err, CheckpointMismatchError)
+    tool = _tool()
+    for args in ([path], [path, '--json']):
+        assert tool.main(args) == 1
+        out, errors = capsys.readouterr()
+        assert out == '' and errors.startswith('error: ')
+        assert fragment in errors
+
+
+def test_packed_name_without_layer_refused_on_save(tmp_path):
+    model = quantize(build(0), _uniform(4))
+    model.keep.register_buffer('qweight_packed', torch.zeros(2))
+    with pytest.raises(ValueError,
+                       match="'keep.qweight_packed' ends like the packed"):
+        save_quantized(model, str(tmp_path / 'a.pth'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_escape():
+    tool = _tool()
+    assert tool.escape('conv1') == 'conv1'
+    assert tool.escape('a b\tc\nd\re') == 'a b\\x09c\\x0ad\\x0de'
+    assert tool.escape('\x1b[2J\x07\x7f\x9b') == '\\x1b[2J\\x07\\x7f\\x9b'
+    assert tool.escape('x\\x1b') == 'x\\\\x1b'  # unambiguous
+    assert tool.escape('\u202eé\u2028\ud800') == (
+        '\\u202eé\\u2028\\ud800')
+    assert tool.escape('\U000e0041') == '\\U000e0041'
+    assert tool.escape(3) == '3' and tool.escape(None) == 'None'
+    text = json.dumps({'k\x9b': '\u202e\U000e0041\x7f'}, ensure_ascii=False)
+    escaped = tool.escape_json(text)
+    assert escaped == ('{"k\\u009b": "\\u202e\\udb40\\udc41\\u007f"}')
+    assert json.loads(escaped) == json.loads(text)
+
+
+def test_inspect_escapes_file_text(saved, tmp_path):
+    """Text from the file cannot drive the terminal or fake a line."""
+    tool = _tool()
+    evil = f'head\x1b[2J\x1b]0;pwned\x07\r\n{tool.VERDICT}\n\u202e'
+
+    def edit(tensors, meta):
+        _rename(tensors, meta, 'head', evil)
+        meta['mmquant_version'] = '\x1b]0;retitled\x07'
+        meta['key\x9b2J'] = 'value'
+
+    path = _rewrite(saved[1], str(tmp_path / 'evil.pth'), edit)
+    proc = _run_tool(path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for raw in ('\x1b', '\x07', '\r', '\x9b', '\u202e'):
+        assert raw not in out
+    lines = out.splitlines()
+    assert lines[-1] == tool.VERDICT
+    assert [line for line in lines if line.startswith('all checks')
+            ] == [tool.VERDICT]
+    assert ('head\\x1b[2J\\x1b]0;pwned\\x07\\x0d\\x0a'
+            f'{tool.VERDICT}\\x0a\\u202e') in out
+    assert 'written by mmquant:   \\x1b]0;retitled\\x07' in out
+    assert 'key\\x9b2J' in out
+    proc = _run_tool(path, '--json')
+    assert proc.returncode == 0, proc.stderr
+    for raw in ('\x1b', '\x07', '\r', '\x9b', '\u202e'):
+        assert raw not in proc.stdout
+    info = json.loads(proc.stdout)
+    assert info['layers'][-1]['name'] == evil
+    assert info['mmquant_version'] == '\x1b]0;retitled\x07'
+    assert info['meta']['key\x9b2J'] == 'value'
+    # Errors are escaped too: the path is part of the message.
+    proc = _run_tool(str(tmp_path / 'missing\x1b[2J.pth'))
+    assert proc.returncode == 1 and '\x1b' not in proc.stderr
+    assert 'missing\\\\x1b[2J.pth' in proc.stderr
+
+
+def test_inspect_tool_on_untrusted_files(tmp_path, capsys):
+    """Deep meta and a FIFO: one error line and status 1, no traceback."""
+    tool = _tool()
+    deep = str(tmp_path / 'deep.pth')
+    meta = '{"layers":' + '[' * 50000 + ']' * 50000 + '}'
+    torch.save({'format': 'mmquant-int', 'format_version': 1, 'meta': meta,
+                'tensors': {}, 'checksums': {},
+                'meta_sha256': hashlib.sha256(meta.encode()).hexdigest()},
+               deep)
+    assert tool.main([deep]) == 1
+    out, err = capsys.readouterr()
+    assert out == '' and err.startswith('error: ')
+    assert 'more than 64 levels deep' in err
+    if hasattr(os, 'mkfifo'):
+        fifo = str(tmp_path / 'fifo.pth')
+        os.mkfifo(fifo)
+        # A FIFO without a writer: refused at once, never opened for
+        # a blocking read (the subprocess would otherwise time out).
+        proc = _run_tool(fifo)
+        assert proc.returncode == 1
+        assert 'is a FIFO (named pipe), not a regular file' in proc.stderr
