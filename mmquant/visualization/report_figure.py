@@ -98,7 +98,8 @@ def plot_report(report: Mapping[str, Any], out: str) -> str:
         elif panel == 'cumulative':
             _cumulative(ax, layers)
         else:
-            _sensitivity(ax, layers)
+            _sensitivity(ax, layers, 'mixed_precision' in report.get(
+                'extra', {}))
         if panel != 'sensitivity':
             _layer_ticks(ax, x, names)
     fig.tight_layout()
@@ -171,8 +172,10 @@ def _cumulative(ax: Any, layers: List[Dict[str, Any]]) -> None:
     ax.legend(fontsize=8, loc='upper left')
 
 
-def _sensitivity(ax: Any, layers: List[Dict[str, Any]]) -> None:
-    """Panel 3: log10 relative error at each candidate width."""
+def _sensitivity(ax: Any, layers: List[Dict[str, Any]],
+                 probe: bool) -> None:
+    """Panel 3: log10 relative error at each candidate width (of the
+    fast-mode sensitivity pass when ``probe``: a mixed-precision run)."""
     rows = [la for la in layers if la.get('sensitivity')]
     widths = sorted({int(b) for la in rows for b in la['sensitivity']})
     grid = [[math.log10(max(la['sensitivity'].get(str(b), math.nan),
@@ -186,6 +189,7 @@ def _sensitivity(ax: Any, layers: List[Dict[str, Any]]) -> None:
             ax.scatter([i], [widths.index(la['w_bits'])], marker='s',
                        facecolors='none', edgecolors='white', s=30)
     _layer_ticks(ax, list(range(len(rows))), [la['name'] for la in rows])
-    ax.set_title('Sensitivity: log10 relative output error per width '
-                 '(white squares: the width used)', fontsize=10)
+    ax.set_title('Sensitivity: log10 relative output error per width'
+                 + (' in the fast-mode sensitivity pass' if probe else '')
+                 + ' (white squares: the width used)', fontsize=10)
     ax.figure.colorbar(image, ax=ax, pad=0.01)
