@@ -151,6 +151,7 @@ def make_run_dir(work_dir: str, timestamp: str) -> str:
     Returns:
         str: The new, empty folder.
     """
+    os.makedirs(work_dir, exist_ok=True)  # (if a failed run removed it)
     for i in range(1000):
         name = timestamp if i == 0 else f'{timestamp}_{i}'
         path = osp.join(work_dir, name)

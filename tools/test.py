@@ -24,13 +24,15 @@ import traceback
 from typing import Any, Dict, List, NoReturn, Optional
 
 from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmquant.apis.ptq import (check_input_file,  # noqa: E402
-                              debug_requested, is_quantized_model_cfg,
-                              load_config, user_error_message)
+from mmquant.apis.ptq import (PTQInputError,  # noqa: E402
+                              check_input_file, debug_requested,
+                              is_quantized_model_cfg, load_config,
+                              load_dataset, user_error_message)
 from mmquant.checkpoint import load_container  # noqa: E402
 
 
@@ -99,13 +101,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     Raises:
         PTQInputError: If the config or checkpoint file is missing,
-            unreadable or not a regular file, or the config does not load.
+            unreadable or not a regular file, the config does not load, has
+            no test dataloader and evaluator, or its test dataset cannot
+            be built.
         CheckpointError: If the INT checkpoint does not load.
     """
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     check_input_file(args.checkpoint, 'INT checkpoint')
     load_container(args.checkpoint)  # refuse a bad file before the runner
+    for key in ('test_dataloader', 'test_evaluator'):
+        if not cfg.get(key):
+            raise PTQInputError(f'config {args.config!r} has no {key}; add '
+                                'it to evaluate')
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    load_dataset(cfg.test_dataloader.dataset, 'test')  # its data exist
     cfg.work_dir = args.work_dir or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg = build_test_config(cfg, args.checkpoint)

@@ -488,25 +488,33 @@ def prepare_work_dir(work_dir: str) -> List[str]:
         work_dir (str): The output folder.
 
     Returns:
-        list[str]: The folders created here, deepest first (for
-        :func:`remove_empty_dirs` when the run fails).
+        list[str]: The folders this call created, deepest first (for
+        :func:`remove_empty_dirs` when the run fails); a folder that a
+        concurrent run created at the same time is not among them.
 
     Raises:
         PTQInputError: If the folder cannot be created or written to
             (read-only file system, permissions, a file in the way).
     """
-    created = []
+    missing = []
     path = osp.abspath(work_dir)
     while not osp.isdir(path):
         if osp.lexists(path):
             raise PTQInputError(f'work dir {work_dir!r}: {path!r} exists '
                                 'and is not a folder; choose another '
                                 '--work-dir')
-        created.append(path)
+        missing.append(path)
         path = osp.dirname(path)
+    created: List[str] = []
     try:
-        for folder in reversed(created):
-            os.mkdir(folder)
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                if not osp.isdir(folder):
+                    raise
+                continue
+            created.insert(0, folder)
         fd, probe = tempfile.mkstemp(prefix='.mmquant_probe_',
                                      dir=work_dir)
         os.close(fd)
@@ -575,7 +583,7 @@ def build_datasets(cfg: Config, do_eval: bool
         calib = calib_dataloader_cfg(cfg)
     except ValueError as err:
         raise PTQInputError(f'{err}; add one to the config') from None
-    calib['dataset'] = _build_dataset(calib['dataset'], 'calibration')
+    calib['dataset'] = load_dataset(calib['dataset'], 'calibration')
     if not do_eval:
         return calib, None
     for key in ('test_dataloader', 'test_evaluator'):
@@ -583,7 +591,7 @@ def build_datasets(cfg: Config, do_eval: bool
             raise PTQInputError(
                 f'the config has no {key}, so the run cannot evaluate; '
                 'add it, or pass --no-eval')
-    test = _build_dataset(cfg.test_dataloader.dataset, 'test')
+    test = load_dataset(cfg.test_dataloader.dataset, 'test')
     try:
         Evaluator(copy.deepcopy(cfg.test_evaluator))
     except Exception as err:  # noqa: BLE001 - any config mistake
@@ -593,8 +601,21 @@ def build_datasets(cfg: Config, do_eval: bool
     return calib, test
 
 
-def _build_dataset(dataset_cfg: Any, what: str) -> Any:
-    """Build the calibration or test dataset, naming it on failure."""
+def load_dataset(dataset_cfg: Any, what: str) -> Any:
+    """Build a dataset from its config, naming it on failure.
+
+    Args:
+        dataset_cfg (dict | Dataset): The dataset config (the registry's
+            default scope must be set).
+        what (str): ``'calibration'`` or ``'test'``, for the message.
+
+    Returns:
+        Dataset: The dataset, not empty.
+
+    Raises:
+        PTQInputError: If it is empty or cannot be built (a missing data
+            root or annotation file, an unknown type ...).
+    """
     try:
         return build_dataset(dataset_cfg, what)
     except Exception as err:  # noqa: BLE001 - datasets raise many kinds
@@ -683,7 +704,14 @@ def run_ptq(cfg: Config,
         check_input_file(checkpoint, 'float checkpoint')
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     calib_cfg, test_dataset = build_datasets(cfg, do_eval)
-    model = build_float_model(cfg)
+    try:
+        model = build_float_model(cfg)
+    except Exception as err:  # noqa: BLE001 - model configs fail so
+        text = ' '.join(str(err).split())
+        raise PTQInputError(
+            f'cannot build the model of the config: {type(err).__name__}: '
+            f'{text}; fix its model (or data_preprocessor) settings'
+        ) from err
     float_sha256 = float_bytes = None
     if checkpoint is not None:
         state, float_sha256, float_bytes = read_float_checkpoint(checkpoint)

@@ -312,6 +312,13 @@ def test_user_errors_are_one_line(ws, tmp_path):
          ["INT checkpoint '", "none.pth' does not exist"]),
         ([TEST, config, ckpt], ['is not an mmquant INT checkpoint']),
         ([TEST, str(bad_cfg), ckpt], ['cannot read config']),
+        ([PTQ, config, ckpt, '--work-dir', str(tmp_path / 'w'),
+          '--cfg-options', 'model.backbone.depth=19'],
+         ['cannot build the model of the config', 'depth 19']),
+        ([TEST, config, ws.ptq('resnet').int_path, '--work-dir',
+          str(tmp_path / 'w'), '--cfg-options',
+          'test_dataloader.dataset.data_root=/nonexistent'],
+         ['cannot load the test dataset', "data_root='/nonexistent'"]),
     ]
     for args, needles in cases:
         out = _run(args, tmp_path)
@@ -436,3 +443,29 @@ def test_run_dir_names_and_latest_pointer(tmp_path, monkeypatch):
     assert open(link).read() == '20240101_000000\n'
     assert sorted(os.listdir(tmp_path)) == [
         '20240101_000000', '20240101_000000_1', 'latest']
+
+
+def test_prepare_work_dir_cleanup_and_races(tmp_path, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def no_c(path, *args):
+        if osp.basename(path) == 'c':
+            raise PermissionError(errno.EACCES, 'Permission denied', path)
+        real_mkdir(path, *args)
+    monkeypatch.setattr(ptq_api.os, 'mkdir', no_c)
+    with pytest.raises(PTQInputError, match=r"cannot write to work dir "
+                       r"'.*/a/b/c': Permission denied; choose a writable"):
+        ptq_api.prepare_work_dir(str(tmp_path / 'a' / 'b' / 'c'))
+    assert os.listdir(tmp_path) == []  # a and a/b removed again
+
+    def raced(path, *args):  # another run makes the folder first
+        real_mkdir(path, *args)
+        raise FileExistsError(errno.EEXIST, 'File exists', path)
+    monkeypatch.setattr(ptq_api.os, 'mkdir', raced)
+    assert ptq_api.prepare_work_dir(str(tmp_path / 'x' / 'y')) == []
+    assert osp.isdir(tmp_path / 'x' / 'y')
+    monkeypatch.setattr(ptq_api.os, 'mkdir', real_mkdir)
+    work = str(tmp_path / 'p' / 'q')
+    assert ptq_api.prepare_work_dir(work) == [
+        work, str(tmp_path / 'p')]
+    assert os.listdir(work) == []  # the probe file is gone
