@@ -297,6 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             remove_empty_dirs(state.get('created', []))
         if message is None:
             raise
+        if state.get('run_dir') and osp.isdir(state['run_dir']):
+            MMLogger.get_current_instance().error(f'mmquant: {message}')
         if debug:
             traceback.print_exc()
         print(f'{prog}: error: {message}', file=sys.stderr)

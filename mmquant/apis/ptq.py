@@ -769,11 +769,12 @@ def run_ptq(cfg: Config,
                                 evaluation_error=text,
                                 metrics=_jsonable(metrics))
             report.save(report_path)
-            raise EvaluationError(
-                f'evaluation failed ({text}); the INT checkpoint '
-                f'{out_path} and the report {report_path} are kept: '
-                f'evaluate it later with tools/test.py {ready_path} '
-                f'{out_path}', report.to_dict()) from err
+            message = (f'evaluation failed ({text}); the INT checkpoint '
+                       f'{out_path} and the report {report_path} are kept: '
+                       f'evaluate it later with tools/test.py {ready_path} '
+                       f'{out_path}')
+            logger.error(f'mmquant: {message}')
+            raise EvaluationError(message, report.to_dict()) from err
         report.timing['evaluation'] = round(time.perf_counter() - t1, 4)
         report.extra.update(evaluation='done', metrics=_jsonable(metrics))
         report.save(report_path)

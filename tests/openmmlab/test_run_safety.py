@@ -228,6 +228,10 @@ def test_evaluation_failure_keeps_int_file(ws, tmp_path, monkeypatch,
         'ptq.py: error: evaluation failed (ZeroDivisionError: division by '
         'zero); the INT checkpoint ')
     assert 'are kept' in err[0] and 'tools/test.py' in err[0]
+    log = (run_dir / f'ptq_{os.readlink(run_dir)}.log').read_text()
+    errors = [line for line in log.splitlines() if ' - ERROR - ' in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        'mmquant: ' + err[0][len('ptq.py: error: '):]), errors
 
 
 def test_int_file_written_before_evaluation(ws, tmp_path, monkeypatch):
