@@ -6,38 +6,92 @@ Example::
         retinanet_r50_fpn_1x_coco.pth --work-dir work_dirs/ptq
 
 The work dir is ``--work-dir``, else the config's ``work_dir`` (also from
-``--cfg-options work_dir=...``), else ``work_dirs/<config name>``. It
+``--cfg-options work_dir=...``), else ``work_dirs/<config name>``. Every
+run writes into its own folder there, ``<work dir>/<timestamp>/``
+(``YYYYmmdd_HHMMSS``, with ``_1``, ``_2`` ... appended when another run
+took the name), so runs sharing a work dir never overwrite each other. It
 receives ``<stem>_int.pth`` (the INT checkpoint), ``<stem>_quantized.py``
 (the config that stock ``tools/test.py`` runs as it is), ``report.json``,
-the log ``ptq_<timestamp>.log`` and the config as run, ``<config name>.py``.
-``<stem>`` is the config name plus ``_w4a8`` (the bits of the run) unless
-the name already contains that tag (``resnet18_w4a8_in1k`` stays as it is).
+the log ``ptq_<timestamp>.log`` and the config as run, ``<config
+name>.py``. ``<work dir>/latest`` is a symbolic link to the folder of the
+last run that wrote its INT checkpoint (where symbolic links cannot be
+made, a text file holding the folder's name). ``<stem>`` is the config
+name plus ``_w4a8`` (the bits of the run) unless the name already contains
+that tag (``resnet18_w4a8_in1k`` stays as it is).
+
+Everything is checked before calibration starts; the INT checkpoint and
+the report are written before the evaluation. Exit status: 0 on success;
+1 when the evaluation failed (the INT checkpoint and report are kept) or
+on an internal error (with its traceback); 2 on a user error (bad
+argument, missing or unreadable file, bad config or checkpoint, unusable
+work dir, full disk), reported on one line without a traceback
+(``--debug`` or ``MMQUANT_DEBUG=1`` shows it). A run that fails before
+writing its INT checkpoint leaves no empty folder behind.
 """
 import argparse
 import os
 import os.path as osp
+import secrets
 import sys
 import time
-from typing import Optional
+import traceback
+from typing import Any, Dict, List, NoReturn, Optional
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import MMLogger
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmquant.apis.ptq import run_ptq  # noqa: E402
+from mmquant.apis.ptq import (EvaluationError, PTQInputError,  # noqa: E402
+                              check_input_file, debug_requested,
+                              load_config, prepare_work_dir,
+                              remove_empty_dirs, run_ptq,
+                              user_error_message)
+from mmquant.checkpoint.int_model import INT_SUFFIX  # noqa: E402
 from mmquant.fileio import write_text_atomic  # noqa: E402
 
+#: The name of the pointer to the last finished run in a work dir.
+LATEST = 'latest'
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(
+            f'must be a whole number >= 1, got {text!r}')
+    return value
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv (list[str], optional): The arguments (default:
+            ``sys.argv[1:]``).
+
+    Returns:
+        argparse.Namespace: The arguments.
+    """
+    parser = _Parser(
         description='BitSplit post-training quantization of an OpenMMLab '
         'model')
     parser.add_argument('config', help='the model config (with an optional '
                         '`quantizer` dict)')
     parser.add_argument('checkpoint', help='the float checkpoint')
     parser.add_argument('--work-dir', help='output folder (default: the '
-                        "config's work_dir, else work_dirs/<config name>)")
+                        "config's work_dir, else work_dirs/<config name>); "
+                        'each run writes into <work dir>/<timestamp>/')
     parser.add_argument('--w-bits', type=int, help='weight bits (2..8)')
     parser.add_argument('--a-bits', type=int, help='activation bits (2..8)')
     parser.add_argument('--no-act-quant', action='store_true',
@@ -47,24 +101,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--fast', action='store_true',
                         help='fast mode: one float pass instead of '
                         'error compensation')
-    parser.add_argument('--calib-samples', type=int, default=256,
+    parser.add_argument('--calib-samples', type=_count, default=256,
                         help='calibration images (default 256)')
-    parser.add_argument('--calib-batch-size', type=int,
+    parser.add_argument('--calib-batch-size', type=_count,
                         help='calibration batch size (default: the '
                         "dataloader's)")
     parser.add_argument('--no-eval', action='store_true',
                         help='do not evaluate float and quantized models')
-    parser.add_argument('--eval-samples', type=int,
+    parser.add_argument('--eval-samples', type=_count,
                         help='evaluate on the first N test samples only')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy')
-    return parser.parse_args()
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of user errors (also '
+                        'MMQUANT_DEBUG=1)')
+    return parser.parse_args(argv)
 
 
 def resolve_work_dir(cfg: Config, work_dir: Optional[str],
                      config: str) -> str:
     """OpenMMLab's precedence: ``--work-dir``, then ``cfg.work_dir``, then
-    ``work_dirs/<config name>``."""
+    ``work_dirs/<config name>``.
+
+    Args:
+        cfg (Config): The config.
+        work_dir (str, optional): ``--work-dir``.
+        config (str): The config file.
+
+    Returns:
+        str: The work dir.
+    """
     if work_dir is not None:
         return work_dir
     if cfg.get('work_dir', None) is not None:
@@ -72,25 +138,105 @@ def resolve_work_dir(cfg: Config, work_dir: Optional[str],
     return osp.join('work_dirs', osp.splitext(osp.basename(config))[0])
 
 
-def main() -> None:
-    args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+def make_run_dir(work_dir: str, timestamp: str) -> str:
+    """Create a new run folder ``<work_dir>/<timestamp>`` exclusively.
+
+    When a concurrent run already took the name, ``_1``, ``_2`` ... is
+    appended.
+
+    Args:
+        work_dir (str): An existing folder.
+        timestamp (str): ``YYYYmmdd_HHMMSS``.
+
+    Returns:
+        str: The new, empty folder.
+    """
+    os.makedirs(work_dir, exist_ok=True)  # (if a failed run removed it)
+    for i in range(1000):
+        name = timestamp if i == 0 else f'{timestamp}_{i}'
+        path = osp.join(work_dir, name)
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise PTQInputError(f'work dir {work_dir!r} already has 1000 run '
+                        f'folders named {timestamp}*; choose another '
+                        '--work-dir')
+
+
+def update_latest(work_dir: str, run_dir: str) -> str:
+    """Point ``<work_dir>/latest`` at ``run_dir``, atomically.
+
+    A relative symbolic link, swapped in with :func:`os.replace`; where
+    symbolic links cannot be made, a text file holding the folder's name.
+
+    Args:
+        work_dir (str): The work dir.
+        run_dir (str): A folder in it.
+
+    Returns:
+        str: The pointer's path.
+    """
+    link = osp.join(work_dir, LATEST)
+    name = osp.basename(run_dir)
+    tmp = osp.join(work_dir, f'.{LATEST}.{secrets.token_hex(6)}.tmp')
+    try:
+        os.symlink(name, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        if osp.lexists(tmp):
+            os.unlink(tmp)
+        write_text_atomic(link, name + '\n')
+    return link
+
+
+def _remove_run_dir(run_dir: str, files: List[str]) -> None:
+    """Remove the files a failed run wrote into its folder, then the
+    folder if that leaves it empty."""
+    for path in files:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    remove_empty_dirs([run_dir])
+
+
+def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
+    """Check the inputs, make the run folder, run :func:`run_ptq`.
+
+    Args:
+        args (argparse.Namespace): The parsed arguments.
+        state (dict): Filled in as the run goes: ``created`` (folders made
+            for the work dir), ``run_dir``, ``files`` (what was written
+            into it before the INT checkpoint) and ``work_dir``.
+
+    Returns:
+        dict: The report.
+    """
+    cfg = load_config(args.config, args.cfg_options)
+    check_input_file(args.checkpoint, 'float checkpoint')
     work_dir = resolve_work_dir(cfg, args.work_dir, args.config)
     cfg.work_dir = work_dir
-    os.makedirs(work_dir, exist_ok=True)
+    state['work_dir'] = work_dir
+    state['created'] = prepare_work_dir(work_dir)
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
-    log_file = osp.join(work_dir, f'ptq_{timestamp}.log')
-    logger = MMLogger.get_instance(f'mmquant_ptq_{timestamp}',
-                                   log_file=log_file, log_level='INFO')
-    dumped = osp.join(work_dir, osp.basename(args.config))
+    run_dir = make_run_dir(work_dir, timestamp)
+    state['run_dir'] = run_dir
+    run_name = osp.basename(run_dir)
+    log_file = osp.join(run_dir, f'ptq_{run_name}.log')
+    state['files'] = [log_file]
+    logger = MMLogger.get_instance(
+        f'mmquant_ptq_{run_name}_{secrets.token_hex(4)}',
+        log_file=log_file, log_level='INFO')
+    dumped = osp.join(run_dir, osp.basename(args.config))
     if osp.splitext(dumped)[1] != '.py':
         dumped = osp.splitext(dumped)[0] + '.py'
+    state['files'].append(dumped)
     write_text_atomic(dumped, cfg.pretty_text)
     logger.info(f'mmquant: config {args.config} (as run: {dumped}), log '
-                f'{log_file}')
-    overrides = {}
+                f'{log_file}, run folder {run_dir}')
+    overrides: Dict[str, Any] = {}
     if args.w_bits is not None:
         overrides['w_bits'] = args.w_bits
     if args.a_bits is not None:
@@ -103,9 +249,62 @@ def main() -> None:
             rtn='mmquant.RTNQuantizer')[args.method]
     if args.fast:
         overrides['error_compensation'] = False
-    run_ptq(cfg, args.checkpoint, work_dir, overrides, args.calib_samples,
-            args.calib_batch_size, not args.no_eval, args.eval_samples)
+    try:
+        report = run_ptq(cfg, args.checkpoint, run_dir, overrides,
+                         args.calib_samples, args.calib_batch_size,
+                         not args.no_eval, args.eval_samples)
+    except EvaluationError:
+        update_latest(work_dir, run_dir)
+        raise
+    update_latest(work_dir, run_dir)
+    return report
+
+
+def _int_written(state: Dict[str, Any]) -> bool:
+    run_dir = state.get('run_dir')
+    return bool(run_dir) and osp.isdir(run_dir) and any(
+        name.endswith(INT_SUFFIX) for name in os.listdir(run_dir))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``tools/ptq.py``; returns the exit status.
+
+    Args:
+        argv (list[str], optional): The arguments (default:
+            ``sys.argv[1:]``).
+
+    Returns:
+        int: 0 on success, 1 if the evaluation failed (the INT checkpoint
+        is kept), 2 on a user error.
+    """
+    args = parse_args(argv)
+    debug = debug_requested(args.debug)
+    prog = osp.basename(sys.argv[0]) if argv is None else 'ptq.py'
+    state: Dict[str, Any] = {}
+    try:
+        run(args, state)
+    except EvaluationError as err:
+        if debug:
+            traceback.print_exc()
+        print(f'{prog}: error: {err}', file=sys.stderr)
+        return 1
+    except BaseException as err:
+        message = user_error_message(err) if isinstance(
+            err, Exception) else None
+        if not _int_written(state):
+            if message is not None and state.get('run_dir'):
+                _remove_run_dir(state['run_dir'], state.get('files', []))
+            remove_empty_dirs(state.get('created', []))
+        if message is None:
+            raise
+        if state.get('run_dir') and osp.isdir(state['run_dir']):
+            MMLogger.get_current_instance().error(f'mmquant: {message}')
+        if debug:
+            traceback.print_exc()
+        print(f'{prog}: error: {message}', file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

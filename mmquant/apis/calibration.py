@@ -58,31 +58,28 @@ def _pipeline_of(dl: Optional[Dict[str, Any]]) -> Optional[list]:
     return dl['dataset'].get('pipeline')
 
 
-def build_calib_dataloader(dl_cfg: Dict[str, Any],
-                           num_samples: int,
-                           seed: int = 0,
-                           batch_size: Optional[int] = None) -> DataLoader:
-    """Build a loader over ``num_samples`` random images of a dataset.
+def build_dataset(dataset_cfg: Any, what: str = 'calibration') -> Any:
+    """Build a dataset from its config, refusing an empty one.
 
     Args:
-        dl_cfg (dict): A dataloader config (``dataset``, ``batch_size``,
-            ``collate_fn`` ...).
-        num_samples (int): Images to draw (all if the set is smaller).
-        seed (int): Seed of the draw.
-        batch_size (int, optional): Overrides the config's batch size.
+        dataset_cfg (dict | Dataset): A dataset config, or a dataset
+            (returned as it is once checked).
+        what (str): Which dataset, for the message. Defaults to
+            ``'calibration'``.
 
     Returns:
-        DataLoader: An unshuffled loader over the drawn subset.
+        Dataset: The dataset.
 
     Raises:
-        ValueError: If the dataset is empty.
+        ValueError: If the dataset is empty (the message names its
+            ``data_root``, ``ann_file`` and ``data_prefix``).
     """
-    dataset_cfg = dl_cfg['dataset']
-    where = _describe(dataset_cfg)
-    empty = (f'the calibration dataset is empty{where}: check the '
-             "dataloader's data_root/ann_file/data_prefix (and, for "
-             "mmdet's training set, filter_cfg: images without boxes are "
-             'dropped), or set a calib_dataloader')
+    where = describe_dataset(dataset_cfg)
+    empty = (f'the {what} dataset is empty{where}: check the '
+             "dataloader's data_root/ann_file/data_prefix")
+    if what == 'calibration':
+        empty += (" (and, for mmdet's training set, filter_cfg: images "
+                  'without boxes are dropped), or set a calib_dataloader')
     try:
         dataset = DATASETS.build(dataset_cfg) if isinstance(
             dataset_cfg, dict) else dataset_cfg
@@ -94,6 +91,40 @@ def build_calib_dataloader(dl_cfg: Dict[str, Any],
         raise
     if len(dataset) == 0:
         raise ValueError(empty)
+    return dataset
+
+
+def build_calib_dataloader(dl_cfg: Dict[str, Any],
+                           num_samples: int,
+                           seed: int = 0,
+                           batch_size: Optional[int] = None) -> DataLoader:
+    """Build a loader over ``num_samples`` random images of a dataset.
+
+    Args:
+        dl_cfg (dict): A dataloader config (``dataset``, ``batch_size``,
+            ``collate_fn`` ...); ``dataset`` may be a built dataset.
+        num_samples (int): Images to draw (all if the set is smaller),
+            at least 1.
+        seed (int): Seed of the draw.
+        batch_size (int, optional): Overrides the config's batch size;
+            at least 1.
+
+    Returns:
+        DataLoader: An unshuffled loader over the drawn subset.
+
+    Raises:
+        ValueError: If the dataset is empty, or ``num_samples`` or
+            ``batch_size`` is not a whole number >= 1.
+    """
+    for name, value in (('num_samples', num_samples),
+                        ('batch_size', batch_size)):
+        if value is None and name == 'batch_size':
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                value < 1:
+            raise ValueError(f'{name} must be a whole number >= 1, got '
+                             f'{value!r}')
+    dataset = build_dataset(dl_cfg['dataset'])
     gen = torch.Generator().manual_seed(seed)
     count = min(num_samples, len(dataset))
     indices = torch.randperm(len(dataset), generator=gen)[:count].tolist()
@@ -105,16 +136,25 @@ def build_calib_dataloader(dl_cfg: Dict[str, Any],
         if collate:
             import functools
             collate_fn = functools.partial(collate_fn, **collate)
+    if batch_size is None:
+        batch_size = dl_cfg.get('batch_size', 1)
     return DataLoader(
         Subset(dataset, indices),
-        batch_size=batch_size or dl_cfg.get('batch_size', 1),
+        batch_size=batch_size,
         shuffle=False,
         num_workers=dl_cfg.get('num_workers', 0),
         collate_fn=collate_fn)
 
 
-def _describe(dataset_cfg: Any) -> str:
-    """`` (CocoDataset, ann_file=..., data_root=...)`` for messages."""
+def describe_dataset(dataset_cfg: Any) -> str:
+    """`` (CocoDataset, ann_file=..., data_root=...)`` for messages.
+
+    Args:
+        dataset_cfg (dict | Dataset): A dataset config or a dataset.
+
+    Returns:
+        str: The description, with a leading space.
+    """
     if not isinstance(dataset_cfg, dict):
         return f' ({type(dataset_cfg).__name__})'
     parts = [str(dataset_cfg.get('type', '?'))]

@@ -13,7 +13,8 @@ from torch.utils.data import Subset
 
 def evaluate(model: nn.Module,
              cfg: Config,
-             max_samples: Optional[int] = None) -> Dict[str, Any]:
+             max_samples: Optional[int] = None,
+             dataset: Optional[Any] = None) -> Dict[str, Any]:
     """Run the config's test loop on ``model`` and return the metrics.
 
     This is mmengine's ``TestLoop`` (``test_step`` per batch, the config's
@@ -25,31 +26,46 @@ def evaluate(model: nn.Module,
         cfg (Config): The config with ``test_dataloader`` and
             ``test_evaluator``.
         max_samples (int, optional): Evaluate only the first samples (for
-            quick checks); ``None`` for the whole test set.
+            quick checks, at least 1); ``None`` for the whole test set.
+        dataset (Dataset, optional): The test dataset, already built from
+            ``cfg.test_dataloader.dataset`` (so that a run builds it once);
+            ``None`` builds it here.
 
     Returns:
         dict: The evaluator's metrics.
+
+    Raises:
+        ValueError: If the config has no test dataloader or evaluator, if
+            ``max_samples`` is not a whole number >= 1, or the test set is
+            empty.
     """
     for key in ('test_dataloader', 'test_evaluator'):
         if not cfg.get(key):
             raise ValueError(f'the config has no {key}: cannot evaluate')
+    if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, int)
+            or max_samples < 1):
+        raise ValueError('max_samples must be a whole number >= 1 (None '
+                         f'for the whole test set), got {max_samples!r}')
     dl_cfg = copy.deepcopy(cfg.test_dataloader)
-    subset_ids = None
-    if max_samples is not None:
+    if dataset is None:
         dataset = Runner.build_dataloader(
             dict(dl_cfg, num_workers=0, persistent_workers=False)).dataset
-        metainfo = dataset.metainfo
+    if len(dataset) == 0:
+        raise ValueError('the test dataset is empty: check the '
+                         "test_dataloader's data_root/ann_file/data_prefix")
+    metainfo = dataset.metainfo
+    subset_ids = None
+    if max_samples is not None:
         count = min(max_samples, len(dataset))
         dl_cfg['dataset'] = Subset(dataset, range(count))
         dl_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
         subset_ids = _image_ids(dataset, count)
     else:
-        metainfo = None
+        dl_cfg['dataset'] = dataset
     if dl_cfg.get('num_workers', 0) == 0:
         dl_cfg['persistent_workers'] = False
     dataloader = Runner.build_dataloader(dl_cfg)
-    if metainfo is None:
-        metainfo = dataloader.dataset.metainfo
     evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
     evaluator.dataset_meta = metainfo
     if subset_ids is not None:

@@ -1,14 +1,28 @@
 """The PTQ pipeline behind ``tools/ptq.py``.
 
-config + float checkpoint -> calibration batches -> quantizer ->
-(optional) float and quantized evaluation -> INT checkpoint + report.
+checks (arguments, files, config, data, work dir, free space) -> config +
+float checkpoint -> calibration batches -> quantizer -> INT checkpoint +
+report -> (optional) float and quantized evaluation -> report with the
+metrics.
+
+Everything a run needs is checked before calibration starts, and the INT
+checkpoint is written as soon as quantization ends, so that a late failure
+(evaluation, a bad test set) never loses a finished quantization.
 """
 import copy
+import errno
+import hashlib
+import io
 import os
 import os.path as osp
 import re
+import shutil
+import stat
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
 
 from mmengine.config import Config
 from mmengine.logging import MMLogger
@@ -16,19 +30,47 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import init_default_scope
 from torch import nn
 
-from mmquant.checkpoint.float_loading import (load_float_checkpoint,
+from mmquant.checkpoint.container import CheckpointError
+from mmquant.checkpoint.float_loading import (extract_state_dict,
+                                              float_safe_globals,
+                                              load_float_checkpoint,
                                               sha256_file)
 from mmquant.checkpoint.int_model import (INT_SUFFIX, READY_CONFIG_SUFFIX,
                                           save_quantized)
 from mmquant.fileio import write_text_atomic
 from mmquant.quantizers import BaseQuantizer
 from mmquant.registry import MODELS
-from .calibration import (build_calib_dataloader, build_forward_fn,
-                          calib_dataloader_cfg, preprocess_batches)
+from .calibration import (build_calib_dataloader, build_dataset,
+                          build_forward_fn, calib_dataloader_cfg,
+                          describe_dataset, preprocess_batches)
 from .evaluation import evaluate
 
 #: Quantizer used when the config has no ``quantizer`` key.
 DEFAULT_QUANTIZER = dict(type='mmquant.BitSplitQuantizer')
+
+
+class PTQInputError(ValueError):
+    """A problem with what the user gave a PTQ run (an argument, a file,
+    the config, its data or the work dir), found before or while it runs.
+
+    The message says what is wrong, where, and what to do; the command
+    line tools print it on one line and exit with status 2.
+    """
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation failed after the INT checkpoint and the report were
+    written (they are kept).
+
+    Args:
+        message (str): What failed.
+        report (dict): The report as written (``extra.evaluation`` is
+            ``'failed'``, ``extra.evaluation_error`` the message).
+    """
+
+    def __init__(self, message: str, report: Dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def is_quantized_model_cfg(model_cfg: Any) -> bool:
@@ -173,8 +215,12 @@ def prepare_calibration(model: nn.Module,
     return batches, build_forward_fn(model, batches)
 
 
-def int_checkpoint_meta(quantizer: BaseQuantizer, report: Any, cfg: Config,
-                        checkpoint: Optional[str]) -> Dict[str, Any]:
+def int_checkpoint_meta(quantizer: BaseQuantizer,
+                        report: Any,
+                        cfg: Config,
+                        checkpoint: Optional[str],
+                        checkpoint_sha256: Optional[str] = None
+                        ) -> Dict[str, Any]:
     """The ``meta`` stored in an INT checkpoint written from a config.
 
     Args:
@@ -182,18 +228,22 @@ def int_checkpoint_meta(quantizer: BaseQuantizer, report: Any, cfg: Config,
         report (QuantReport): Its report.
         cfg (Config): The model config.
         checkpoint (str, optional): The float checkpoint.
+        checkpoint_sha256 (str, optional): The sha256 of the bytes the
+            float model was loaded from (:func:`read_float_checkpoint`);
+            ``None`` hashes the file at ``checkpoint`` now.
 
     Returns:
         dict: Quantizer settings, source config, float checkpoint and its
         sha256, and the mode.
     """
+    if checkpoint_sha256 is None and checkpoint:
+        checkpoint_sha256 = sha256_file(checkpoint)
     return dict(
         quantizer=dict(type=type(quantizer).__name__,
                        **quantizer.config.to_dict()),
         source_config=cfg.pretty_text,
         float_checkpoint=checkpoint,
-        float_checkpoint_sha256=sha256_file(checkpoint)
-        if checkpoint else None,
+        float_checkpoint_sha256=checkpoint_sha256,
         mode=report.mode)
 
 
@@ -273,6 +323,312 @@ def ready_config(cfg: Config, int_name: str) -> Config:
     return Config(out)
 
 
+def check_count(value: Any, name: str, optional: bool = False,
+                hint: str = '') -> None:
+    """Refuse a count that is not a positive int (``bool`` included).
+
+    Args:
+        value: The value given.
+        name (str): How the user gave it (``--calib-samples``), for the
+            message.
+        optional (bool): Whether ``None`` is allowed.
+        hint (str): What to do instead, appended to the message.
+
+    Raises:
+        PTQInputError: If ``value`` is not an int >= 1 (nor an allowed
+            ``None``).
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PTQInputError(f'{name} must be a whole number >= 1, got '
+                            f'{value!r}{hint}')
+
+
+def check_input_file(path: str, what: str) -> None:
+    """Check that ``path`` is an existing, readable regular file.
+
+    Args:
+        path (str): The file.
+        what (str): What it is, for the message (``float checkpoint``).
+
+    Raises:
+        PTQInputError: If it does not exist, is not a regular file (a
+            folder, a FIFO, a device) or cannot be opened for reading.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PTQInputError(f'{what} {path!r} does not exist; check the '
+                            'path') from None
+    except OSError as err:
+        raise PTQInputError(f'cannot access {what} {path!r}: '
+                            f'{err.strerror}') from None
+    if not stat.S_ISREG(mode):
+        kind = 'a folder' if stat.S_ISDIR(mode) else 'not a regular file'
+        raise PTQInputError(f'{what} {path!r} is {kind}; give the path of '
+                            'the file itself')
+    try:
+        with open(path, 'rb'):
+            pass
+    except OSError as err:
+        raise PTQInputError(f'cannot read {what} {path!r}: {err.strerror}; '
+                            'check its permissions') from None
+
+
+def load_config(path: str,
+                options: Optional[Dict[str, Any]] = None) -> Config:
+    """Read a config file and apply ``--cfg-options``.
+
+    Args:
+        path (str): The config file.
+        options (dict, optional): ``--cfg-options``.
+
+    Returns:
+        Config: The config.
+
+    Raises:
+        PTQInputError: If the file is missing or unreadable, or it or the
+            options cannot be applied.
+    """
+    check_input_file(path, 'config')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as err:  # noqa: BLE001 - configs fail in many ways
+        text = ' '.join(str(err).split())
+        raise PTQInputError(f'cannot read config {path!r}: '
+                            f'{type(err).__name__}: {text}') from err
+    if options:
+        try:
+            cfg.merge_from_dict(options)
+        except Exception as err:  # noqa: BLE001
+            raise PTQInputError(f'--cfg-options {options}: '
+                                f'{type(err).__name__}: {err}') from err
+    return cfg
+
+
+def read_float_checkpoint(path: str) -> Tuple[Dict[str, Any], str, int]:
+    """Read a float checkpoint once; hash and load the bytes that were read.
+
+    The sha256 recorded in the INT checkpoint is therefore that of the
+    bytes the float model was loaded from, even if the file is replaced
+    (a ``CheckpointHook(max_keep_ckpts=...)`` rotating it) or deleted while
+    the run goes on. Loading uses the same weights-only allowlist as
+    :func:`~mmquant.checkpoint.float_loading.load_float_checkpoint`; when
+    the bytes do not load, that function is run on ``path`` for its
+    error message.
+
+    Args:
+        path (str): The float checkpoint.
+
+    Returns:
+        tuple: The state dict, the sha256 of the bytes read (hex) and
+        their number.
+
+    Raises:
+        PTQInputError: If the file is missing, not a regular file or
+            unreadable.
+        CheckpointError: If the file is not a loadable float checkpoint.
+    """
+    check_input_file(path, 'float checkpoint')
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as err:
+        raise PTQInputError(f'cannot read float checkpoint {path!r}: '
+                            f'{err.strerror}') from None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with torch.serialization.safe_globals(float_safe_globals()):
+            loaded = torch.load(io.BytesIO(data), map_location='cpu',
+                                weights_only=True)
+    except Exception as err:  # noqa: BLE001 - the loader names it
+        load_float_checkpoint(path)  # raises the loader's clear error
+        raise CheckpointError(
+            f'float checkpoint {path!r} changed while it was read '
+            f'({type(err).__name__}: {err}); run again once it is '
+            'complete') from err
+    return extract_state_dict(loaded), digest, len(data)
+
+
+def estimate_int_bytes(model: nn.Module, w_bits: int) -> int:
+    """An estimate of an INT checkpoint's size on disk.
+
+    Weights of Conv/Linear layers count ``w_bits`` bits per value, every
+    other state-dict tensor its float size, plus 64 KiB of metadata.
+
+    Args:
+        model (nn.Module): The float model.
+        w_bits (int): The weight bits.
+
+    Returns:
+        int: Bytes.
+    """
+    weights = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d,
+                               nn.Linear)):
+            weights.add(f'{name}.weight' if name else 'weight')
+    total = 64 << 10
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key in weights:
+            total += (value.numel() * w_bits + 7) // 8
+        else:
+            total += value.numel() * value.element_size()
+    return total
+
+
+def prepare_work_dir(work_dir: str) -> List[str]:
+    """Create ``work_dir`` if needed and check that files can be written
+    into it.
+
+    Args:
+        work_dir (str): The output folder.
+
+    Returns:
+        list[str]: The folders this call created, deepest first (for
+        :func:`remove_empty_dirs` when the run fails); a folder that a
+        concurrent run created at the same time is not among them.
+
+    Raises:
+        PTQInputError: If the folder cannot be created or written to
+            (read-only file system, permissions, a file in the way).
+    """
+    missing = []
+    path = osp.abspath(work_dir)
+    while not osp.isdir(path):
+        if osp.lexists(path):
+            raise PTQInputError(f'work dir {work_dir!r}: {path!r} exists '
+                                'and is not a folder; choose another '
+                                '--work-dir')
+        missing.append(path)
+        path = osp.dirname(path)
+    created: List[str] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                if not osp.isdir(folder):
+                    raise
+                continue
+            created.insert(0, folder)
+        fd, probe = tempfile.mkstemp(prefix='.mmquant_probe_',
+                                     dir=work_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        remove_empty_dirs(created)
+        raise PTQInputError(
+            f'cannot write to work dir {work_dir!r}: '
+            f'{err.strerror or err}; choose a writable --work-dir') from None
+    return created
+
+
+def remove_empty_dirs(folders: List[str]) -> None:
+    """Remove the given folders, deepest first, while they are empty.
+
+    Args:
+        folders (list[str]): Folders, deepest first.
+    """
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+def check_free_space(work_dir: str, need: int) -> None:
+    """Refuse to start when the work dir's file system cannot hold the
+    INT checkpoint.
+
+    Args:
+        work_dir (str): An existing folder.
+        need (int): Estimated bytes (:func:`estimate_int_bytes`).
+
+    Raises:
+        PTQInputError: If fewer than ``need`` bytes (plus 10 %) are free.
+    """
+    free = shutil.disk_usage(work_dir).free
+    if free < need * 1.1:
+        raise PTQInputError(
+            f'not enough free space in work dir {work_dir!r}: '
+            f'{free:,} bytes free, the INT checkpoint needs about '
+            f'{need:,}; free some space or choose another --work-dir')
+
+
+def build_datasets(cfg: Config, do_eval: bool
+                   ) -> Tuple[Dict[str, Any], Optional[Any]]:
+    """Build the calibration and (if evaluating) test datasets and check
+    the test evaluator, before anything expensive runs.
+
+    Args:
+        cfg (Config): The config.
+        do_eval (bool): Whether the run evaluates.
+
+    Returns:
+        tuple: The calibration dataloader config with its ``dataset``
+        built, and the built test dataset (``None`` without evaluation).
+
+    Raises:
+        PTQInputError: If a dataloader or the evaluator is missing, or a
+            dataset is empty or cannot be built (missing data root or
+            annotation file, unknown type ...), or the evaluator cannot be
+            built.
+    """
+    from mmengine.evaluator import Evaluator
+    try:
+        calib = calib_dataloader_cfg(cfg)
+    except ValueError as err:
+        raise PTQInputError(f'{err}; add one to the config') from None
+    calib['dataset'] = load_dataset(calib['dataset'], 'calibration')
+    if not do_eval:
+        return calib, None
+    for key in ('test_dataloader', 'test_evaluator'):
+        if not cfg.get(key):
+            raise PTQInputError(
+                f'the config has no {key}, so the run cannot evaluate; '
+                'add it, or pass --no-eval')
+    test = load_dataset(cfg.test_dataloader.dataset, 'test')
+    try:
+        Evaluator(copy.deepcopy(cfg.test_evaluator))
+    except Exception as err:  # noqa: BLE001 - any config mistake
+        raise PTQInputError(
+            f'cannot build the test_evaluator: {type(err).__name__}: '
+            f'{err}; fix the config or pass --no-eval') from err
+    return calib, test
+
+
+def load_dataset(dataset_cfg: Any, what: str) -> Any:
+    """Build a dataset from its config, naming it on failure.
+
+    Args:
+        dataset_cfg (dict | Dataset): The dataset config (the registry's
+            default scope must be set).
+        what (str): ``'calibration'`` or ``'test'``, for the message.
+
+    Returns:
+        Dataset: The dataset, not empty.
+
+    Raises:
+        PTQInputError: If it is empty or cannot be built (a missing data
+            root or annotation file, an unknown type ...).
+    """
+    try:
+        return build_dataset(dataset_cfg, what)
+    except Exception as err:  # noqa: BLE001 - datasets raise many kinds
+        text = ' '.join(str(err).split()).rstrip('.')
+        if text.startswith(f'the {what} dataset is empty'):
+            raise PTQInputError(text) from err
+        raise PTQInputError(
+            f'cannot load the {what} dataset'
+            f'{describe_dataset(dataset_cfg)}: {type(err).__name__}: '
+            f'{text}; check its data_root/ann_file/data_prefix (e.g. with '
+            '--cfg-options)') from err
+
+
 def run_ptq(cfg: Config,
             checkpoint: Optional[str],
             work_dir: str,
@@ -281,62 +637,147 @@ def run_ptq(cfg: Config,
             calib_batch_size: Optional[int] = None,
             do_eval: bool = True,
             eval_samples: Optional[int] = None) -> Dict[str, Any]:
-    """Quantize the config's model and write the INT checkpoint and report.
+    """Quantize the config's model; write the INT checkpoint and the report
+    first, then evaluate.
+
+    Before calibration starts, everything the run needs is checked: the
+    numbers, the quantizer config, the float checkpoint (a readable
+    regular file that loads into the model), the calibration dataset and,
+    when evaluating, the test dataset and evaluator, and that the work
+    dir can be written and has room for the INT checkpoint. The float
+    checkpoint is read once: its recorded sha256 is that of the bytes the
+    model was loaded from. As soon as quantization ends, the INT
+    checkpoint, the ready config and the report are written; the
+    evaluation comes after, and its metrics are added to the report.
 
     Args:
         cfg (Config): The config (``model``, data, ``quantizer``).
         checkpoint (str, optional): The float checkpoint.
-        work_dir (str): Output folder.
+        work_dir (str): Output folder (created if needed).
         quantizer_overrides (dict, optional): See :func:`build_quantizer`.
-        calib_samples (int): Calibration images. Defaults to 256.
-        calib_batch_size (int, optional): Overrides the batch size.
+        calib_samples (int): Calibration images (>= 1). Defaults to 256.
+        calib_batch_size (int, optional): Overrides the batch size (>= 1).
         do_eval (bool): Evaluate float and quantized models.
-        eval_samples (int, optional): Evaluate on the first samples only.
+        eval_samples (int, optional): Evaluate on the first samples only
+            (>= 1).
 
     Writes into ``work_dir``: ``<stem>_int.pth`` (the INT checkpoint),
     ``<stem>_quantized.py`` (:func:`ready_config`: stock ``tools/test.py``
     runs it as it is) and ``report.json``, where ``<stem>`` is
     :func:`output_stem` of the config's name (``model`` for a config
-    without a file) and the bits. A summary table is logged at the end.
+    without a file) and the bits. ``report.json``'s ``extra.evaluation``
+    is ``'skipped'``, ``'pending'`` (written before the evaluation),
+    ``'done'`` or ``'failed'`` (with ``extra.evaluation_error``). A summary
+    table is logged at the end. A run that fails before writing the INT
+    checkpoint removes the folders it created.
 
     Returns:
         dict: The report (as written to ``report.json``).
+
+    Raises:
+        PTQInputError: If an argument, a file, the config, its data or
+            the work dir is unusable (nothing is written then), or the INT
+            checkpoint cannot be written.
+        CheckpointError: If the float checkpoint cannot be loaded.
+        EvaluationError: If evaluation fails; the INT checkpoint, ready
+            config and report are kept.
     """
     logger = MMLogger.get_current_instance()
-    quantizer = build_quantizer(cfg, quantizer_overrides)
+    t_start = time.perf_counter()
+    check_count(calib_samples, 'calib_samples (--calib-samples)')
+    check_count(calib_batch_size, 'calib_batch_size (--calib-batch-size)',
+                optional=True)
+    check_count(eval_samples, 'eval_samples (--eval-samples)',
+                optional=True, hint='; to skip evaluation use --no-eval')
+    try:
+        quantizer = build_quantizer(cfg, quantizer_overrides)
+    except (ValueError, TypeError, KeyError) as err:
+        raise PTQInputError(f'quantizer config: {err}') from err
     qc = quantizer.config
     name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
     stem = output_stem(name, bits_tag(qc.w_bits, qc.a_bits))
     out_path = osp.join(work_dir, stem + INT_SUFFIX)
     ready_path = osp.join(work_dir, stem + READY_CONFIG_SUFFIX)
+    report_path = osp.join(work_dir, 'report.json')
     ready_text = _ready_config_text(cfg, out_path, ready_path)
-    os.makedirs(work_dir, exist_ok=True)
-    model = build_float_model(cfg, checkpoint)
-    t0 = time.perf_counter()
-    batches, forward_fn = prepare_calibration(
-        model, cfg, calib_samples, qc.seed, calib_batch_size)
-    t_data = time.perf_counter() - t0
-    qmodel, report = quantizer.quantize(model, batches, forward_fn)
-    report.timing['calibration_data'] = round(t_data, 4)
+    if checkpoint is not None:
+        check_input_file(checkpoint, 'float checkpoint')
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    calib_cfg, test_dataset = build_datasets(cfg, do_eval)
+    try:
+        model = build_float_model(cfg)
+    except Exception as err:  # noqa: BLE001 - model configs fail so
+        text = ' '.join(str(err).split())
+        raise PTQInputError(
+            f'cannot build the model of the config: {type(err).__name__}: '
+            f'{text}; fix its model (or data_preprocessor) settings'
+        ) from err
+    float_sha256 = float_bytes = None
+    if checkpoint is not None:
+        state, float_sha256, float_bytes = read_float_checkpoint(checkpoint)
+        load_strict(model, state, checkpoint)
+        del state
+    created = prepare_work_dir(work_dir)
+    try:
+        check_free_space(work_dir, estimate_int_bytes(model, qc.w_bits))
+        t0 = time.perf_counter()
+        t_checks = t0 - t_start
+        loader = build_calib_dataloader(calib_cfg, calib_samples, qc.seed,
+                                        calib_batch_size)
+        batches = preprocess_batches(model, loader)
+        forward_fn = build_forward_fn(model, batches)
+        t_data = time.perf_counter() - t0
+        qmodel, report = quantizer.quantize(model, batches, forward_fn)
+        del batches
+        report.timing['checks'] = round(t_checks, 4)
+        report.timing['calibration_data'] = round(t_data, 4)
+        # the file's notice (int_file_notice) names the ready config
+        meta = int_checkpoint_meta(quantizer, report, cfg, checkpoint,
+                                   float_sha256)
+        try:
+            sizes = save_quantized(qmodel, out_path, meta)
+        except RuntimeError as err:  # torch's writer on a full disk
+            raise PTQInputError(
+                f'cannot write the INT checkpoint {out_path!r}: '
+                f'{str(err).splitlines()[0]}; check the free space and '
+                'permissions of the work dir') from err
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    write_text_atomic(ready_path, ready_text)
+    report.extra.update(int_checkpoint=out_path, ready_config=ready_path,
+                        sizes=sizes, float_checkpoint_bytes=float_bytes,
+                        float_checkpoint_sha256=float_sha256,
+                        evaluation='pending' if do_eval else 'skipped',
+                        metrics={})
+    report.save(report_path)
+    logger.info(f'mmquant: wrote {out_path}, {ready_path} and '
+                f'{report_path}')
     metrics: Dict[str, Any] = {}
     if do_eval:
         t1 = time.perf_counter()
-        logger.info('mmquant: evaluating the float model')
-        metrics['float'] = evaluate(model, cfg, eval_samples)
-        logger.info('mmquant: evaluating the quantized model')
-        metrics['quantized'] = evaluate(qmodel, cfg, eval_samples)
+        try:
+            logger.info('mmquant: evaluating the float model')
+            metrics['float'] = evaluate(model, cfg, eval_samples,
+                                        dataset=test_dataset)
+            logger.info('mmquant: evaluating the quantized model')
+            metrics['quantized'] = evaluate(qmodel, cfg, eval_samples,
+                                            dataset=test_dataset)
+        except Exception as err:  # noqa: BLE001 - reported, file kept
+            text = ' '.join(f'{type(err).__name__}: {err}'.split())
+            report.extra.update(evaluation='failed',
+                                evaluation_error=text,
+                                metrics=_jsonable(metrics))
+            report.save(report_path)
+            message = (f'evaluation failed ({text}); the INT checkpoint '
+                       f'{out_path} and the report {report_path} are kept: '
+                       f'evaluate it later with tools/test.py {ready_path} '
+                       f'{out_path}')
+            logger.error(f'mmquant: {message}')
+            raise EvaluationError(message, report.to_dict()) from err
         report.timing['evaluation'] = round(time.perf_counter() - t1, 4)
-    # the file's notice (int_file_notice) names the ready config
-    sizes = save_quantized(
-        qmodel, out_path, int_checkpoint_meta(quantizer, report, cfg,
-                                              checkpoint))
-    write_text_atomic(ready_path, ready_text)
-    float_bytes = osp.getsize(checkpoint) if checkpoint else None
-    report_path = osp.join(work_dir, 'report.json')
-    report.extra.update(int_checkpoint=out_path, ready_config=ready_path,
-                        sizes=sizes, float_checkpoint_bytes=float_bytes,
-                        metrics=_jsonable(metrics))
-    report.save(report_path)
+        report.extra.update(evaluation='done', metrics=_jsonable(metrics))
+        report.save(report_path)
     logger.info('mmquant: summary\n' + summary_table(
         name, quantizer, report, metrics, report_path))
     return report.to_dict()
@@ -410,6 +851,7 @@ def summary_table(name: str, quantizer: BaseQuantizer, report: Any,
     a_bits = 'float' if qc.a_bits is None else qc.a_bits
     layers = report.to_dict()['summary']
     timing = dict(report.timing)
+    checks_s = timing.pop('checks', None)
     data_s = timing.pop('calibration_data', None)
     eval_s = timing.pop('evaluation', None)
     total_s = timing.pop('total', None)
@@ -428,7 +870,8 @@ def summary_table(name: str, quantizer: BaseQuantizer, report: Any,
         ('ready config', extra['ready_config']),
         ('report', report_path),
     ]
-    for label, value in (('calibration data', data_s),
+    for label, value in (('checks', checks_s),
+                         ('calibration data', data_s),
                          ('quantization', total_s),
                          ('evaluation', eval_s)):
         if value is not None:
@@ -448,3 +891,59 @@ def summary_table(name: str, quantizer: BaseQuantizer, report: Any,
     elif metrics:
         text += f'\nmetrics: {metrics}'
     return text
+
+
+#: ``errno`` values of :class:`OSError` that the tools report as user
+#: errors (a path, permissions, a full or read-only disk).
+USER_ERRNOS = frozenset(
+    getattr(errno, n) for n in ('ENOENT', 'EACCES', 'EPERM', 'ENOSPC',
+                                'EDQUOT', 'EROFS', 'ENOTDIR', 'EISDIR',
+                                'ENAMETOOLONG', 'EEXIST', 'ELOOP')
+    if hasattr(errno, n))
+
+
+def user_error_message(err: BaseException) -> Optional[str]:
+    """The one-line message of a user error, or ``None`` for a bug.
+
+    User errors are :class:`ValueError` (bad arguments, configs,
+    checkpoints: :class:`PTQInputError`, ``CheckpointError`` ...), the
+    registry's unknown-type ``KeyError``, a config file that does not
+    parse (``SyntaxError``) and :class:`OSError` for a missing path,
+    permissions or a full or read-only disk.
+
+    Args:
+        err (BaseException): The exception.
+
+    Returns:
+        str | None: ``'<what>: <message>'`` on one line, or ``None``.
+    """
+    if isinstance(err, OSError):
+        if err.errno not in USER_ERRNOS:
+            return None
+        where = f' {err.filename!r}' if err.filename else ''
+        what = {errno.ENOSPC: 'disk full', errno.EROFS: 'read-only file '
+                'system'}.get(err.errno, err.strerror or type(err).__name__)
+        text = f'{what}{where}'
+        if err.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', -1)):
+            text += '; free some space or choose another --work-dir'
+        return text
+    if isinstance(err, (ValueError, SyntaxError)) or (
+            isinstance(err, KeyError) and 'registry' in str(err)):
+        text = err.args[0] if isinstance(err, KeyError) and err.args \
+            else str(err)
+        return '; '.join(part.strip() for part in str(text).splitlines()
+                         if part.strip()) or type(err).__name__
+    return None
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """Whether to show tracebacks: ``--debug`` or ``MMQUANT_DEBUG=1``.
+
+    Args:
+        flag (bool): The ``--debug`` flag.
+
+    Returns:
+        bool: True to show tracebacks.
+    """
+    return flag or os.environ.get('MMQUANT_DEBUG', '').strip() not in (
+        '', '0', 'false', 'False')

@@ -226,11 +226,15 @@ class QuantConfig:
             raise TypeError(f'seed must be an int, got {self.seed!r}')
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> 'QuantConfig':
+    def from_dict(cls, cfg: Mapping[str, Any],
+                  fixed: Sequence[str] = ()) -> 'QuantConfig':
         """Build a config from a dict, refusing unknown keys by name.
 
         Args:
             cfg (Mapping): Keyword arguments of :class:`QuantConfig`.
+            fixed (Sequence[str]): Keys the caller sets itself (a
+                quantizer's ``method``): the message about unknown keys
+                neither lists nor suggests them.
 
         Returns:
             QuantConfig: The validated config.
@@ -238,6 +242,7 @@ class QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
+            known -= set(fixed)
             hints = []
             for key in unknown:
                 if key in _REPLACED:

@@ -338,6 +338,9 @@ class _Run:
         the output (``None`` when stopped early)."""
         t0 = time.perf_counter()
         hooks0 = self.timing['statistics'] + self.timing['activations']
+        if getattr(self, '_batch_ids', None) is None:
+            self._batch_ids = {id(b): i for i, b in enumerate(self.batches)}
+        self._batch_index = self._batch_ids.get(id(batch))
         try:
             return self.forward_fn(self.model, batch)
         except StopForward:
@@ -562,9 +565,11 @@ class _Run:
                 idx = self._sample(state, x.shape[0])
                 if idx is not None:
                     x, y = x[idx], y[idx]
-                state.acc.update_rows(x, y)
-                if state.spec.a_bits is not None:
-                    state.observer.update(call.module_input)
+                with _non_finite_where(state.name, self._batch_index,
+                                       len(self.batches)):
+                    state.acc.update_rows(x, y)
+                    if state.spec.a_bits is not None:
+                        state.observer.update(call.module_input)
                 self.timing['statistics'] += time.perf_counter() - t0
             return handle
 
@@ -613,7 +618,9 @@ class _Run:
                 idx = state.indices[j]
                 inputs.append(x if idx is None else x[idx].clone())
                 if state.spec.a_bits is not None:
-                    state.observer.update(call.module_input)
+                    with _non_finite_where(state.name, self._batch_index,
+                                           len(self.batches)):
+                        state.observer.update(call.module_input)
                 self.timing['statistics'] += time.perf_counter() - t0
 
             def stop(calls: int, state: _LayerState = state) -> None:
@@ -625,11 +632,13 @@ class _Run:
                     self._forward(batch)
             t0 = time.perf_counter()
             act = self._fit_activation(state)
-            for x, y in zip(inputs, state.targets):
+            for j, (x, y) in enumerate(zip(inputs, state.targets)):
                 if act is not None:
                     x = fake_quantize_activation(x, act[0],
                                                  state.spec.a_bits, act[1])
-                state.acc.update_rows(x, y)
+                with _non_finite_where(state.name, j // state.calls,
+                                       len(self.batches)):
+                    state.acc.update_rows(x, y)
             del inputs
             state.targets, state.indices = [], []
             self.timing['statistics'] += time.perf_counter() - t0
@@ -650,7 +659,9 @@ class _Run:
             def handle(call: OpCall) -> None:
                 if state.observer is None:
                     state.observer = self._observer(state)
-                state.observer.update(call.module_input)
+                with _non_finite_where(state.name, self._batch_index,
+                                       len(self.batches)):
+                    state.observer.update(call.module_input)
             return handle
 
         if with_acts:
@@ -786,6 +797,33 @@ class _Run:
                 m.momentum = momentum
                 m.eval()
         self.timing['bn'] += time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _non_finite_where(layer: str, batch: Optional[int],
+                      batches: int) -> Iterator[None]:
+    """Name the layer and the calibration batch in a NaN/Inf error.
+
+    Args:
+        layer (str): The layer whose statistics are being gathered.
+        batch (int, optional): The 0-based calibration batch.
+        batches (int): The number of calibration batches.
+
+    Raises:
+        ValueError: The statistics' NaN/Inf error, prefixed with
+            ``layer '<name>', calibration batch <i+1>/<n>: ``.
+    """
+    try:
+        yield
+    except ValueError as err:
+        if 'NaN or Inf' not in str(err):
+            raise
+        where = f'layer {layer!r}'
+        if batch is not None:
+            where += f', calibration batch {batch + 1}/{batches}'
+        raise ValueError(
+            f'{where}: {err} (check the float checkpoint and the '
+            'calibration data)') from err
 
 
 @contextlib.contextmanager

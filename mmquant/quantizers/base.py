@@ -28,8 +28,8 @@ class BaseQuantizer:
             raise ValueError(
                 f"{type(self).__name__} fixes method={self.method!r}; "
                 "remove the 'method' key (or use the other quantizer type)")
-        self.config = QuantConfig.from_dict(dict(kwargs,
-                                                 method=self.method))
+        self.config = QuantConfig.from_dict(
+            dict(kwargs, method=self.method), fixed=('method', ))
 
     def quantize(self,
                  model: nn.Module,

@@ -2,8 +2,9 @@
 
 * output names: the bit tag is appended unless the config name has it;
 * the work dir: ``--work-dir`` > ``cfg.work_dir`` (``--cfg-options``) >
-  ``work_dirs/<config name>``; a log file, the config as run, the summary
-  table;
+  ``work_dirs/<config name>``; each run's own ``<timestamp>/`` folder
+  there with a log file, the config as run, and the ``latest`` link; the
+  summary table;
 * the ready config ``<stem>_quantized.py``: mmpretrain's and mmdet's own
   ``tools/test.py`` run it as it is and reproduce the quantized metrics
   ``run_ptq`` reported, exactly;
@@ -16,6 +17,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -122,13 +124,19 @@ def test_tools_ptq_outputs(ws, tmp_path):
         cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (tmp_path / 'work_dirs').exists()
+    # one timestamped run folder and the `latest` link to it
+    runs = [p.name for p in work.iterdir() if p.name != 'latest']
+    assert len(runs) == 1 and re.fullmatch(r'\d{8}_\d{6}', runs[0]), runs
+    assert os.readlink(work / 'latest') == runs[0]
+    top = work
+    work = top / runs[0]
     logs = sorted(p.name for p in work.glob('ptq_*.log'))
-    assert len(logs) == 1, logs
+    assert logs == [f'ptq_{runs[0]}.log'], logs
     assert sorted(p.name for p in work.iterdir()) == sorted([
         'tiny_w4a8_cls_int.pth', 'tiny_w4a8_cls_quantized.py',
         'report.json', 'tiny_w4a8_cls.py', logs[0]])
     dumped = Config.fromfile(str(work / 'tiny_w4a8_cls.py'))
-    assert dumped.work_dir == str(work)
+    assert dumped.work_dir == str(top)
     assert dumped.model == cfg.model
     report = json.loads((work / 'report.json').read_text())
     extra = report['extra']
@@ -158,6 +166,7 @@ def test_tools_ptq_outputs(ws, tmp_path):
         f'file: {float_bytes:,} bytes ({float_bytes / 2**20:.2f} MiB))',
         'ready config': extra['ready_config'],
         'report': str(work / 'report.json'),
+        'time: checks': f'{timing["checks"]:.1f} s',
         'time: calibration data': f'{timing["calibration_data"]:.1f} s',
         'time: quantization': f'{timing["total"]:.1f} s (' + ', '.join(
             f'{k} {timing[k]:.1f} s' for k in

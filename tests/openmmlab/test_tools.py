@@ -25,7 +25,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmquant.apis.ptq import build_float_model, load_strict, run_ptq
+from mmquant.apis.ptq import (PTQInputError, build_float_model, load_strict,
+                              run_ptq)
 
 from .conftest import cls_config, det_model, quantized_layers
 
@@ -137,14 +138,16 @@ def test_tools_ptq_subprocess(ws, tmp_path):
          '--calib-batch-size', '4'],
         capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    int_path = work / 'tiny_resnet_cls_w3a8_int.pth'
+    int_path = work / 'latest' / 'tiny_resnet_cls_w3a8_int.pth'
     assert int_path.is_file()
-    report = json.loads((work / 'report.json').read_text())
+    report = json.loads((work / 'latest' / 'report.json').read_text())
     assert report['mode'] == 'fast'
     assert report['config']['w_bits'] == 3
     assert report['calib_samples'] == 8
     assert report['extra']['metrics'] == {}
-    assert report['extra']['int_checkpoint'] == str(int_path)
+    assert report['extra']['evaluation'] == 'skipped'
+    assert report['extra']['int_checkpoint'] == str(
+        work / os.readlink(work / 'latest') / int_path.name)
     assert report['summary'] == dict(quantized_layers=21, float_layers=0)
     assert 'evaluation' not in report['timing']
 
@@ -171,17 +174,21 @@ def test_empty_calibration_set(ws, tmp_path):
                      dict(id=3, name='tall')])))
     cfg = ws.det_cfg('retinanet')
     cfg.train_dataloader.dataset.ann_file = str(ann)
-    with pytest.raises(ValueError, match='calibration dataset is empty') \
-            as info:
+    with pytest.raises(PTQInputError,
+                       match='^the calibration dataset is empty') as info:
         run_ptq(cfg, None, str(tmp_path / 'work'), do_eval=False)
     assert str(ann) in str(info.value)
     # an empty image folder for mmpretrain's CustomDataset
     (tmp_path / 'empty_cls' / 'train').mkdir(parents=True)
     cfg = cls_config(str(tmp_path / 'empty_cls'), 'resnet')
-    # (mmpretrain's own message is clear)
-    with pytest.raises(RuntimeError, match='Found 0 files in subfolders'):
+    # (mmpretrain's own message is clear; it is named and passed on)
+    with pytest.raises(PTQInputError,
+                       match='^cannot load the calibration dataset .*'
+                       'RuntimeError: Found 0 files in subfolders'):
         run_ptq(cfg, None, str(tmp_path / 'work2'), do_eval=False)
-    assert not osp.exists(tmp_path / 'work2' / 'report.json')
+    # found before anything is written
+    assert not osp.exists(tmp_path / 'work')
+    assert not osp.exists(tmp_path / 'work2')
 
 
 def test_float_checkpoint_key_mismatch(ws, tmp_path):
