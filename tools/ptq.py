@@ -101,6 +101,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--fast', action='store_true',
                         help='fast mode: one float pass instead of '
                         'error compensation')
+    parser.add_argument('--sensitivity', action='store_true',
+                        help="also record every layer's error at W2, W3, "
+                        'W4 and W8 (the report and its figure)')
+    parser.add_argument('--target-bits', type=float, metavar='BITS',
+                        help='mixed precision: per-layer weight widths '
+                        'with at most this average bits per weight '
+                        '(docs/analysis.md)')
     parser.add_argument('--calib-samples', type=_count, default=256,
                         help='calibration images (default 256)')
     parser.add_argument('--calib-batch-size', type=_count,
@@ -249,6 +256,10 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
             rtn='mmquant.RTNQuantizer')[args.method]
     if args.fast:
         overrides['error_compensation'] = False
+    if args.sensitivity:
+        overrides['sensitivity'] = True
+    if args.target_bits is not None:
+        overrides['target_bits'] = args.target_bits
     try:
         report = run_ptq(cfg, args.checkpoint, run_dir, overrides,
                          args.calib_samples, args.calib_batch_size,

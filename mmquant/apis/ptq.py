@@ -247,10 +247,16 @@ def int_checkpoint_meta(quantizer: BaseQuantizer,
         mode=report.mode)
 
 
-def bits_tag(w_bits: int, a_bits: Optional[int]) -> str:
-    """The bit-width tag of output names: ``w4a8``, or ``w4af`` when
-    activations stay float."""
-    return f'w{w_bits}a{"f" if a_bits is None else a_bits}'
+def bits_tag(w_bits: int, a_bits: Optional[int],
+             target_bits: Optional[float] = None) -> str:
+    """The bit-width tag of output names: ``w4a8``, ``w4af`` when
+    activations stay float, ``w3.5mixa8`` for mixed precision at an
+    average of 3.5 bits per weight."""
+    w = str(w_bits)
+    if target_bits is not None:
+        text = f'{target_bits:g}'
+        w = (text if '.' in text else f'{target_bits:.1f}') + 'mix'
+    return f'w{w}a{"f" if a_bits is None else a_bits}'
 
 
 def output_stem(name: str, tag: str) -> str:
@@ -695,7 +701,8 @@ def run_ptq(cfg: Config,
         raise PTQInputError(f'quantizer config: {err}') from err
     qc = quantizer.config
     name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
-    stem = output_stem(name, bits_tag(qc.w_bits, qc.a_bits))
+    stem = output_stem(name, bits_tag(qc.w_bits, qc.a_bits,
+                                      qc.target_bits))
     out_path = osp.join(work_dir, stem + INT_SUFFIX)
     ready_path = osp.join(work_dir, stem + READY_CONFIG_SUFFIX)
     report_path = osp.join(work_dir, 'report.json')
@@ -751,8 +758,9 @@ def run_ptq(cfg: Config,
                         evaluation='pending' if do_eval else 'skipped',
                         metrics={})
     report.save(report_path)
-    logger.info(f'mmquant: wrote {out_path}, {ready_path} and '
-                f'{report_path}')
+    figure = _save_figure(report, osp.join(work_dir, 'report.png'))
+    logger.info(f'mmquant: wrote {out_path}, {ready_path}, {report_path}'
+                + (f' and {figure}' if figure else ''))
     metrics: Dict[str, Any] = {}
     if do_eval:
         t1 = time.perf_counter()
@@ -781,6 +789,26 @@ def run_ptq(cfg: Config,
     logger.info('mmquant: summary\n' + summary_table(
         name, quantizer, report, metrics, report_path))
     return report.to_dict()
+
+
+def _save_figure(report: Any, path: str) -> Optional[str]:
+    """Write the report's figure (docs/analysis.md); a figure that cannot
+    be drawn is logged, never fails the run.
+
+    Args:
+        report (QuantReport): The report.
+        path (str): The PNG to write.
+
+    Returns:
+        str, optional: ``path``, or ``None`` if it was not written.
+    """
+    try:
+        from mmquant.visualization import plot_report
+        return plot_report(report.to_dict(), path)
+    except Exception as err:  # noqa: BLE001 - a figure is optional
+        MMLogger.get_current_instance().warning(
+            f'mmquant: no report figure ({type(err).__name__}: {err})')
+        return None
 
 
 def _ready_config_text(cfg: Config, int_path: str, ready_path: str) -> str:
@@ -850,6 +878,13 @@ def summary_table(name: str, quantizer: BaseQuantizer, report: Any,
              'n/a (no float checkpoint given)')
     a_bits = 'float' if qc.a_bits is None else qc.a_bits
     layers = report.to_dict()['summary']
+    weights = f'W{qc.w_bits}'
+    mixed = extra.get('mixed_precision')
+    if mixed:
+        widths = sorted({*mixed['bits'].values(), *mixed['fixed'].values()})
+        weights = (f"mixed W{'/'.join(map(str, widths))}, "
+                   f"{mixed['average_bits']:.3f} bits per weight (target "
+                   f"{mixed['target_bits']:g})")
     timing = dict(report.timing)
     checks_s = timing.pop('checks', None)
     data_s = timing.pop('calibration_data', None)
@@ -858,7 +893,7 @@ def summary_table(name: str, quantizer: BaseQuantizer, report: Any,
     parts = ', '.join(f'{k} {v:.1f} s' for k, v in timing.items())
     rows = [
         ('model', name),
-        ('quantizer', f'{type(quantizer).__name__}, W{qc.w_bits} '
+        ('quantizer', f'{type(quantizer).__name__}, {weights} '
          f'(weights), A{a_bits} (activations)'),
         ('mode', report.mode),
         ('layers', f'{layers["quantized_layers"]} quantized, '

@@ -18,12 +18,14 @@ import pytest
 import yaml
 from mmengine.config import Config
 
+from mmquant.apis import ablation as ab
 from mmquant.apis import benchmark as bm
 from mmquant.apis.benchmark_check import load_model_index
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BITSPLIT = 'configs/bitsplit'
 RESULTS = 'configs/bitsplit/results/fmnist_offline.json'
+ABLATION = 'configs/bitsplit/results/fmnist_ablation.json'
 ENTRY_DIR = 'configs/bitsplit/fmnist'
 CI_DIR = 'tests/benchmarks/fmnist_ci'
 #: The quantized ImageNet/COCO configs: entries without results.
@@ -185,3 +187,26 @@ def test_regeneration_is_idempotent(tmp_path):
     assert first.read_text() == text
     assert {n: os.stat(osp.join(entry_dir, n)).st_mtime_ns
             for n in os.listdir(entry_dir)} == mtimes
+
+
+def test_ablation_sections_are_generated(tmp_path):
+    """The ablation tables of docs/solver.md and the configs README are
+    what tools/benchmark_ablation.py renders from the committed JSON, and
+    its first variant's rows are the benchmark's own rows."""
+    rows, info = ab.load_ablation(ABLATION)
+    _, lst = bm.load_benchmark_list('configs/benchmarks/fmnist_ablation.py')
+    variants = ab.load_variants(lst)
+    text = ab.render_ablation(rows, variants, info)
+    for page in ('docs/solver.md', f'{BITSPLIT}/README.md'):
+        copy = tmp_path / 'page.md'
+        copy.write_text(_read(page))
+        bm.update_readme(str(copy), text, ab.ABLATION_START,
+                         ab.ABLATION_END)
+        assert copy.read_text() == _read(page), page
+    bench = {r.key: r for r in bm.load_results(RESULTS)[0]}
+    taken = [r for r in rows if r.extra.get('source') == RESULTS]
+    assert len(taken) == 3 * (1 + 2 * 3)  # float + 2 modes x 3 widths
+    for row in taken:
+        method = 'float' if row.variant == 'float' else row.mode
+        assert row.variant in ('float', variants[0].name)
+        assert row.metrics == bench[(row.model, method, row.bits)].metrics

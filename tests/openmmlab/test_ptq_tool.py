@@ -77,6 +77,45 @@ def test_output_stem(name, w, a, stem):
     assert output_stem(name, bits_tag(w, a)) == stem
 
 
+@pytest.mark.parametrize('target,tag', [(3.5, 'w3.5mixa8'),
+                                        (3.0, 'w3.0mixa8'),
+                                        (3.25, 'w3.25mixa8')])
+def test_mixed_precision_tag(target, tag):
+    assert bits_tag(4, 8, target) == tag
+    assert output_stem('net_w4a8', tag) == f'net_w4a8_{tag}'
+
+
+def test_tools_ptq_target_bits(ws, tmp_path):
+    """--target-bits: the INT file is named after the target, the
+    report has the allocation, the summary says mixed, and the figure
+    has its sensitivity panel (three panels: 1500 px high)."""
+    from mmquant.visualization import figure_size
+    cfg = ws.cls_cfg('resnet')
+    config = tmp_path / 'tiny.py'
+    cfg.dump(str(config))
+    out = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'ptq.py'), str(config),
+         ws.float_ckpt('resnet'), '--calib-samples', '8', '--no-eval',
+         '--target-bits', '3.5', '--work-dir', str(tmp_path / 'w')],
+        capture_output=True, text=True, timeout=300, env=_env(),
+        cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / 'w' / 'latest'
+    assert (run / 'tiny_w3.5mixa8_int.pth').is_file()
+    report = json.loads((run / 'report.json').read_text())
+    mixed = report['extra']['mixed_precision']
+    assert mixed['target_bits'] == 3.5 and mixed['average_bits'] <= 3.5
+    assert report['config']['target_bits'] == 3.5
+    widths = sorted({*mixed['bits'].values(), *mixed['fixed'].values()})
+    assert (f"mixed W{'/'.join(map(str, widths))}, "
+            f"{mixed['average_bits']:.3f} bits per weight (target 3.5)"
+            in out.stdout)
+    with open(run / 'report.png', 'rb') as f:
+        head = f.read(24)
+    assert int.from_bytes(head[20:24], 'big') == figure_size(report)[1] \
+        == 1500
+
+
 def test_resolve_work_dir_precedence():
     tool = _load_ptq_tool()
     cfg = Config(dict(model=dict(type='X')))
@@ -134,7 +173,7 @@ def test_tools_ptq_outputs(ws, tmp_path):
     assert logs == [f'ptq_{runs[0]}.log'], logs
     assert sorted(p.name for p in work.iterdir()) == sorted([
         'tiny_w4a8_cls_int.pth', 'tiny_w4a8_cls_quantized.py',
-        'report.json', 'tiny_w4a8_cls.py', logs[0]])
+        'report.json', 'report.png', 'tiny_w4a8_cls.py', logs[0]])
     dumped = Config.fromfile(str(work / 'tiny_w4a8_cls.py'))
     assert dumped.work_dir == str(top)
     assert dumped.model == cfg.model
