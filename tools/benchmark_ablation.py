@@ -59,7 +59,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--models', nargs='+', help='run only these model '
                         'names of the list')
     parser.add_argument('--variants', nargs='+', help='run only these '
-                        'variant names (the tables keep all columns)')
+                        'variant names, in this order (the tables keep all '
+                        'columns)')
     parser.add_argument('--modes', nargs='+', choices=ABLATION_MODES,
                         help="modes (default: the list's or both)")
     parser.add_argument('--bits', nargs='+', help="bit widths, e.g. w4a8 "
@@ -110,7 +111,9 @@ def main() -> None:
         if unknown:
             raise SystemExit(f'unknown variant name(s) {unknown}; the list '
                              f'has {[v.name for v in variants]}')
-        run_variants = [v for v in variants if v.name in args.variants]
+        # in the order given: the first finish first
+        by_name = {v.name: v for v in variants}
+        run_variants = [by_name[n] for n in dict.fromkeys(args.variants)]
     name = osp.splitext(osp.basename(args.ablation))[0]
     work_dir = args.work_dir or osp.join('work_dirs', 'ablation', name)
     path = osp.join(work_dir, 'ablation.json')
