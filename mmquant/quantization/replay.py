@@ -1,0 +1,578 @@
+"""Replay of error-compensated passes from cached module boundaries.
+
+Error-compensated mode (the paper's Algorithm 1) needs, for every layer,
+its inputs in the network whose earlier layers are already quantized.
+Running the network from its input for every layer costs O(depth^2)
+forward work.  :class:`BoundaryReplay` cuts that to about one block per
+layer, with hooks only (no tracing):
+
+* *Boundaries* are the submodules that contain a quantized layer (module
+  tree ancestors of one; not the model itself, not a quantizable layer)
+  and that run exactly once per forward pass.  Hooks record, per
+  calibration batch, the positional and keyword inputs of a boundary when
+  it starts and its output when it returns.
+* One float pass (the one that computes the float targets) records the
+  *structure*: the order in which boundaries start and end and layers
+  run.  For a boundary ``M`` it gives ``before(M)``, the last layer (in
+  quantization order) that runs before ``M`` starts, and ``end(M)``, the
+  last layer that runs before ``M`` returns.  Layers are quantized in the
+  order of their first call, so an input recorded in the pass of step
+  ``r`` (layers ``0 .. r-1`` quantized) stays exact for every later step
+  when ``before(M) < r``, and an output when ``end(M) < r``.
+* To calibrate layer ``k``, the innermost boundary that contains every
+  call of ``k`` and has a valid cached input for every batch is run from
+  that input; inside it, every boundary with a valid cached output
+  returns that output instead of running again.  Where no boundary
+  qualifies, ``forward_fn`` runs from the network input as before (those
+  cached outputs still short-cut it).
+
+A boundary qualifies only when exactness can be shown: it runs once per
+pass in every batch; its inputs and output are built from tensors,
+``None``, numbers, strings and plain tuples, lists and dicts (data
+samples and other objects are not cached); it has no hooks of its own
+and no instance-level ``forward``.  Cached tensors are kept by reference
+and carry the version counter they had when cached: a tensor changed in
+place afterwards (by the model, e.g. an in-place activation) invalidates
+the entry, which is then rebuilt or bypassed.  Containers are rebuilt on
+every use, so a module that edits a list it is given cannot corrupt the
+cache.  A boundary's forward must be a function of its inputs, its
+parameters and buffers and the layers inside it, which holds for the
+containers, blocks, stages, necks and heads of torchvision, mmpretrain
+and mmdet; ``replay_cache_bytes=0`` turns the cache off.
+
+The cache holds at most ``budget`` bytes (unique tensor storages); an
+entry that does not fit is not cached (logged once), and the layers that
+needed it replay from an enclosing boundary or from the network input.
+"""
+import time
+from dataclasses import dataclass, field
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Set,
+                    Tuple)
+
+from torch import Tensor, nn
+
+from mmquant.nn.quantized_layer import QuantizedLayer
+
+__all__ = ['BoundaryReplay', 'CacheMiss', 'cacheable', 'rebuild']
+
+_LEAVES = (type(None), bool, int, float, complex, str, bytes)
+
+
+class CacheMiss(Exception):
+    """A boundary replay found its assumptions broken (a cached tensor
+    changed in place, or the layer did not run as the float pass said);
+    the step is redone with a full replay."""
+
+
+def cacheable(obj: Any, depth: int = 8) -> bool:
+    """Whether a module input or output can be cached exactly.
+
+    Args:
+        obj: A value.
+        depth (int): Nesting levels allowed. Defaults to 8.
+
+    Returns:
+        bool: True for tensors, ``None``, numbers, strings and plain
+        tuples, lists and dicts (string keys) of such values.
+    """
+    if isinstance(obj, Tensor) or type(obj) in _LEAVES:
+        return True
+    if depth <= 0:
+        return False
+    if type(obj) in (tuple, list):
+        return all(cacheable(v, depth - 1) for v in obj)
+    if type(obj) is dict:
+        return all(type(k) is str and cacheable(v, depth - 1)
+                   for k, v in obj.items())
+    return False
+
+
+def rebuild(obj: Any) -> Any:
+    """A copy of a :func:`cacheable` value with fresh containers and the
+    same tensor objects.
+
+    Args:
+        obj: A cacheable value.
+
+    Returns:
+        The copy.
+    """
+    if type(obj) in (tuple, list):
+        return type(obj)(rebuild(v) for v in obj)
+    if type(obj) is dict:
+        return {k: rebuild(v) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj: Any) -> List[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if type(obj) in (tuple, list):
+        return [t for v in obj for t in _tensors(v)]
+    if type(obj) is dict:
+        return [t for v in obj.values() for t in _tensors(v)]
+    return []
+
+
+def _storage_key(t: Tensor) -> Tuple[int, int]:
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+@dataclass
+class _Entry:
+    """One cached value with the versions of its tensors."""
+
+    value: Any
+    tensors: List[Tensor]
+    versions: List[int]
+    storages: List[Tuple[int, int]]
+
+    def intact(self) -> bool:
+        return all(t._version == v
+                   for t, v in zip(self.tensors, self.versions))
+
+
+@dataclass
+class _Boundary:
+    """A submodule the replay can start from or short-cut."""
+
+    index: int
+    name: str
+    module: nn.Module
+    input_ok: bool = True  # its inputs are cacheable
+    output_ok: bool = True  # its outputs are cacheable
+    why_not: str = ''
+    # structure, per batch: [start, end) event times of its calls
+    windows: List[List[List[int]]] = field(default_factory=list)
+    before: int = -1  # last layer that runs before it starts
+    end: int = -1  # last layer that runs before it returns
+    last_use_in: int = -1  # last step that may start from its input
+    last_use_out: int = -1  # last step that may short-cut its output
+    start_clock: List[float] = field(default_factory=list)
+
+
+class BoundaryReplay:
+    """Caches boundary inputs/outputs and replays error-compensated passes
+    from them (see the module docstring).
+
+    Use it as a context manager around the error-compensated run: it
+    attaches its hooks on entry and removes them (and every cached
+    tensor) on exit.  Call :meth:`begin_batch` before each forward pass,
+    :meth:`layer_called` from the float pass's layer captures, and
+    :meth:`finish_structure` after the float pass.
+
+    Args:
+        model (nn.Module): The model being quantized.
+        layer_names (Sequence[str]): The quantized layers in quantization
+            order (an attention's ``out_proj`` after the attention).
+        budget (int, optional): Bytes the cache may hold; ``None``: no
+            limit; 0 disables the cache (every layer replays from the
+            network input).
+        log (callable): Receives messages.
+        clock (callable, optional): Seconds, for the forward cost
+            estimates; defaults to :func:`time.perf_counter`.
+    """
+
+    def __init__(self, model: nn.Module, layer_names: Sequence[str],
+                 budget: Optional[int], log: Callable[[str], None],
+                 clock: Optional[Callable[[], float]] = None) -> None:
+        if budget is not None and budget < 0:
+            raise ValueError(f'budget must be >= 0 or None, got {budget}')
+        self.model = model
+        self.layer_names = list(layer_names)
+        self.budget = budget
+        self.log = log
+        self.clock = clock or time.perf_counter
+        self.enabled = budget != 0
+        self.boundaries: List[_Boundary] = []
+        if self.enabled:
+            self.boundaries = self._find_boundaries()
+        self.step = 0
+        self.batch = 0
+        self.structured = False
+        self._inputs: Dict[Tuple[int, int], _Entry] = {}
+        self._outputs: Dict[Tuple[int, int], _Entry] = {}
+        self._storages: Dict[Tuple[int, int], int] = {}  # refcounts
+        self.bytes_used = 0
+        self.peak_bytes = 0
+        self.refused = 0
+        self._handles: List[Any] = []
+        # float pass: event clock and layer call times per batch
+        self._time = 0
+        self._layer_times: List[Dict[int, List[int]]] = []
+        self._layer_clock: List[Dict[int, float]] = []
+        self._batch_clock0 = 0.0
+        self._seen_layer = False
+        self._memo: Dict[int, Any] = {}
+        #: per layer: boundaries that contain all its calls, innermost
+        #: first (filled by :meth:`finish_structure`)
+        self.enclosing: List[List[_Boundary]] = []
+        #: per layer: why it has no enclosing boundary ('' if it has one)
+        self.no_boundary: List[str] = []
+
+    # ------------------------------------------------------------ setup
+    def _find_boundaries(self) -> List[_Boundary]:
+        ancestors: Set[str] = set()
+        for name in self.layer_names:
+            parts = name.split('.')
+            for i in range(1, len(parts)):
+                ancestors.add('.'.join(parts[:i]))
+        out = []
+        for name, module in self.model.named_modules():
+            if name not in ancestors or _inside_quantized(self.model, name):
+                continue
+            if isinstance(module, QuantizedLayer) or \
+                    name in self.layer_names:
+                continue  # a layer (an attention) itself
+            bnd = _Boundary(len(out), name, module)
+            if (module._forward_hooks or module._forward_pre_hooks
+                    or 'forward' in vars(module)):
+                continue  # hooks of its own would run twice on a memo
+            out.append(bnd)
+        return out
+
+    def __enter__(self) -> 'BoundaryReplay':
+        for bnd in self.boundaries:
+            self._handles += [
+                bnd.module.register_forward_pre_hook(
+                    self._pre_hook(bnd), with_kwargs=True),
+                bnd.module.register_forward_hook(self._post_hook(bnd))
+            ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._unmemo()
+        self._inputs.clear()
+        self._outputs.clear()
+        self._storages.clear()
+        self.bytes_used = 0
+
+    # --------------------------------------------------------- recording
+    def begin_batch(self, batch: int) -> None:
+        """Mark the start of the forward pass of batch ``batch``.
+
+        Args:
+            batch (int): Index of the calibration batch.
+        """
+        self.batch = batch
+        if not self.structured:
+            while len(self._layer_times) <= batch:
+                self._layer_times.append({})
+                self._layer_clock.append({})
+            self._seen_layer = False
+            self._batch_clock0 = self.clock()
+            for bnd in self.boundaries:
+                while len(bnd.windows) <= batch:
+                    bnd.windows.append([])
+                    bnd.start_clock.append(0.0)
+
+    def layer_called(self, index: int) -> None:
+        """Record a call of quantized layer ``index`` (float pass).
+
+        Args:
+            index (int): The layer's position in ``layer_names``.
+        """
+        if self.structured or not self.enabled:
+            return
+        self._time += 1
+        self._layer_times[self.batch].setdefault(index, []).append(
+            self._time)
+        self._layer_clock[self.batch][index] = (self.clock()
+                                                - self._batch_clock0)
+        self._seen_layer = True
+
+    def _pre_hook(self, bnd: _Boundary) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if not self.structured:
+                self._time += 1
+                bnd.windows[self.batch].append([self._time, -1])
+                if len(bnd.windows[self.batch]) == 1:
+                    bnd.start_clock[self.batch] = (self.clock()
+                                                   - self._batch_clock0)
+            if not bnd.input_ok:
+                return
+            if not cacheable((args, kwargs)):
+                bnd.input_ok = False
+                bnd.why_not = (f'{bnd.name!r}: its inputs hold objects '
+                               'other than tensors, numbers and '
+                               'tuples/lists/dicts')
+                self._drop(self._inputs, bnd.index)
+                return
+            valid = (not self._seen_layer) if not self.structured else \
+                self.step > bnd.before and self.step <= bnd.last_use_in
+            key = (bnd.index, self.batch)
+            if valid and key not in self._inputs:
+                self._put(self._inputs, key, (rebuild(args),
+                                              rebuild(kwargs)), bnd)
+        return hook
+
+    def _post_hook(self, bnd: _Boundary) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self.structured:
+                self._time += 1
+                bnd.windows[self.batch][-1][1] = self._time
+            if not bnd.output_ok:
+                return
+            if not cacheable(output):
+                bnd.output_ok = False
+                self._drop(self._outputs, bnd.index)
+                return
+            if not self.structured:
+                return
+            key = (bnd.index, self.batch)
+            if (self.step > bnd.end and self.step <= bnd.last_use_out
+                    and key not in self._outputs):
+                self._put(self._outputs, key, rebuild(output), bnd)
+        return hook
+
+    # ------------------------------------------------------------ cache
+    def _put(self, table: Dict[Tuple[int, int], _Entry],
+             key: Tuple[int, int], value: Any, bnd: _Boundary) -> None:
+        tensors = _tensors(value)
+        storages = [_storage_key(t) for t in tensors]
+        new = sum(nbytes for ptr, nbytes in set(storages)
+                  if (ptr, nbytes) not in self._storages)
+        if self.budget is not None and self.bytes_used + new > self.budget:
+            self.refused += 1
+            if self.refused == 1:
+                what = 'inputs' if table is self._inputs else 'output'
+                self.log(
+                    f'mmquant: replay cache full ({_mib(self.bytes_used)} '
+                    f'of replay_cache_bytes={_mib(self.budget)} in use, '
+                    f'{_mib(new)} more needed): the {what} of '
+                    f'{bnd.name!r} is not cached; layers that need it '
+                    'replay from an enclosing module or from the network '
+                    'input (exact, slower); raise replay_cache_bytes to '
+                    'cache more')
+            self._drop(table, key[0])
+            return
+        for sk in storages:
+            if sk not in self._storages:
+                self._storages[sk] = 0
+                self.bytes_used += sk[1]
+            self._storages[sk] += 1
+        self.peak_bytes = max(self.peak_bytes, self.bytes_used)
+        table[key] = _Entry(value, tensors, [t._version for t in tensors],
+                            storages)
+
+    def _remove(self, table: Dict[Tuple[int, int], _Entry],
+                key: Tuple[int, int]) -> None:
+        entry = table.pop(key)
+        for sk in entry.storages:
+            self._storages[sk] -= 1
+            if not self._storages[sk]:
+                del self._storages[sk]
+                self.bytes_used -= sk[1]
+
+    def _drop(self, table: Dict[Tuple[int, int], _Entry],
+              index: int) -> None:
+        for key in [k for k in table if k[0] == index]:
+            self._remove(table, key)
+
+    def _complete(self, table: Dict[Tuple[int, int], _Entry],
+                  bnd: _Boundary, batches: int) -> bool:
+        """Whether every batch has an intact entry (broken ones go)."""
+        ok = True
+        for b in range(batches):
+            entry = table.get((bnd.index, b))
+            if entry is not None and not entry.intact():
+                self._remove(table, (bnd.index, b))
+                entry = None
+            ok = ok and entry is not None
+        return ok
+
+    # -------------------------------------------------------- structure
+    def finish_structure(self, batches: int) -> None:
+        """Derive each boundary's validity rules from the float pass.
+
+        Args:
+            batches (int): Number of calibration batches.
+        """
+        self.structured = True
+        n = len(self.layer_names)
+        self.enclosing = [[] for _ in range(n)]
+        self.no_boundary = [''] * n
+        if not self.enabled:
+            self.no_boundary = ['replay cache disabled '
+                                '(replay_cache_bytes=0)'] * n
+            return
+        times = self._layer_times
+        kept = []
+        for bnd in self.boundaries:
+            wins = bnd.windows
+            if len(wins) != batches or any(len(w) != 1 for w in wins):
+                bnd.why_not = bnd.why_not or (
+                    f'{bnd.name!r} does not run exactly once per pass')
+                continue
+            before = end = -1
+            inside = []
+            for i in range(n):
+                within = True
+                for b in range(batches):
+                    (s, e), = wins[b]
+                    calls = times[b].get(i, [])
+                    if any(t < s for t in calls):
+                        before = max(before, i)
+                    if any(t < e for t in calls):
+                        end = max(end, i)
+                    within = within and bool(calls) and all(
+                        s < t < e for t in calls)
+                if within:
+                    inside.append(i)
+            bnd.before, bnd.end = before, end
+            if bnd.input_ok:
+                for i in inside:
+                    self.enclosing[i].append(bnd)
+                bnd.last_use_in = max(inside, default=-1)
+            kept.append(bnd)
+        for i in range(n):
+            # innermost first: the shortest window
+            self.enclosing[i].sort(key=lambda bnd: (
+                bnd.windows[0][0][1] - bnd.windows[0][0][0]))
+            if not self.enclosing[i]:
+                why = [bnd.why_not for bnd in self.boundaries
+                       if bnd.why_not and self.layer_names[i].startswith(
+                           bnd.name + '.')]
+                self.no_boundary[i] = (
+                    'no enclosing module runs once per pass with '
+                    'cacheable inputs' + (f' ({"; ".join(why)})'
+                                          if why else ''))
+        fulls = [i for i in range(n) if not self.enclosing[i]]
+        for bnd in kept:
+            anc = [a for a in kept if a is not bnd and _contains(a, bnd)]
+            uses = [a.last_use_in for a in anc]
+            # replays from the network input use it unless an enclosing
+            # boundary's output is valid by then
+            uses += [j for j in fulls if not any(
+                a.end < j and a.output_ok for a in anc)]
+            bnd.last_use_out = max(uses, default=-1) if bnd.output_ok \
+                else -1
+        self.boundaries = kept
+        self.free(-1)
+
+    # ------------------------------------------------------------ steps
+    def plan(self, k: int, batches: int) -> Tuple[Optional[_Boundary], str]:
+        """The boundary to replay layer ``k`` from.
+
+        Args:
+            k (int): The layer's position in ``layer_names``.
+            batches (int): Number of calibration batches.
+
+        Returns:
+            tuple: The boundary (``None``: replay from the network input)
+            and, if ``None``, why.
+        """
+        self.step = k
+        if not self.enabled:
+            return None, self.no_boundary[k]
+        if not self.enclosing[k]:
+            return None, self.no_boundary[k]
+        for bnd in self.enclosing[k]:
+            if bnd.input_ok and bnd.before < k and self._complete(
+                    self._inputs, bnd, batches):
+                return bnd, ''
+        if self.refused:
+            return None, ('the replay cache is full (replay_cache_bytes); '
+                          'no enclosing module has cached inputs')
+        return None, 'no enclosing module has cached inputs yet'
+
+    def predicted_start(self, k: int) -> Optional[_Boundary]:
+        """The boundary layer ``k`` is expected to replay from (for cost
+        estimates): the innermost enclosing one whose inputs can be
+        valid by then."""
+        for bnd in self.enclosing[k] if self.enclosing else []:
+            if bnd.input_ok and bnd.before < k:
+                return bnd
+        return None
+
+    def forward_cost(self, k: int) -> float:
+        """Float-pass seconds from the start of layer ``k``'s predicted
+        replay to its last call, summed over the batches."""
+        if not self._layer_clock:
+            return 0.0
+        bnd = self.predicted_start(k)
+        total = 0.0
+        for b, clocks in enumerate(self._layer_clock):
+            start = bnd.start_clock[b] if bnd is not None else 0.0
+            total += max(clocks.get(k, 0.0) - start, 0.0)
+        return total
+
+    def memoize(self, skip: Optional[_Boundary], batches: int) -> None:
+        """Make every boundary with a valid cached output (but ``skip``)
+        return it instead of running, until :meth:`unmemoize`."""
+        if not self.enabled:
+            return
+        for bnd in self.boundaries:
+            if bnd is skip or not bnd.output_ok or bnd.end >= self.step:
+                continue
+            if self._complete(self._outputs, bnd, batches):
+                bnd.module.forward = self._memo_forward(bnd)
+                self._memo[bnd.index] = bnd.module
+
+    def _memo_forward(self, bnd: _Boundary) -> Callable[..., Any]:
+        module = bnd.module
+        original = type(module).forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            entry = self._outputs.get((bnd.index, self.batch))
+            if entry is None or not entry.intact():
+                return original(module, *args, **kwargs)
+            return rebuild(entry.value)
+        return forward
+
+    def unmemoize(self) -> None:
+        """Undo :meth:`memoize`."""
+        self._unmemo()
+
+    def _unmemo(self) -> None:
+        for module in self._memo.values():
+            vars(module).pop('forward', None)
+        self._memo = {}
+
+    def inputs(self, bnd: _Boundary, batch: int) -> Tuple[tuple, dict]:
+        """The cached ``(args, kwargs)`` of a boundary for one batch, in
+        fresh containers.
+
+        Raises:
+            CacheMiss: If the entry is gone or a tensor of it changed in
+                place since it was cached.
+        """
+        entry = self._inputs.get((bnd.index, batch))
+        if entry is None or not entry.intact():
+            raise CacheMiss(f'the cached inputs of {bnd.name!r} changed')
+        args, kwargs = rebuild(entry.value)
+        return args, kwargs
+
+    def free(self, done: int) -> None:
+        """Drop the entries no step after ``done`` can use."""
+        for table, last in ((self._inputs, 'last_use_in'),
+                            (self._outputs, 'last_use_out')):
+            by_index = {bnd.index: getattr(bnd, last)
+                        for bnd in self.boundaries}
+            for key in list(table):
+                if by_index.get(key[0], -1) <= done:
+                    self._remove(table, key)
+
+
+def _contains(outer: _Boundary, inner: _Boundary) -> bool:
+    """Whether ``outer``'s call (in the first batch) encloses ``inner``'s."""
+    (s0, e0), = outer.windows[0]
+    (s1, e1), = inner.windows[0]
+    return s0 < s1 and e1 < e0
+
+
+def _inside_quantized(model: nn.Module, name: str) -> bool:
+    module = model
+    for part in name.split('.')[:-1]:
+        module = getattr(module, part)
+        if isinstance(module, QuantizedLayer):
+            return True
+    return False
+
+
+def _mib(n: Optional[int]) -> str:
+    return 'no limit' if n is None else f'{n / 2**20:.1f} MiB'
