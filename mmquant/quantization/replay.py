@@ -127,6 +127,7 @@ class _Entry:
     tensors: List[Tensor]
     versions: List[int]
     storages: List[Tuple[int, int]]
+    step: int  # recorded in the pass of this step (layers < step quantized)
 
     def intact(self) -> bool:
         return all(t._version == v
@@ -357,7 +358,7 @@ class BoundaryReplay:
             self._storages[sk] += 1
         self.peak_bytes = max(self.peak_bytes, self.bytes_used)
         table[key] = _Entry(value, tensors, [t._version for t in tensors],
-                            storages)
+                            storages, self.step)
 
     def _remove(self, table: Dict[Tuple[int, int], _Entry],
                 key: Tuple[int, int]) -> None:
@@ -375,11 +376,15 @@ class BoundaryReplay:
 
     def _complete(self, table: Dict[Tuple[int, int], _Entry],
                   bnd: _Boundary, batches: int) -> bool:
-        """Whether every batch has an intact entry (broken ones go)."""
+        """Whether every batch has a valid entry: recorded after the last
+        layer that can change it was quantized, its tensors unchanged
+        since (other entries go)."""
+        last = bnd.before if table is self._inputs else bnd.end
         ok = True
         for b in range(batches):
             entry = table.get((bnd.index, b))
-            if entry is not None and not entry.intact():
+            if entry is not None and not (entry.step > last
+                                          and entry.intact()):
                 self._remove(table, (bnd.index, b))
                 entry = None
             ok = ok and entry is not None
@@ -405,8 +410,17 @@ class BoundaryReplay:
         for bnd in self.boundaries:
             wins = bnd.windows
             if len(wins) != batches or any(len(w) != 1 for w in wins):
+                counts = sorted({len(w) for w in wins} | (
+                    {0} if len(wins) != batches else set()))
+                if counts == [0] and isinstance(
+                        bnd.module, (nn.ModuleList, nn.ModuleDict)):
+                    continue  # a plain container, never called
+                runs = '/'.join(str(c) for c in counts)
                 bnd.why_not = bnd.why_not or (
-                    f'{bnd.name!r} does not run exactly once per pass')
+                    f'{bnd.name!r} runs {runs} time(s) per pass'
+                    + (' through its hooks (its forward is called '
+                       'directly)' if counts == [0] else
+                       ', not once'))
                 continue
             before = end = -1
             inside = []
@@ -472,8 +486,8 @@ class BoundaryReplay:
         if not self.enclosing[k]:
             return None, self.no_boundary[k]
         for bnd in self.enclosing[k]:
-            if bnd.input_ok and bnd.before < k and self._complete(
-                    self._inputs, bnd, batches):
+            if bnd.input_ok and self._complete(self._inputs, bnd,
+                                               batches):
                 return bnd, ''
         if self.refused:
             return None, ('the replay cache is full (replay_cache_bytes); '
@@ -507,7 +521,7 @@ class BoundaryReplay:
         if not self.enabled:
             return
         for bnd in self.boundaries:
-            if bnd is skip or not bnd.output_ok or bnd.end >= self.step:
+            if bnd is skip or not bnd.output_ok:
                 continue
             if self._complete(self._outputs, bnd, batches):
                 bnd.module.forward = self._memo_forward(bnd)
