@@ -18,8 +18,10 @@ The run, for a model and a few calibration batches:
    - error-compensated mode (the paper's Algorithm 1): float targets from
      one float pass, then layer by layer, in forward order, inputs from the
      network whose earlier layers are already quantized (weights and
-     activations, the layer's own input quantizer applied); each pass stops
-     as soon as the layer has run.
+     activations, the layer's own input quantizer applied); each pass
+     starts at the nearest module boundary whose cached inputs are valid
+     (:mod:`.replay`; else at the network input) and stops as soon as the
+     layer has run.
 3. *Solve* (BitSplit from ``(A, C)``), swap in :class:`QuantizedLayer`.
 4. Optionally re-estimate BatchNorm statistics.
 

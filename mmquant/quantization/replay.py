@@ -277,7 +277,7 @@ class BoundaryReplay:
         Args:
             index (int): The layer's position in ``layer_names``.
         """
-        if self.structured or not self.enabled:
+        if self.structured:
             return
         self._time += 1
         self._layer_times[self.batch].setdefault(index, []).append(
