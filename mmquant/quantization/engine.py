@@ -673,10 +673,11 @@ class _Run:
             except CacheMiss as err:
                 why = f'replay from {bnd.name!r} abandoned: {err}'
             except Exception as err:  # noqa: B902 - any model error
-                replay.enabled = False
                 why = (f'replay from {bnd.name!r} raised '
-                       f'{type(err).__name__}: {err}; module replays are '
-                       'off for the rest of the run')
+                       f'{type(err).__name__}: {err}')
+                replay.disable(f'module replays off since {state.name!r}: '
+                               f'{why}')
+                why += '; module replays are off for the rest of the run'
             _restore_observer(state.observer, snapshot)
             self.log(f'mmquant: {state.name}: {why}; replaying from the '
                      'network input')

@@ -186,6 +186,8 @@ class BoundaryReplay:
         self.log = log
         self.clock = clock or time.perf_counter
         self.enabled = budget != 0
+        #: why module replays were turned off during the run ('' if not)
+        self.disabled = ''
         self.boundaries: List[_Boundary] = []
         if self.enabled:
             self.boundaries = self._find_boundaries()
@@ -294,7 +296,7 @@ class BoundaryReplay:
                 if len(bnd.windows[self.batch]) == 1:
                     bnd.start_clock[self.batch] = (self.clock()
                                                    - self._batch_clock0)
-            if not bnd.input_ok:
+            if not bnd.input_ok or (self.structured and not self.enabled):
                 return
             if not cacheable((args, kwargs)):
                 bnd.input_ok = False
@@ -316,7 +318,7 @@ class BoundaryReplay:
             if not self.structured:
                 self._time += 1
                 bnd.windows[self.batch][-1][1] = self._time
-            if not bnd.output_ok:
+            if not bnd.output_ok or (self.structured and not self.enabled):
                 return
             if not cacheable(output):
                 bnd.output_ok = False
@@ -482,7 +484,7 @@ class BoundaryReplay:
         """
         self.step = k
         if not self.enabled:
-            return None, self.no_boundary[k]
+            return None, self.disabled or self.no_boundary[k]
         if not self.enclosing[k]:
             return None, self.no_boundary[k]
         for bnd in self.enclosing[k]:
@@ -493,6 +495,16 @@ class BoundaryReplay:
             return None, ('the replay cache is full (replay_cache_bytes); '
                           'no enclosing module has cached inputs')
         return None, 'no enclosing module has cached inputs yet'
+
+    def disable(self, reason: str) -> None:
+        """Turn module replays off for the rest of the run.
+
+        Args:
+            reason (str): Why; the ``replay_note`` of later layers.
+        """
+        self.enabled = False
+        self.disabled = reason
+        self._unmemo()
 
     def predicted_start(self, k: int) -> Optional[_Boundary]:
         """The boundary layer ``k`` is expected to replay from (for cost

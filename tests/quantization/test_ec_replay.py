@@ -76,6 +76,20 @@ class Gated(nn.Module):
         return x
 
 
+class Fragile(nn.Module):
+    """Needs an attribute its parent sets before each call: raises when
+    run alone."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 1)
+        self.conv2 = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.__dict__.pop('scale')
+        return self.conv2(F.relu(self.conv1(x * scale)))
+
+
 class HardNet(nn.Module):
 
     def __init__(self, ch: int = 8) -> None:
@@ -89,6 +103,7 @@ class HardNet(nn.Module):
         self.neck = ListNeck(ch)
         self.direct = Block(ch, ch)  # called through .forward
         self.gated = Gated(ch)
+        self.fragile = Fragile(ch)
         self.head = nn.Linear(2 * ch, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +114,8 @@ class HardNet(nn.Module):
         a = self.direct.forward(out['a'])
         self.gated.budget = 1
         b = self.gated(out['b'])
+        self.fragile.scale = 0.5
+        b = self.fragile(b)
         return self.head(torch.cat([a.mean((2, 3)), b.mean((2, 3))], 1))
 
 
@@ -209,6 +226,15 @@ def test_hard_model_bit_exact(hard, hard_full, a_bits, tmp_path):
     assert any(m.startswith('mmquant: gated.conv2: replay from') and
                m.endswith('replaying from the network input')
                for m in logs)
+    # a boundary that raises when run alone: that step and every later
+    # one start at the network input
+    assert rep['fragile.conv2'].replay_from == '<input>'
+    assert rep['fragile.conv2'].replay_note == (
+        "replay from 'fragile' raised KeyError: 'scale'; module replays "
+        'are off for the rest of the run')
+    assert rep['head'].replay_note == (
+        "module replays off since 'fragile.conv2': replay from 'fragile' "
+        "raised KeyError: 'scale'")
     assert run[1].replay['from_module'] >= 4
     assert run[1].replay['cache_peak_bytes'] > 0
     # the per-layer log line: where from, elapsed time and an ETA
