@@ -50,7 +50,7 @@ from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
                       layer_weight)
 from .config import LayerSpec, QuantConfig
 from .progress import CostEta
-from .replay import BoundaryReplay, CacheMiss
+from .replay import Boundary, BoundaryReplay, CacheMiss
 from .report import LayerReport, QuantReport
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -577,7 +577,7 @@ class _Run:
                 self._progress_passes('float targets', replay.begin_batch)
             replay.finish_structure(len(self.batches))
             self._layer_by_layer(active, replay)
-        if replay.enabled:
+        if self.cfg.replay_cache_bytes != 0:
             self.log(f'mmquant: replay cache peak '
                      f'{replay.peak_bytes / 2**20:.1f} MiB'
                      + (f', {replay.refused} entries refused over '
@@ -686,7 +686,7 @@ class _Run:
         return self._ec_pass(state, replay, None)
 
     def _ec_pass(self, state: _LayerState, replay: BoundaryReplay,
-                 bnd: Any) -> List[Tensor]:
+                 bnd: Optional[Boundary]) -> List[Tensor]:
         """Run every batch up to the layer's last call, from ``bnd``'s
         cached inputs or (``None``) from the network input, collecting
         the layer's sampled input rows."""

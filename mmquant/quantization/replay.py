@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from mmquant.nn.quantized_layer import QuantizedLayer
 
-__all__ = ['BoundaryReplay', 'CacheMiss', 'cacheable', 'rebuild']
+__all__ = ['Boundary', 'BoundaryReplay', 'CacheMiss', 'cacheable', 'rebuild']
 
 _LEAVES = (type(None), bool, int, float, complex, str, bytes)
 
@@ -130,26 +130,45 @@ class _Entry:
     step: int  # recorded in the pass of this step (layers < step quantized)
 
     def intact(self) -> bool:
+        """Whether no tensor of it changed in place since it was cached
+        (torch bumps a tensor's version counter on every in-place op)."""
         return all(t._version == v
                    for t, v in zip(self.tensors, self.versions))
 
 
 @dataclass
-class _Boundary:
-    """A submodule the replay can start from or short-cut."""
+class Boundary:
+    """A submodule the replay can start from or short-cut.
+
+    Args:
+        index (int): Its position among the boundaries.
+        name (str): Its module name.
+        module (nn.Module): The module.
+        input_ok (bool): Its inputs are :func:`cacheable`.
+        output_ok (bool): Its outputs are :func:`cacheable`.
+        why_not (str): Why it cannot serve, if it cannot.
+        windows (list): Per batch, the ``[start, end]`` event times of its
+            calls in the float pass.
+        before (int): The last layer (quantization order) that runs before
+            it starts; -1 if none.
+        end (int): The last layer that runs before it returns.
+        last_use_in (int): The last step that may start from its inputs.
+        last_use_out (int): The last step that may use its cached output.
+        start_clock (list): Per batch, float-pass seconds from the batch's
+            start to its call (for cost estimates).
+    """
 
     index: int
     name: str
     module: nn.Module
-    input_ok: bool = True  # its inputs are cacheable
-    output_ok: bool = True  # its outputs are cacheable
+    input_ok: bool = True
+    output_ok: bool = True
     why_not: str = ''
-    # structure, per batch: [start, end) event times of its calls
     windows: List[List[List[int]]] = field(default_factory=list)
-    before: int = -1  # last layer that runs before it starts
-    end: int = -1  # last layer that runs before it returns
-    last_use_in: int = -1  # last step that may start from its input
-    last_use_out: int = -1  # last step that may short-cut its output
+    before: int = -1
+    end: int = -1
+    last_use_in: int = -1
+    last_use_out: int = -1
     start_clock: List[float] = field(default_factory=list)
 
 
@@ -188,7 +207,7 @@ class BoundaryReplay:
         self.enabled = budget != 0
         #: why module replays were turned off during the run ('' if not)
         self.disabled = ''
-        self.boundaries: List[_Boundary] = []
+        self.boundaries: List[Boundary] = []
         if self.enabled:
             self.boundaries = self._find_boundaries()
         self.step = 0
@@ -210,12 +229,12 @@ class BoundaryReplay:
         self._memo: Dict[int, Any] = {}
         #: per layer: boundaries that contain all its calls, innermost
         #: first (filled by :meth:`finish_structure`)
-        self.enclosing: List[List[_Boundary]] = []
+        self.enclosing: List[List[Boundary]] = []
         #: per layer: why it has no enclosing boundary ('' if it has one)
         self.no_boundary: List[str] = []
 
     # ------------------------------------------------------------ setup
-    def _find_boundaries(self) -> List[_Boundary]:
+    def _find_boundaries(self) -> List[Boundary]:
         ancestors: Set[str] = set()
         for name in self.layer_names:
             parts = name.split('.')
@@ -228,7 +247,7 @@ class BoundaryReplay:
             if isinstance(module, QuantizedLayer) or \
                     name in self.layer_names:
                 continue  # a layer (an attention) itself
-            bnd = _Boundary(len(out), name, module)
+            bnd = Boundary(len(out), name, module)
             if (module._forward_hooks or module._forward_pre_hooks
                     or 'forward' in vars(module)):
                 continue  # hooks of its own would run twice on a memo
@@ -288,7 +307,7 @@ class BoundaryReplay:
                                                 - self._batch_clock0)
         self._seen_layer = True
 
-    def _pre_hook(self, bnd: _Boundary) -> Callable[..., None]:
+    def _pre_hook(self, bnd: Boundary) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if not self.structured:
                 self._time += 1
@@ -313,7 +332,7 @@ class BoundaryReplay:
                                               rebuild(kwargs)), bnd)
         return hook
 
-    def _post_hook(self, bnd: _Boundary) -> Callable[..., None]:
+    def _post_hook(self, bnd: Boundary) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not self.structured:
                 self._time += 1
@@ -334,7 +353,7 @@ class BoundaryReplay:
 
     # ------------------------------------------------------------ cache
     def _put(self, table: Dict[Tuple[int, int], _Entry],
-             key: Tuple[int, int], value: Any, bnd: _Boundary) -> None:
+             key: Tuple[int, int], value: Any, bnd: Boundary) -> None:
         tensors = _tensors(value)
         storages = [_storage_key(t) for t in tensors]
         new = sum(nbytes for ptr, nbytes in set(storages)
@@ -377,7 +396,7 @@ class BoundaryReplay:
             self._remove(table, key)
 
     def _complete(self, table: Dict[Tuple[int, int], _Entry],
-                  bnd: _Boundary, batches: int) -> bool:
+                  bnd: Boundary, batches: int) -> bool:
         """Whether every batch has a valid entry: recorded after the last
         layer that can change it was quantized, its tensors unchanged
         since (other entries go)."""
@@ -471,7 +490,7 @@ class BoundaryReplay:
         self.free(-1)
 
     # ------------------------------------------------------------ steps
-    def plan(self, k: int, batches: int) -> Tuple[Optional[_Boundary], str]:
+    def plan(self, k: int, batches: int) -> Tuple[Optional[Boundary], str]:
         """The boundary to replay layer ``k`` from.
 
         Args:
@@ -506,10 +525,18 @@ class BoundaryReplay:
         self.disabled = reason
         self._unmemo()
 
-    def predicted_start(self, k: int) -> Optional[_Boundary]:
+    def predicted_start(self, k: int) -> Optional[Boundary]:
         """The boundary layer ``k`` is expected to replay from (for cost
-        estimates): the innermost enclosing one whose inputs can be
-        valid by then."""
+        estimates): the innermost enclosing one whose inputs can be valid
+        by then.
+
+        Args:
+            k (int): The layer's position in ``layer_names``.
+
+        Returns:
+            Boundary, optional: The boundary, ``None`` for the network
+            input.
+        """
         for bnd in self.enclosing[k] if self.enclosing else []:
             if bnd.input_ok and bnd.before < k:
                 return bnd
@@ -517,7 +544,14 @@ class BoundaryReplay:
 
     def forward_cost(self, k: int) -> float:
         """Float-pass seconds from the start of layer ``k``'s predicted
-        replay to its last call, summed over the batches."""
+        replay to its last call, summed over the batches.
+
+        Args:
+            k (int): The layer's position in ``layer_names``.
+
+        Returns:
+            float: The seconds (0 before the float pass).
+        """
         if not self._layer_clock:
             return 0.0
         bnd = self.predicted_start(k)
@@ -527,9 +561,19 @@ class BoundaryReplay:
             total += max(clocks.get(k, 0.0) - start, 0.0)
         return total
 
-    def memoize(self, skip: Optional[_Boundary], batches: int) -> None:
+    def memoize(self, skip: Optional[Boundary], batches: int) -> None:
         """Make every boundary with a valid cached output (but ``skip``)
-        return it instead of running, until :meth:`unmemoize`."""
+        return it instead of running, until :meth:`unmemoize`.
+
+        The module's ``forward`` is shadowed by an instance attribute that
+        returns the cached output of the current batch (in fresh
+        containers), or runs the class's ``forward`` if a tensor of it
+        changed in place meanwhile.
+
+        Args:
+            skip (Boundary, optional): The boundary the pass starts at.
+            batches (int): Number of calibration batches.
+        """
         if not self.enabled:
             return
         for bnd in self.boundaries:
@@ -539,7 +583,7 @@ class BoundaryReplay:
                 bnd.module.forward = self._memo_forward(bnd)
                 self._memo[bnd.index] = bnd.module
 
-    def _memo_forward(self, bnd: _Boundary) -> Callable[..., Any]:
+    def _memo_forward(self, bnd: Boundary) -> Callable[..., Any]:
         module = bnd.module
         original = type(module).forward
 
@@ -559,9 +603,16 @@ class BoundaryReplay:
             vars(module).pop('forward', None)
         self._memo = {}
 
-    def inputs(self, bnd: _Boundary, batch: int) -> Tuple[tuple, dict]:
+    def inputs(self, bnd: Boundary, batch: int) -> Tuple[tuple, dict]:
         """The cached ``(args, kwargs)`` of a boundary for one batch, in
         fresh containers.
+
+        Args:
+            bnd (Boundary): The boundary.
+            batch (int): Index of the calibration batch.
+
+        Returns:
+            tuple: ``(args, kwargs)``.
 
         Raises:
             CacheMiss: If the entry is gone or a tensor of it changed in
@@ -574,7 +625,11 @@ class BoundaryReplay:
         return args, kwargs
 
     def free(self, done: int) -> None:
-        """Drop the entries no step after ``done`` can use."""
+        """Drop the entries no step after ``done`` can use.
+
+        Args:
+            done (int): The last step done (-1: none).
+        """
         for table, last in ((self._inputs, 'last_use_in'),
                             (self._outputs, 'last_use_out')):
             by_index = {bnd.index: getattr(bnd, last)
@@ -584,7 +639,7 @@ class BoundaryReplay:
                     self._remove(table, key)
 
 
-def _contains(outer: _Boundary, inner: _Boundary) -> bool:
+def _contains(outer: Boundary, inner: Boundary) -> bool:
     """Whether ``outer``'s call (in the first batch) encloses ``inner``'s."""
     (s0, e0), = outer.windows[0]
     (s1, e1), = inner.windows[0]
