@@ -119,6 +119,19 @@ class HardNet(nn.Module):
         return self.head(torch.cat([a.mean((2, 3)), b.mean((2, 3))], 1))
 
 
+class Twice(nn.Module):
+    """A 1x1 conv, then a conv that pads inside its forward, run twice."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(ch, ch, 1)
+        self.conv = SamePadConv(ch, ch, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv0(x))
+        return self.conv(F.relu(self.conv(x)))
+
+
 class AttnBlock(nn.Module):
     """Self-attention and an MLP, called with a keyword argument."""
 
@@ -275,6 +288,17 @@ def test_disabled_cache_replays_from_input(hard_full):
 def test_small_models_bit_exact(make):
     model = init_model(make())
     _assert_same(_quantize(model, None), _quantize(model, 0))
+
+
+def test_layer_used_twice_inside_a_boundary():
+    model = init_model(nn.Sequential(Block(3, 8), Twice(8), Twice(8)))
+    run = _quantize(model, None)
+    _assert_same(run, _quantize(model, 0))
+    got = {lay.name: (lay.calls, lay.replay_from)
+           for lay in run[1].quantized_layers}
+    assert got == {'0.conv': (1, '0'), '1.conv0': (1, '<input>'),
+                   '1.conv': (2, '1'), '2.conv0': (1, '<input>'),
+                   '2.conv': (2, '2')}
 
 
 def test_attention_blocks_bit_exact():
