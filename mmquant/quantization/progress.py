@@ -1,17 +1,18 @@
 """An ETA for a sequence of steps whose costs differ.
 
 Error-compensated PTQ runs one step per layer, and layers differ in cost
-by more than tenfold (a 3x3 conv with 512 channels against a 1x1 conv
-with 64).  A plain average of the seconds per step so far is then wrong
-by as much.  :class:`CostEta` splits each step into phases (forward,
-statistics, solver), gives every step of every phase a *work estimate*
-``u`` known in advance, and models a step's seconds in a phase as
-``a + b * u``: a fixed overhead (Python, small kernels: it dominates the
-smallest layers) plus a part proportional to the work.  ``a`` and ``b``
-are fitted to the steps done (least squares, both kept >= 0); the
-remaining time is the fitted cost of the remaining steps.
+by more than tenfold (the solver of a 3x3 conv with 512 channels against
+that of a 1x1 conv with 64).  A plain average of the seconds per step so
+far is then wrong by as much: the first layers are the cheapest.
+:class:`CostEta` splits each step into phases (forward, statistics,
+solver), gives every step of every phase a *work estimate* ``u`` known in
+advance, and models a step's seconds in a phase as ``rate * u ** alpha``
+with a fixed exponent ``alpha`` per phase (``alpha < 1``: fixed overheads
+make small steps cost more than their share of the arithmetic).  Only the
+rate is fitted, as the ratio of the seconds to the ``u ** alpha`` of the
+steps done, so a few cheap first steps cannot make it explode.
 """
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 __all__ = ['CostEta']
 
@@ -19,37 +20,47 @@ __all__ = ['CostEta']
 class CostEta:
     """Predict the time left from per-phase work estimates.
 
-    Per phase, the seconds of a step are modelled as ``a + b * u`` (``u``
-    its work estimate), fitted by least squares with ``a, b >= 0`` to the
-    steps done.  While the steps done all have the same work estimate
-    (e.g. after the first step), half of their mean time is taken as the
-    overhead ``a`` and half as the work part.  A phase whose work
-    estimates are all zero so far costs its mean seconds per step.
+    A phase whose steps done all have zero work costs its mean seconds per
+    step.
 
     Args:
         work (Mapping[str, Sequence[float]]): ``{phase: estimates}``, one
-            non-negative estimate per step, in any unit (e.g. ``rows *
-            N**2`` for a statistics phase).
+            non-negative estimate per step, in any unit (e.g. ``M * N**2``
+            for a solver phase).
+        exponents (Mapping[str, float], optional): ``{phase: alpha}``,
+            each in ``[0, 1]``; a phase not named gets 1 (cost
+            proportional to the work).  0 makes every step of the phase
+            cost the same (the plain average).
 
     Raises:
-        ValueError: If the phases have different numbers of steps or an
-            estimate is negative.
+        ValueError: If the phases have different numbers of steps, an
+            estimate is negative, or an exponent is outside ``[0, 1]`` or
+            names an unknown phase.
     """
 
-    def __init__(self, work: Mapping[str, Sequence[float]]) -> None:
+    def __init__(self, work: Mapping[str, Sequence[float]],
+                 exponents: Optional[Mapping[str, float]] = None) -> None:
         lengths = {len(v) for v in work.values()}
         if len(lengths) > 1:
             raise ValueError('every phase needs one work estimate per '
                              f'step, got lengths {sorted(lengths)}')
         self.steps = lengths.pop() if lengths else 0
+        exponents = dict(exponents or {})
+        unknown = sorted(set(exponents) - set(work))
+        if unknown:
+            raise ValueError(f'exponents for unknown phase(s) {unknown}')
         self.work: Dict[str, List[float]] = {}
         for phase, values in work.items():
             values = [float(v) for v in values]
             if any(v < 0 for v in values):
                 raise ValueError(f'work estimates of {phase!r} must be '
                                  '>= 0')
-            self.work[phase] = values
-        self.seconds: Dict[str, List[float]] = {p: [] for p in self.work}
+            alpha = float(exponents.get(phase, 1.0))
+            if not 0 <= alpha <= 1:
+                raise ValueError(f'the exponent of {phase!r} must be in '
+                                 f'[0, 1], got {alpha}')
+            self.work[phase] = [v**alpha if v > 0 else 0.0 for v in values]
+        self.spent = {phase: 0.0 for phase in self.work}
         self.done = 0
 
     def update(self, seconds: Mapping[str, float]) -> None:
@@ -69,38 +80,9 @@ class CostEta:
         if unknown:
             raise ValueError(f'unknown phase(s) {unknown}; phases: '
                              f'{sorted(self.work)}')
-        for phase in self.work:
-            self.seconds[phase].append(float(seconds.get(phase, 0.0)))
+        for phase, value in seconds.items():
+            self.spent[phase] += float(value)
         self.done += 1
-
-    def fit(self, phase: str) -> Tuple[float, float]:
-        """The fitted ``(a, b)`` of one phase (see the class docstring).
-
-        Args:
-            phase (str): A phase.
-
-        Returns:
-            tuple: Overhead per step and seconds per unit of work.
-        """
-        u = self.work[phase][:self.done]
-        t = self.seconds[phase]
-        n = len(t)
-        if not n:
-            return 0.0, 0.0
-        mean_u, mean_t = sum(u) / n, sum(t) / n
-        var_u = sum((x - mean_u)**2 for x in u)
-        if mean_u == 0:
-            return mean_t, 0.0
-        if var_u <= 1e-12 * mean_u * mean_u:
-            return mean_t / 2, mean_t / 2 / mean_u
-        b = sum((x - mean_u) * (y - mean_t) for x, y in zip(u, t)) / var_u
-        a = mean_t - b * mean_u
-        if b < 0:
-            return mean_t, 0.0
-        if a < 0:  # through the origin
-            return 0.0, sum(x * y for x, y in zip(u, t)) / sum(
-                x * x for x in u)
-        return a, b
 
     def eta(self) -> float:
         """Seconds predicted for the steps not recorded yet.
@@ -112,8 +94,11 @@ class CostEta:
         if not self.done:
             return 0.0
         total = 0.0
-        for phase, values in self.work.items():
-            a, b = self.fit(phase)
-            left = values[self.done:]
-            total += a * len(left) + b * sum(left)
+        for phase, cost in self.work.items():
+            done = sum(cost[:self.done])
+            if done > 0:
+                total += self.spent[phase] / done * sum(cost[self.done:])
+            else:
+                total += self.spent[phase] / self.done * (
+                    self.steps - self.done)
         return total
