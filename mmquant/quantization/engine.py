@@ -728,7 +728,7 @@ class _Run:
                         self._forward(batch)
                         continue
                     args, kwargs = replay.inputs(bnd, b)
-                    if not self._forward_module(bnd.module, args, kwargs):
+                    if not self._forward_module(replay, bnd, args, kwargs):
                         raise CacheMiss(
                             f'{state.name!r} did not run its {state.calls} '
                             f'call(s) inside {bnd.name!r} for batch {b}')
@@ -736,14 +736,14 @@ class _Run:
                 replay.unmemoize()
         return inputs
 
-    def _forward_module(self, module: nn.Module, args: tuple,
-                        kwargs: dict) -> bool:
-        """Run one module like :meth:`_forward` runs the model; returns
+    def _forward_module(self, replay: BoundaryReplay, bnd: Boundary,
+                        args: tuple, kwargs: dict) -> bool:
+        """Run one boundary like :meth:`_forward` runs the model; returns
         whether a hook stopped it (the layer ran all its calls)."""
         t0 = time.perf_counter()
         hooks0 = self.timing['statistics'] + self.timing['activations']
         try:
-            module(*args, **kwargs)
+            replay.call(bnd, args, kwargs)
             return False
         except StopForward:
             return True

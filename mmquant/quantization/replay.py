@@ -156,6 +156,10 @@ class Boundary:
         last_use_out (int): The last step that may use its cached output.
         start_clock (list): Per batch, float-pass seconds from the batch's
             start to its call (for cost estimates).
+        source (Boundary, optional): For the *suffix* ``P[i:]`` of an
+            ``nn.Sequential`` ``P``: its child ``i``, whose cached input
+            starts the suffix (``module`` is ``P``, ``start`` is ``i``).
+        start (int): See ``source``.
     """
 
     index: int
@@ -170,6 +174,8 @@ class Boundary:
     last_use_in: int = -1
     last_use_out: int = -1
     start_clock: List[float] = field(default_factory=list)
+    source: Optional['Boundary'] = None
+    start: int = 0
 
 
 class BoundaryReplay:
@@ -426,7 +432,6 @@ class BoundaryReplay:
             self.no_boundary = ['replay cache disabled '
                                 '(replay_cache_bytes=0)'] * n
             return
-        times = self._layer_times
         kept = []
         for bnd in self.boundaries:
             wins = bnd.windows
@@ -443,27 +448,15 @@ class BoundaryReplay:
                        'directly)' if counts == [0] else
                        ', not once'))
                 continue
-            before = end = -1
-            inside = []
-            for i in range(n):
-                within = True
-                for b in range(batches):
-                    (s, e), = wins[b]
-                    calls = times[b].get(i, [])
-                    if any(t < s for t in calls):
-                        before = max(before, i)
-                    if any(t < e for t in calls):
-                        end = max(end, i)
-                    within = within and bool(calls) and all(
-                        s < t < e for t in calls)
-                if within:
-                    inside.append(i)
-            bnd.before, bnd.end = before, end
-            if bnd.input_ok:
-                for i in inside:
-                    self.enclosing[i].append(bnd)
-                bnd.last_use_in = max(inside, default=-1)
             kept.append(bnd)
+        kept += self._suffixes(kept)
+        inside = {}
+        for bnd in kept:
+            bnd.before, bnd.end, inside[bnd.index] = self._scan(bnd,
+                                                                batches)
+            if bnd.input_ok:
+                for i in inside[bnd.index]:
+                    self.enclosing[i].append(bnd)
         for i in range(n):
             # innermost first: the shortest window
             self.enclosing[i].sort(key=lambda bnd: (
@@ -476,18 +469,116 @@ class BoundaryReplay:
                     'no enclosing module runs once per pass with '
                     'cacheable inputs' + (f' ({"; ".join(why)})'
                                           if why else ''))
-        fulls = [i for i in range(n) if not self.enclosing[i]]
-        for bnd in kept:
-            anc = [a for a in kept if a is not bnd and _contains(a, bnd)]
-            uses = [a.last_use_in for a in anc]
-            # replays from the network input use it unless an enclosing
-            # boundary's output is valid by then
-            uses += [j for j in fulls if not any(
-                a.end < j and a.output_ok for a in anc)]
-            bnd.last_use_out = max(uses, default=-1) if bnd.output_ok \
-                else -1
+        self._lifetimes(kept, inside)
         self.boundaries = kept
         self.free(-1)
+
+    def _suffixes(self, kept: List[Boundary]) -> List[Boundary]:
+        """``P[i:]`` for every ``nn.Sequential`` boundary ``P`` (its own
+        ``forward``: ``for m in P: x = m(x)``) and every child ``i`` that
+        is a boundary: started from child ``i``'s cached input, it runs
+        ``P``'s children from ``i`` on, so a pass never has to start at
+        ``P`` itself (and ``P``'s children need no cached outputs)."""
+        by_module = {id(bnd.module): bnd for bnd in kept}
+        out: List[Boundary] = []
+        index = max((bnd.index for bnd in self.boundaries), default=-1)
+        for parent in kept:
+            if (type(parent.module).forward is not nn.Sequential.forward
+                    or not parent.input_ok):
+                continue
+            children = list(parent.module)
+            for i, child in enumerate(children[:-1]):
+                src = by_module.get(id(child))
+                if src is None or not src.input_ok or i == 0:
+                    continue  # P[0:] is P itself
+                index += 1
+                out.append(Boundary(
+                    index, f'{parent.name}[{i}:]', parent.module,
+                    output_ok=False,
+                    windows=[[[w[0][0], pw[0][1]]] for w, pw in zip(
+                        src.windows, parent.windows)],
+                    start_clock=list(src.start_clock), source=src,
+                    start=i))
+        return out
+
+    def _scan(self, bnd: Boundary,
+              batches: int) -> Tuple[int, int, List[int]]:
+        """``(before, end, inside)`` of a boundary from the float pass:
+        the last layer that runs before it starts, before it returns, and
+        the layers all of whose calls it contains."""
+        before = end = -1
+        inside = []
+        for i in range(len(self.layer_names)):
+            within = True
+            for b in range(batches):
+                (s, e), = bnd.windows[b]
+                calls = self._layer_times[b].get(i, [])
+                if any(t < s for t in calls):
+                    before = max(before, i)
+                if any(t < e for t in calls):
+                    end = max(end, i)
+                within = within and bool(calls) and all(
+                    s < t < e for t in calls)
+            if within:
+                inside.append(i)
+        return before, end, inside
+
+    def _lifetimes(self, kept: List[Boundary],
+                   inside: Dict[int, List[int]]) -> None:
+        """How long each boundary's cached inputs and outputs are worth
+        keeping, from the boundaries the layers are expected to start at.
+
+        A boundary's inputs can first be cached by the pass of its first
+        layer (or by the float pass when no layer runs before it), so
+        layer ``l`` is expected to start at the innermost enclosing
+        boundary available by step ``l``.  Outputs are worth keeping while
+        a later expected start encloses the boundary and runs it before
+        its layer.  These predictions only decide what to keep: an entry
+        missing when needed makes the pass start further out (or the
+        boundary run), with the same result.
+        """
+        def avail(bnd: Boundary) -> int:
+            src = bnd.source or bnd
+            if src.before < 0:
+                return 0
+            first = min(inside[src.index], default=None)
+            return len(self.layer_names) if first is None else first + 1
+
+        starts: List[Optional[Boundary]] = []
+        for i, encl in enumerate(self.enclosing):
+            starts.append(next((bnd for bnd in encl if avail(bnd) <= i),
+                               None))
+        first_call = [min(self._layer_times[0].get(i, [0]))
+                      for i in range(len(self.layer_names))]
+        for bnd in kept:
+            bnd.last_use_in = -1
+        for i, start in enumerate(starts):
+            if start is not None:
+                src = start.source or start
+                src.last_use_in = max(src.last_use_in, i)
+        for bnd in kept:
+            src = bnd.source or bnd
+            if bnd.input_ok and inside[bnd.index]:
+                # its own layers may start at it once it is available
+                src.last_use_in = max(src.last_use_in,
+                                      max(inside[bnd.index]))
+        for bnd in kept:
+            bnd.last_use_out = -1
+            if not bnd.output_ok or bnd.source is not None:
+                continue
+            anc = [a for a in kept if a is not bnd and _contains(a, bnd)]
+            for i, start in enumerate(starts):
+                if bnd.windows[0][0][1] > first_call[i]:
+                    continue  # runs after the layer: never reached
+                if start is None:
+                    # from the network input, unless an enclosing
+                    # boundary's output is valid by then
+                    used = not any(a.end < i and a.output_ok
+                                   and a.source is None for a in anc)
+                else:
+                    used = start is not bnd and _contains(start, bnd)
+                if used:
+                    bnd.last_use_out = i
 
     # ------------------------------------------------------------ steps
     def plan(self, k: int, batches: int) -> Tuple[Optional[Boundary], str]:
@@ -507,8 +598,8 @@ class BoundaryReplay:
         if not self.enclosing[k]:
             return None, self.no_boundary[k]
         for bnd in self.enclosing[k]:
-            if bnd.input_ok and self._complete(self._inputs, bnd,
-                                               batches):
+            if bnd.input_ok and self._complete(self._inputs,
+                                               bnd.source or bnd, batches):
                 return bnd, ''
         if self.refused:
             return None, ('the replay cache is full (replay_cache_bytes); '
@@ -577,7 +668,7 @@ class BoundaryReplay:
         if not self.enabled:
             return
         for bnd in self.boundaries:
-            if bnd is skip or not bnd.output_ok:
+            if bnd is skip or not bnd.output_ok or bnd.source is not None:
                 continue
             if self._complete(self._outputs, bnd, batches):
                 bnd.module.forward = self._memo_forward(bnd)
@@ -618,11 +709,40 @@ class BoundaryReplay:
             CacheMiss: If the entry is gone or a tensor of it changed in
                 place since it was cached.
         """
-        entry = self._inputs.get((bnd.index, batch))
+        src = bnd.source or bnd
+        entry = self._inputs.get((src.index, batch))
         if entry is None or not entry.intact():
-            raise CacheMiss(f'the cached inputs of {bnd.name!r} changed')
+            raise CacheMiss(f'the cached inputs of {src.name!r} changed')
         args, kwargs = rebuild(entry.value)
         return args, kwargs
+
+    def call(self, bnd: Boundary, args: tuple, kwargs: dict) -> Any:
+        """Run a boundary on inputs from :meth:`inputs`.
+
+        A suffix ``P[i:]`` of an ``nn.Sequential`` runs ``P``'s children
+        from ``i`` on, as ``P.forward`` does.
+
+        Args:
+            bnd (Boundary): The boundary.
+            args (tuple): Positional inputs.
+            kwargs (dict): Keyword inputs.
+
+        Returns:
+            The output.
+
+        Raises:
+            CacheMiss: If a suffix's first child was not called with
+                exactly one positional input.
+        """
+        if bnd.source is None:
+            return bnd.module(*args, **kwargs)
+        if kwargs or len(args) != 1:
+            raise CacheMiss(f'{bnd.source.name!r} was not called with one '
+                            'positional input, as nn.Sequential calls it')
+        x = args[0]
+        for module in list(bnd.module)[bnd.start:]:
+            x = module(x)
+        return x
 
     def free(self, done: int) -> None:
         """Drop the entries no step after ``done`` can use.

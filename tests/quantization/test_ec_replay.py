@@ -216,10 +216,13 @@ def test_hard_model_bit_exact(hard, hard_full, a_bits, tmp_path):
     assert "'shared' runs 2 time(s) per pass, not once" in \
         rep['shared.conv'].replay_note
     assert rep['stem.conv'].replay_from == 'stem'
-    # blocks inside the Sequential, the same-padding one and the one that
-    # changes its input in place included
-    for i in (1, 2, 3):
-        assert rep[f'stage.{i}.conv'].replay_from == 'stage'
+    # blocks inside the Sequential: the first layer of block i starts at
+    # the suffix stage[i-1:] (block i-1's cached input, then the blocks
+    # from i-1 on); stage.2 changes its input in place, which invalidates
+    # that cached input, so stage.3.conv starts one block earlier
+    assert rep['stage.1.conv'].replay_from == 'stage'
+    assert rep['stage.2.conv'].replay_from == 'stage[1:]'
+    assert rep['stage.3.conv'].replay_from == 'stage[1:]'
     assert rep['stage.0.conv'].replay_from == '<input>'
     assert rep['stage.0.conv'].replay_note == \
         'no enclosing module has cached inputs yet'
