@@ -57,15 +57,15 @@ ForwardFn = Callable[[nn.Module, Any], Any]
 
 #: Exponents of the error-compensated ETA's cost model (see
 #: :class:`~.progress.CostEta`): a layer's seconds in a phase are taken as
-#: ``rate * work ** alpha``. Chosen on the per-layer, per-phase seconds of
-#: torchvision ResNet-18 (21 layers) and MobileNetV2 (53) measured on the
-#: 2-core CPU (16 images at 112 px, W4A8): the statistics take 0.06-2.7 s
-#: per layer with little relation to the arithmetic (im2col of every row,
-#: grouped convs), the solver grows about with the square root of
-#: ``M * N**2``. With these, the predicted time left was within 10 % of
-#: the true one half-way through both runs, where the plain average said
-#: 0.3 (ResNet-18) and 0.7 (MobileNetV2) times it.
-_ETA_EXPONENTS = dict(forward=1.0, statistics=0.25, solver=0.5)
+#: ``rate * work ** alpha`` (work: see ``_Run._ec_work``). Chosen on the
+#: per-layer, per-phase seconds of torchvision ResNet-18 (21 layers) and
+#: MobileNetV2 (53), 16 images at 112 and at 224 px, W4A8, measured on the
+#: 2-core CPU: statistics time follows the im2col size, solver time grows
+#: more slowly than ``M * N**2`` (fixed costs weigh on small layers). On
+#: those four runs the predicted time left was within a factor 1.5 of the
+#: true one after a quarter, half and three quarters of the layers, where
+#: the plain average was off by up to a factor 4.
+_ETA_EXPONENTS = dict(forward=1.0, statistics=1.0, solver=0.7)
 Logger = Callable[[str], None]
 
 
@@ -570,6 +570,8 @@ class _Run:
 
         # 1. float targets of every layer at its sampled rows; the replay
         # hooks record the order of module calls and the first inputs
+        all_rows = [0] * len(active)  # rows before sampling, for the ETA
+
         def on_float(k: int, state: _LayerState
                      ) -> Callable[[OpCall], None]:
             def handle(call: OpCall) -> None:
@@ -577,6 +579,7 @@ class _Run:
                 self._prepare(state, call)
                 t0 = time.perf_counter()
                 y = state.acc.output_rows(call.output)
+                all_rows[k] += int(y.shape[0])
                 idx = self._sample(state, y.shape[0])
                 state.indices.append(idx)
                 state.targets.append(y if idx is None else y[idx].clone())
@@ -588,7 +591,7 @@ class _Run:
                             for k, s in enumerate(active)]):
                 self._progress_passes('float targets', replay.begin_batch)
             replay.finish_structure(len(self.batches))
-            self._layer_by_layer(active, replay)
+            self._layer_by_layer(active, replay, all_rows)
         if self.cfg.replay_cache_bytes != 0:
             self.log(f'mmquant: replay cache peak '
                      f'{replay.peak_bytes / 2**20:.1f} MiB'
@@ -611,11 +614,13 @@ class _Run:
                 - self.timing['activations'])
 
     def _layer_by_layer(self, active: List[_LayerState],
-                        replay: BoundaryReplay) -> None:
+                        replay: BoundaryReplay,
+                        all_rows: List[int]) -> None:
         """Error-compensated step 2: layer by layer, inputs from the
         partially quantized network, replayed from the nearest cached
         module boundary (see :mod:`.replay`)."""
-        eta = CostEta(self._ec_work(active, replay), _ETA_EXPONENTS)
+        eta = CostEta(self._ec_work(active, replay, all_rows),
+                      _ETA_EXPONENTS)
         t_start = time.perf_counter()
         for k, state in enumerate(active):
             t0 = time.perf_counter()
@@ -651,22 +656,21 @@ class _Run:
                 f'{time.perf_counter() - t_start:.1f}s elapsed, ETA '
                 f'{eta.eta():.1f}s')
 
-    def _ec_work(self, active: List[_LayerState],
-                 replay: BoundaryReplay) -> Dict[str, List[float]]:
+    def _ec_work(self, active: List[_LayerState], replay: BoundaryReplay,
+                 all_rows: List[int]) -> Dict[str, List[float]]:
         """Work estimates per layer for the ETA (see
         :data:`_ETA_EXPONENTS`): float-pass seconds of the forward stretch
-        a layer replays, ``rows * N * (G * N + M)`` for its statistics
-        (``A`` and ``C`` from the sampled rows), ``M * N**2`` for its solve
-        (``N`` inputs per group, ``M`` outputs, ``G`` groups)."""
+        a layer replays; ``all_rows * G * N`` for its statistics (the
+        im2col of every row of its calls, before the rows are sampled);
+        ``M * N**2`` for its solve (``N`` inputs per group, ``M`` outputs,
+        ``G`` groups)."""
         work: Dict[str, List[float]] = dict(forward=[], statistics=[],
                                             solver=[])
         for k, state in enumerate(active):
-            rows = sum(int(t.shape[0]) for t in state.targets)
             groups, n_in = state.acc.A.shape[:2]
             m_out = state.weight2d().shape[0]
             work['forward'].append(replay.forward_cost(k))
-            work['statistics'].append(rows * n_in * (groups * n_in
-                                                     + m_out))
+            work['statistics'].append(all_rows[k] * groups * n_in)
             work['solver'].append(m_out * n_in * n_in)
         return work
 
