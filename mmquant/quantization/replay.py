@@ -25,6 +25,14 @@ layer, with hooks only (no tracing):
   returns that output instead of running again.  Where no boundary
   qualifies, ``forward_fn`` runs from the network input as before (those
   cached outputs still short-cut it).
+* A plain ``nn.Sequential`` boundary ``P`` also offers its suffixes
+  ``P[i:]``: child ``i``'s cached input, then ``P``'s children from ``i``
+  on, as ``P.forward`` runs them; so the first layer of block ``i + 1``
+  starts at block ``i`` instead of at ``P``, and no block output of
+  ``P`` has to be kept for it.
+* Entries are kept only while a later layer is expected to use them (from
+  the boundary each layer is expected to start at); a prediction that
+  turns out wrong costs speed, never exactness.
 
 A boundary qualifies only when exactness can be shown: it runs once per
 pass in every batch; its inputs and output are built from tensors,
