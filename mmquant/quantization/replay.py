@@ -254,6 +254,13 @@ class BoundaryReplay:
             parts = name.split('.')
             for i in range(1, len(parts)):
                 ancestors.add('.'.join(parts[:i]))
+        # the children of an nn.Sequential around a layer can start a
+        # suffix of it (see _suffixes), layers or not
+        for name, module in self.model.named_modules():
+            if name in ancestors and \
+                    type(module).forward is nn.Sequential.forward:
+                ancestors.update(f'{name}.{child}' if name else child
+                                 for child in module._modules)
         out = []
         for name, module in self.model.named_modules():
             if name not in ancestors or _inside_quantized(self.model, name):
@@ -545,19 +552,25 @@ class BoundaryReplay:
         missing when needed makes the pass start further out (or the
         boundary run), with the same result.
         """
+        n = len(self.layer_names)
+        first_call = [min(self._layer_times[0].get(i, [0]))
+                      for i in range(n)]
+
         def avail(bnd: Boundary) -> int:
+            """The first step that can use its cached inputs: after the
+            first pass that reaches it with the layers before it
+            quantized (the float pass if there are none)."""
             src = bnd.source or bnd
             if src.before < 0:
                 return 0
-            first = min(inside[src.index], default=None)
-            return len(self.layer_names) if first is None else first + 1
+            start = src.windows[0][0][0]
+            return next((i + 1 for i in range(src.before + 1, n)
+                         if first_call[i] > start), n)
 
         starts: List[Optional[Boundary]] = []
         for i, encl in enumerate(self.enclosing):
             starts.append(next((bnd for bnd in encl if avail(bnd) <= i),
                                None))
-        first_call = [min(self._layer_times[0].get(i, [0]))
-                      for i in range(len(self.layer_names))]
         for bnd in kept:
             bnd.last_use_in = -1
         for i, start in enumerate(starts):
@@ -572,8 +585,10 @@ class BoundaryReplay:
                                       max(inside[bnd.index]))
         for bnd in kept:
             bnd.last_use_out = -1
-            if not bnd.output_ok or bnd.source is not None:
-                continue
+            if (not bnd.output_ok or bnd.source is not None
+                    or not inside[bnd.index]):
+                continue  # no outputs of suffixes, nor of modules that
+                # contain no layer (cheap to run)
             anc = [a for a in kept if a is not bnd and _contains(a, bnd)]
             for i, start in enumerate(starts):
                 if bnd.windows[0][0][1] > first_call[i]:

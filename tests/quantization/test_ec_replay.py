@@ -287,10 +287,23 @@ def test_disabled_cache_replays_from_input(hard_full):
             'replay cache disabled (replay_cache_bytes=0)'
 
 
-@pytest.mark.parametrize('make', [TinyNet, DeepNet])
-def test_small_models_bit_exact(make):
-    model = init_model(make())
-    _assert_same(_quantize(model, None), _quantize(model, 0))
+def test_tiny_net_bit_exact():
+    model = init_model(TinyNet())  # no boundary: all from the input
+    run = _quantize(model, None)
+    _assert_same(run, _quantize(model, 0))
+    assert run[1].replay['from_module'] == 0
+
+
+def test_sequential_of_layers_starts_at_suffixes():
+    # conv, relu, conv, relu ...: conv j + 1 starts at the suffix from the
+    # relu after conv j - 1 (the last input cached by an earlier pass)
+    model = init_model(DeepNet())
+    run = _quantize(model, None)
+    _assert_same(run, _quantize(model, 0))
+    got = [lay.replay_from for lay in run[1].quantized_layers]
+    assert got == ['features', 'features', 'features[1:]', 'features[3:]',
+                   'features[5:]', 'features[7:]', 'features[9:]',
+                   '<input>']
 
 
 def test_layer_used_twice_inside_a_boundary():
