@@ -578,10 +578,11 @@ class BoundaryReplay:
                 src = start.source or start
                 src.last_use_in = max(src.last_use_in, i)
         for bnd in kept:
-            src = bnd.source or bnd
-            if bnd.input_ok and inside[bnd.index]:
-                # its own layers may start at it once it is available
-                src.last_use_in = max(src.last_use_in,
+            if bnd.source is None and bnd.input_ok and inside[bnd.index]:
+                # its own layers may fall back to it (a deeper input
+                # changed in place); not so for the suffixes, which would
+                # keep every child's input of an nn.Sequential to its end
+                bnd.last_use_in = max(bnd.last_use_in,
                                       max(inside[bnd.index]))
         for bnd in kept:
             bnd.last_use_out = -1
