@@ -130,6 +130,17 @@ class QuantConfig:
         max_stats_bytes (int, optional): Budget for one layer's statistics
             (``A`` is N x N per group, float64); a layer over budget is
             refused with a suggestion. Defaults to 2 GiB.
+        replay_cache_bytes (int, optional): Memory budget of the
+            error-compensated mode's replay cache (module inputs and
+            outputs kept so that each layer's pass starts at the nearest
+            module boundary instead of the network input; see
+            :mod:`mmquant.quantization.replay`). Bytes of the unique tensor
+            storages held, on their device. An entry that does not fit is
+            not cached (logged once): the layers that needed it replay from
+            an enclosing module or from the network input, with identical
+            results, only slower. ``0`` disables the cache (every layer's
+            pass starts at the network input, the behaviour before the
+            cache); ``None``: no limit. Defaults to 4 GiB.
         seed (int): Seed of every random choice (row sampling, activation
             subsampling). Defaults to 0.
     """
@@ -156,6 +167,7 @@ class QuantConfig:
     target_bits: Optional[float] = None
     act_samples: int = 1 << 18
     max_stats_bytes: Optional[int] = 2 << 30
+    replay_cache_bytes: Optional[int] = 4 << 30
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -180,6 +192,13 @@ class QuantConfig:
         self.skip = [str(p) for p in self.skip]
         for name in ('calib_samples', 'rows_per_layer', 'max_stats_bytes'):
             _check_positive(name, getattr(self, name), optional=True)
+        if self.replay_cache_bytes is not None and (
+                not isinstance(self.replay_cache_bytes, int)
+                or isinstance(self.replay_cache_bytes, bool)
+                or self.replay_cache_bytes < 0):
+            raise ValueError('replay_cache_bytes must be an int >= 0 (0 '
+                             'disables the replay cache) or None (no '
+                             f'limit), got {self.replay_cache_bytes!r}')
         for name in ('max_rounds', 'act_samples'):
             _check_positive(name, getattr(self, name), optional=False)
         check_schedule(self.schedule)

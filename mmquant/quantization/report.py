@@ -26,6 +26,12 @@ class LayerReport:
         rel_error (float, optional): ``sqrt(objective / ||Y||^2)``.
         rounds (int): Solver rounds.
         time_s (float): Seconds spent on this layer's statistics and solve.
+        replay_from (str, optional): Error-compensated mode: the module
+            whose cached inputs the layer's pass started from, or
+            ``'<input>'`` when ``forward_fn`` ran from the network input
+            (see ``replay_note``); ``None`` in other modes.
+        replay_note (str): Why the layer's pass started from the network
+            input, if it did.
         role (str, optional): ``'input'`` (fed by the network input),
             ``'output'`` (its output reaches the model's outputs),
             ``'input+output'`` or ``None``; input and output layers get
@@ -50,6 +56,8 @@ class LayerReport:
     rel_error: Optional[float] = None
     rounds: int = 0
     time_s: float = 0.0
+    replay_from: Optional[str] = None
+    replay_note: str = ''
     role: Optional[str] = None
     sensitivity: Optional[Dict[str, float]] = None
     note: str = ''
@@ -69,6 +77,12 @@ class QuantReport:
         timing (dict): Seconds per phase (``forward``, ``statistics``,
             ``solver``, ``activations``, ``bn``, ``total``).
         calib_samples (int): Calibration samples used.
+        replay (dict): Error-compensated mode: the replay cache's budget
+            (``cache_budget_bytes``), its peak (``cache_peak_bytes``),
+            the entries refused over budget, the module boundaries used
+            and how many layers replayed from a module (``from_module``)
+            or from the network input (``from_input``); empty in other
+            modes.
         extra (dict): Anything the caller adds (metrics, file sizes).
     """
 
@@ -77,6 +91,7 @@ class QuantReport:
     layers: List[LayerReport] = field(default_factory=list)
     timing: Dict[str, float] = field(default_factory=dict)
     calib_samples: int = 0
+    replay: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
