@@ -13,9 +13,9 @@ API:
   axis 1 for a ``ConvTranspose2d``); the float weight is dropped;
 * ``ActQuant(x)`` becomes ``QuantizeLinear`` -> ``DequantizeLinear`` with
   the calibrated per-tensor scale and zero point 0 (``UINT8`` for the
-  unsigned grid, ``INT8`` for the signed one), preceded by a ``Clip`` to
-  ``[lo * s, hi * s]`` when mmquant's grid is narrower than the ONNX type
-  (the narrow signed grid, and every grid below 8 bits);
+  unsigned grid, ``INT8`` for the signed one), preceded by ``Max``/``Min``
+  with ``lo * s``/``hi * s`` where mmquant's grid is narrower than the
+  ONNX type (the narrow signed grid, and every grid below 8 bits);
 * everything else (float layers, BatchNorm, activations, pooling, heads)
   is exported as torch exports it.
 
@@ -293,9 +293,14 @@ def _int_tensor(name: str, values: Tensor, bits: int) -> Any:
     return numpy_helper.from_array(arr, name)
 
 
-def _weight_nodes(key: str, qlayer: nn.Module, out: str,
+def _weight_nodes(key: str, tag: str, qlayer: nn.Module, out: str,
                   axis: int) -> Tuple[list, list]:
-    """``DequantizeLinear`` of one layer's integers; (nodes, inits)."""
+    """``DequantizeLinear`` of one layer's integers; (nodes, inits).
+
+    Initializers are named after the layer (``key``), nodes after the
+    call (``tag``: ``key``, then ``key.1`` ... for a layer that runs
+    several times, as a detector head's convs do once per level).
+    """
     from onnx import helper, numpy_helper
     bits = qlayer.w_bits
     q = qlayer.qweight
@@ -308,13 +313,13 @@ def _weight_nodes(key: str, qlayer: nn.Module, out: str,
     ]
     node = helper.make_node(
         'DequantizeLinear', [i.name for i in inits], [out],
-        name=f'{key}.weight_dq', axis=axis)
+        name=f'{tag}.weight_dq', axis=axis)
     return [node], inits
 
 
-def _act_nodes(key: str, qlayer: nn.Module, inp: str,
+def _act_nodes(key: str, tag: str, qlayer: nn.Module, inp: str,
                out: str) -> Tuple[list, list]:
-    """``[Clip ->] QuantizeLinear -> DequantizeLinear``; (nodes, inits)."""
+    """``[Max -> Min ->] QuantizeLinear -> DequantizeLinear``."""
     import numpy as np
     from onnx import helper, numpy_helper
     lo, hi = activation_grid(qlayer.a_bits, qlayer.act_signed)
@@ -326,29 +331,28 @@ def _act_nodes(key: str, qlayer: nn.Module, inp: str,
         numpy_helper.from_array(np.array(0, dtype), f'{key}.act_zero_point')
     ]
     nodes = []
-    if (lo, hi) != (int(info.min), int(info.max)):
-        # QuantizeLinear saturates to the type's range; mmquant's grid is
-        # narrower. clip(x) / s rounds to lo/hi: |fl(lo*s)/s - lo| << 0.5.
-        inits += [
-            numpy_helper.from_array(
-                np.array(np.float64(lo) * np.float64(scale), np.float32),
-                f'{key}.act_min'),
-            numpy_helper.from_array(
-                np.array(np.float64(hi) * np.float64(scale), np.float32),
-                f'{key}.act_max')
-        ]
+    # QuantizeLinear saturates to the type's range; mmquant's grid may be
+    # narrower (narrow signed, < 8 bits): Max/Min to lo * s, hi * s first
+    # (fl(lo * s) / s rounds to lo). Not a Clip: onnxruntime drops a Clip
+    # in front of a QuantizeLinear whose range it roughly covers.
+    for op, bound, edge in (('Max', lo, int(info.min)),
+                            ('Min', hi, int(info.max))):
+        if bound == edge:
+            continue
+        value = np.array(np.float64(bound) * np.float64(scale), np.float32)
+        bound_name = f'{key}.act_{op.lower()}_value'
+        inits.append(numpy_helper.from_array(value, bound_name))
+        name = f'{tag}.act_{op.lower()}'
         nodes.append(
-            helper.make_node('Clip', [inp, f'{key}.act_min',
-                                      f'{key}.act_max'],
-                             [f'{key}.act_clipped'],
-                             name=f'{key}.act_clip'))
-        inp = f'{key}.act_clipped'
+            helper.make_node(op, [inp, bound_name], [f'{name}_out'],
+                             name=name))
+        inp = f'{name}_out'
     qdq = [f'{key}.act_scale', f'{key}.act_zero_point']
     nodes += [
         helper.make_node('QuantizeLinear', [inp] + qdq,
-                         [f'{key}.act_quantized'], name=f'{key}.act_q'),
-        helper.make_node('DequantizeLinear', [f'{key}.act_quantized'] + qdq,
-                         [out], name=f'{key}.act_dq')
+                         [f'{tag}.act_quantized'], name=f'{tag}.act_q'),
+        helper.make_node('DequantizeLinear', [f'{tag}.act_quantized'] + qdq,
+                         [out], name=f'{tag}.act_dq')
     ]
     return nodes, inits
 
@@ -361,7 +365,7 @@ def _rewrite(proto: Any, layers: Dict[str, nn.Module]) -> Any:
     graph = proto.graph
     new_nodes: list = []
     new_inits: list = []
-    done = {'ActQuant': set(), 'WeightQuant': set()}
+    calls: Dict[Tuple[str, str], int] = {}
     for node in graph.node:
         if node.domain != _DOMAIN:
             new_nodes.append(node)
@@ -369,25 +373,20 @@ def _rewrite(proto: Any, layers: Dict[str, nn.Module]) -> Any:
         key = helper.get_attribute_value(node.attribute[0])
         key = key.decode() if isinstance(key, bytes) else key
         qlayer = layers[key]
+        call = calls.get((node.op_type, key), 0)
+        calls[(node.op_type, key)] = call + 1
+        tag = key if call == 0 else f'{key}.{call}'
         if node.op_type == 'WeightQuant':
-            nodes, inits = _weight_nodes(key, qlayer, node.output[0],
+            nodes, inits = _weight_nodes(key, tag, qlayer, node.output[0],
                                          _weight_axis(key, qlayer))
         elif node.op_type == 'ActQuant':
-            nodes, inits = _act_nodes(key, qlayer, node.input[0],
+            nodes, inits = _act_nodes(key, tag, qlayer, node.input[0],
                                       node.output[0])
         else:
             raise ExportError(f'unexpected node {node.op_type}')
-        if key in done[node.op_type]:
-            raise ExportError(
-                f'layer {key!r} is called more than once in the traced '
-                'forward; a shared quantized layer is not supported')
-        done[node.op_type].add(key)
         new_nodes += nodes
-        new_inits += inits
-    missing = sorted(set(layers) - done['WeightQuant'])
-    if missing:
-        raise ExportError(f'quantized layers {missing} are not used by the '
-                          'traced forward')
+        if call == 0:
+            new_inits += inits
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
