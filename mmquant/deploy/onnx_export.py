@@ -221,8 +221,12 @@ def _as_tuple(example_inputs: Union[Tensor, Sequence[Tensor]]
     return inputs
 
 
-def _output_names(outputs: Any) -> List[str]:
-    """``output`` for one tensor, else ``output_<i>`` per flattened one."""
+def _flatten_tensors(outputs: Any) -> List[Tensor]:
+    """The tensors of nested tuples/lists/dicts, in export order.
+
+    Raises:
+        ExportError: For anything else in ``outputs``.
+    """
     flat: List[Tensor] = []
 
     def walk(o: Any) -> None:
@@ -240,6 +244,12 @@ def _output_names(outputs: Any) -> List[str]:
                               'tensors (nested in tuples/lists/dicts)')
 
     walk(outputs)
+    return flat
+
+
+def _output_names(outputs: Any) -> List[str]:
+    """``output`` for one tensor, else ``output_<i>`` per flattened one."""
+    flat = _flatten_tensors(outputs)
     if len(flat) == 1:
         return ['output']
     return [f'output_{i}' for i in range(len(flat))]

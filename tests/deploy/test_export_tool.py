@@ -1,0 +1,100 @@
+"""tools/deploy/export_onnx.py on the bundled example's config."""
+import importlib.util
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from torch import nn
+
+import mmquant
+from mmquant.apis.ptq import build_float_model
+from mmquant.deploy import ExportError, ort_session
+
+pytest.importorskip('onnxruntime')
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIG = osp.join(ROOT, 'configs/examples/fmnist_resnet_tiny.py')
+FLOAT = osp.join(ROOT, 'checkpoints/fmnist_resnet_tiny.pth')
+
+
+def _tool():
+    path = osp.join(ROOT, 'tools/deploy/export_onnx.py')
+    spec = importlib.util.spec_from_file_location('export_onnx_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Logits(nn.Module):
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, None, 'tensor')
+
+
+@pytest.fixture(scope='module')
+def int_checkpoint(tmp_path_factory):
+    """A W4A8 RTN INT checkpoint of the bundled example (random images)."""
+    torch.set_num_threads(1)
+    cfg = Config.fromfile(CONFIG)
+    model = build_float_model(cfg, FLOAT)
+    gen = torch.Generator().manual_seed(0)
+    pixels = [torch.rand(8, 1, 28, 28, generator=gen) * 255
+              for _ in range(2)]
+    batches = [
+        model.data_preprocessor(dict(inputs=list(p), data_samples=None),
+                                False)['inputs'] for p in pixels
+    ]
+    qwrap, _ = mmquant.quantize(
+        _Logits(model), batches,
+        mmquant.QuantConfig(w_bits=4, a_bits=8, method='rtn'))
+    path = str(tmp_path_factory.mktemp('int') / 'tiny_w4a8_int.pth')
+    mmquant.save(qwrap.model, path)
+    return path
+
+
+def test_tool_exports_what_quantized_model_predicts(int_checkpoint,
+                                                    tmp_path):
+    out = str(tmp_path / 'tiny.onnx')
+    assert _tool().main([CONFIG, int_checkpoint, '--out', out, '--shape',
+                         '1', '1', '28', '28']) == out
+    # what tools/test.py runs: the float architecture + the INT checkpoint
+    cfg = Config.fromfile(CONFIG)
+    qmodel = mmquant.load(build_float_model(cfg), int_checkpoint).eval()
+    pixels = torch.rand(16, 1, 28, 28,
+                        generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        data = qmodel.data_preprocessor(
+            dict(inputs=list(pixels), data_samples=None), False)
+        ref = qmodel(data['inputs'], None, 'tensor').numpy()
+    # three lines: session, run on the packed pixels, argmax
+    sess = ort_session(out)
+    logits = sess.run(None, {'input': pixels.numpy()})[0]
+    assert np.array_equal(logits.argmax(1), ref.argmax(1))
+    # an image whose activations pass a rounding tie in another float
+    # order gets slightly other logits (test_onnx_export.py proves that
+    # this is the only difference); most images have none
+    exact = np.abs(logits - ref).max(1) <= 1e-5 * np.abs(ref).max()
+    assert exact.sum() >= 12, exact
+
+
+def test_tool_refuses_wrong_shape_and_float_checkpoint(int_checkpoint,
+                                                       tmp_path):
+    tool = _tool()
+    out = tmp_path / 'x.onnx'
+    with pytest.raises(ExportError, match=r'example inputs of shape '
+                       r'\(1, 3, 28, 28\).*expected input.*1 channels'):
+        tool.main([CONFIG, int_checkpoint, '--out', str(out), '--shape',
+                   '1', '3', '28', '28'])
+    with pytest.raises(SystemExit):
+        tool.parse_args([CONFIG, int_checkpoint, '--out', str(out),
+                         '--shape', '1', '0', '28', '28'])
+    with pytest.raises(Exception, match='mmquant'):
+        tool.main([CONFIG, FLOAT, '--out', str(out), '--shape', '1', '1',
+                   '28', '28'])
+    assert not out.exists()
