@@ -256,7 +256,8 @@ def _output_names(outputs: Any) -> List[str]:
 
 
 def _trace(model: nn.Module, inputs: Tuple[Tensor, ...],
-           input_names: List[str], dynamic_batch: bool) -> Any:
+           input_names: List[str], dynamic_batch: bool,
+           quantized: bool) -> Any:
     """Run torch's TorchScript exporter; returns the ``ModelProto``."""
     import io
     import warnings
@@ -285,7 +286,7 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...],
             input_names=input_names,
             output_names=output_names,
             dynamic_axes=dynamic_axes,
-            custom_opsets={_DOMAIN: 1},
+            custom_opsets={_DOMAIN: 1} if quantized else None,
             do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
@@ -431,7 +432,8 @@ def export_onnx(model: nn.Module,
                 input_names: Optional[Iterable[str]] = None,
                 dynamic_batch: bool = True,
                 tensor_mode: Optional[bool] = None,
-                normalize: bool = False) -> Any:
+                normalize: bool = False,
+                require_quantized: bool = True) -> Any:
     """Export a quantized model as an ONNX QDQ graph (opset 21).
 
     Example::
@@ -465,6 +467,9 @@ def export_onnx(model: nn.Module,
             std``) into the graph, so that it takes the images as the
             dataset pipeline packs them (float pixels, NCHW). Batch
             padding is not included. Defaults to False.
+        require_quantized (bool): Refuse a model without
+            ``QuantizedLayer``. ``False`` exports a float model as it is
+            (a baseline for comparisons). Defaults to True.
 
     Returns:
         onnx.ModelProto: The checked graph.
@@ -478,7 +483,7 @@ def export_onnx(model: nn.Module,
     """
     import onnx
     inputs = _as_tuple(example_inputs)
-    if not _quantized_layers(model):
+    if require_quantized and not _quantized_layers(model):
         raise ExportError(
             f'{type(model).__name__} holds no QuantizedLayer: it is a float '
             'model. Quantize it first (mmquant.quantize) or load an INT '
@@ -506,7 +511,8 @@ def export_onnx(model: nn.Module,
         if len(names) != len(inputs):
             raise ExportError(f'{len(names)} input names for '
                               f'{len(inputs)} inputs')
-    proto = _rewrite(_trace(net, inputs, names, dynamic_batch), layers)
+    proto = _rewrite(
+        _trace(net, inputs, names, dynamic_batch, bool(layers)), layers)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         from mmquant.fileio import atomic_write

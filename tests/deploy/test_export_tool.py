@@ -98,3 +98,30 @@ def test_tool_refuses_wrong_shape_and_float_checkpoint(int_checkpoint,
         tool.main([CONFIG, FLOAT, '--out', str(out), '--shape', '1', '1',
                    '28', '28'])
     assert not out.exists()
+
+
+def test_benchmark_script(int_checkpoint, tmp_path):
+    """tools/analysis_tools/benchmark_onnx.py on 250 test images."""
+    if not osp.exists(osp.join(ROOT, 'data/fashion-mnist',
+                               't10k-images-idx3-ubyte')):
+        pytest.skip('Fashion-MNIST is not unpacked (tools/install.sh)')
+    path = osp.join(ROOT, 'tools/analysis_tools/benchmark_onnx.py')
+    spec = importlib.util.spec_from_file_location('benchmark_onnx', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main([
+        CONFIG, FLOAT, '--int', f'W4A8={int_checkpoint}', '--shape', '1',
+        '28', '28', '--batch', '1', '--warmup', '1', '--repeats', '2',
+        '--max-images', '250', '--work-dir',
+        str(tmp_path)
+    ])
+    rows = {r['model']: r for r in res['rows']}
+    assert sorted(rows) == ['W4A8', 'float']
+    for row in rows.values():
+        assert row['images'] == 250
+        assert row['latency_ms_b1'] > 0
+        assert row['top1_onnx'] == row['top1_torch']
+        assert row['differing_predictions'] <= 1
+    assert rows['float']['top1_torch'] > 80
+    assert rows['W4A8']['onnx_bytes'] < rows['float']['onnx_bytes'] / 4
+    assert (tmp_path / 'results.md').read_text().count('\n') == 4

@@ -402,6 +402,14 @@ def test_float_model_is_refused(tmp_path):
         export_onnx(ResNetLike().eval(), torch.randn(1, 3, 16, 16),
                     str(path))
     assert not path.exists()
+    # a float baseline on request: no Q/DQ, the float weights
+    model = _randomize_bn(ResNetLike())
+    proto = export_onnx(model, torch.randn(1, 3, 16, 16), str(path),
+                        require_quantized=False)
+    assert not any('Quantize' in n.op_type for n in proto.graph.node)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(run_ort(proto, x), [model(x)])
 
 
 def test_wrong_shape_is_refused(tmp_path):

@@ -4,7 +4,8 @@ Example (the bundled Fashion-MNIST example)::
 
     python tools/ptq.py configs/examples/fmnist_resnet_tiny.py \\
         checkpoints/fmnist_resnet_tiny.pth
-    python tools/deploy/export_onnx.py configs/examples/fmnist_resnet_tiny.py \\
+    python tools/deploy/export_onnx.py \\
+        configs/examples/fmnist_resnet_tiny.py \\
         work_dirs/fmnist_resnet_tiny/fmnist_resnet_tiny_w4a8_int.pth \\
         --out work_dirs/fmnist_resnet_tiny/w4a8.onnx --shape 1 1 28 28
 
