@@ -305,7 +305,7 @@ def _int_tensor(name: str, values: Tensor, bits: int) -> Any:
 
 
 def _weight_nodes(key: str, tag: str, qlayer: nn.Module, out: str,
-                  axis: int) -> Tuple[list, list]:
+                  axis: int, int4: bool) -> Tuple[list, list]:
     """``DequantizeLinear`` of one layer's integers; (nodes, inits).
 
     Initializers are named after the layer (``key``), nodes after the
@@ -313,7 +313,7 @@ def _weight_nodes(key: str, tag: str, qlayer: nn.Module, out: str,
     several times, as a detector head's convs do once per level).
     """
     from onnx import helper, numpy_helper
-    bits = qlayer.w_bits
+    bits = qlayer.w_bits if int4 else max(qlayer.w_bits, INT4_MAX_BITS + 1)
     q = qlayer.qweight
     scale = qlayer.weight_scale.detach().cpu().to(torch.float32)
     inits = [
@@ -368,7 +368,7 @@ def _act_nodes(key: str, tag: str, qlayer: nn.Module, inp: str,
     return nodes, inits
 
 
-def _rewrite(proto: Any, layers: Dict[str, nn.Module]) -> Any:
+def _rewrite(proto: Any, layers: Dict[str, nn.Module], int4: bool) -> Any:
     """Replace the ``mmquant`` placeholders by Q/DQ nodes and integer
     initializers, drop what became unused and move to :data:`OPSET`."""
     import onnx
@@ -389,7 +389,7 @@ def _rewrite(proto: Any, layers: Dict[str, nn.Module]) -> Any:
         tag = key if call == 0 else f'{key}.{call}'
         if node.op_type == 'WeightQuant':
             nodes, inits = _weight_nodes(key, tag, qlayer, node.output[0],
-                                         _weight_axis(key, qlayer))
+                                         _weight_axis(key, qlayer), int4)
         elif node.op_type == 'ActQuant':
             nodes, inits = _act_nodes(key, tag, qlayer, node.input[0],
                                       node.output[0])
@@ -433,7 +433,8 @@ def export_onnx(model: nn.Module,
                 dynamic_batch: bool = True,
                 tensor_mode: Optional[bool] = None,
                 normalize: bool = False,
-                require_quantized: bool = True) -> Any:
+                require_quantized: bool = True,
+                int4: bool = True) -> Any:
     """Export a quantized model as an ONNX QDQ graph (opset 21).
 
     Example::
@@ -470,6 +471,10 @@ def export_onnx(model: nn.Module,
         require_quantized (bool): Refuse a model without
             ``QuantizedLayer``. ``False`` exports a float model as it is
             (a baseline for comparisons). Defaults to True.
+        int4 (bool): Store W2-W4 integers as ``INT4``; ``False`` stores
+            every layer as ``INT8`` (same values, twice the bytes at W4),
+            for runtimes without ``INT4`` ``DequantizeLinear``. Defaults
+            to True.
 
     Returns:
         onnx.ModelProto: The checked graph.
@@ -512,7 +517,8 @@ def export_onnx(model: nn.Module,
             raise ExportError(f'{len(names)} input names for '
                               f'{len(inputs)} inputs')
     proto = _rewrite(
-        _trace(net, inputs, names, dynamic_batch, bool(layers)), layers)
+        _trace(net, inputs, names, dynamic_batch, bool(layers)), layers,
+        int4)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         from mmquant.fileio import atomic_write

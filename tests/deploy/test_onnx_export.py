@@ -315,6 +315,15 @@ def test_w4_file_is_an_eighth_of_float(tmp_path):
     assert float_size > 4 * numel
     # 1/8 of the float file, plus scales, biases and graph: < 1/7
     assert float_size / 8 < size < float_size / 7, (size, float_size)
+    # int4=False: the same integers as INT8, for runtimes without INT4
+    proto8 = export_onnx(qmodel, torch.randn(1, 32, 8, 8), int4=False)
+    q8 = _initializers(proto8)['0.qweight']
+    assert q8.data_type == onnx.TensorProto.INT8
+    assert np.array_equal(onnx.numpy_helper.to_array(q8),
+                          qmodel[0].qweight.numpy())
+    x = torch.randn(2, 32, 8, 8)
+    assert np.array_equal(run_ort(proto8, x)[0],
+                          run_ort(onnx.load(str(path)), x)[0])
 
 
 def _retinanet():

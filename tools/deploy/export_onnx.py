@@ -55,6 +55,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no-normalize', action='store_true',
                         help='leave the data preprocessor normalization '
                         'out of the graph (it then takes normalized input)')
+    parser.add_argument('--no-int4', action='store_true',
+                        help='store W2-W4 weights as INT8 (runtimes '
+                        'without INT4 DequantizeLinear)')
     parser.add_argument('--verify', action='store_true',
                         help='run onnxruntime and torch on one random '
                         'input and print the largest difference')
@@ -81,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     example = torch.rand(*args.shape) * 255
     export_onnx(model, example, args.out,
                 dynamic_batch=not args.static_batch, tensor_mode=True,
-                normalize=not args.no_normalize)
+                normalize=not args.no_normalize, int4=not args.no_int4)
     print(f'wrote {args.out} ({osp.getsize(args.out) / 1024:.1f} KiB)')
     if args.verify:
         import numpy as np
