@@ -1,7 +1,7 @@
 """Run exported graphs with onnxruntime (imported on first use)."""
 from typing import Any, Optional
 
-__all__ = ['ort_session', 'EXACT_DISABLED_OPTIMIZERS']
+__all__ = ['ort_session', 'EXACT_DISABLED_OPTIMIZERS', 'MODES']
 
 #: onnxruntime (>= 1.20) graph transformers that change what a QDQ graph
 #: computes: ``WeightBiasQuantization`` rounds the float bias of a
@@ -10,25 +10,40 @@ __all__ = ['ort_session', 'EXACT_DISABLED_OPTIMIZERS']
 #: to half that step per output).
 EXACT_DISABLED_OPTIMIZERS = ('WeightBiasQuantization', )
 
+#: Session modes of :func:`ort_session`.
+MODES = ('exact', 'ort-defaults', 'folded')
+
 
 def ort_session(model: Any,
-                exact: bool = True,
+                mode: str = 'exact',
                 num_threads: Optional[int] = None) -> Any:
     """An onnxruntime CPU ``InferenceSession`` for an exported graph.
 
     Args:
         model (str | bytes | onnx.ModelProto): The ``.onnx`` path, its
             bytes or the graph.
-        exact (bool): Disable :data:`EXACT_DISABLED_OPTIMIZERS`, so that
-            the session computes what ``QuantizedModel`` computes (up to
-            the order of float additions). ``False`` keeps every
-            onnxruntime default. Defaults to True.
+        mode (str): ``'exact'`` (default): every onnxruntime optimization
+            but :data:`EXACT_DISABLED_OPTIMIZERS`, so that the session
+            computes what ``QuantizedModel`` computes (up to the order of
+            float additions). ``'ort-defaults'``: onnxruntime's defaults.
+            ``'folded'``: onnxruntime's ``session.disable_quant_qdq``: the
+            weight ``DequantizeLinear`` nodes are folded into float
+            weights when the session loads, which lets onnxruntime fold
+            BatchNorm into the convs and use its blocked (NCHWc) conv
+            kernels; the activations keep their Q/DQ. Faster, and
+            mathematically the same; the BatchNorm folding changes the
+            float rounding.
         num_threads (int, optional): Intra-op threads (``None``:
             onnxruntime's default).
 
     Returns:
         onnxruntime.InferenceSession: The session.
+
+    Raises:
+        ValueError: On an unknown ``mode``.
     """
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     import onnxruntime as ort
     if hasattr(model, 'SerializeToString'):
         model = model.SerializeToString()
@@ -36,7 +51,11 @@ def ort_session(model: Any,
     if num_threads is not None:
         opts.intra_op_num_threads = int(num_threads)
         opts.inter_op_num_threads = 1
-    disabled = list(EXACT_DISABLED_OPTIMIZERS) if exact else None
+    disabled = None
+    if mode == 'exact':
+        disabled = list(EXACT_DISABLED_OPTIMIZERS)
+    elif mode == 'folded':
+        opts.add_session_config_entry('session.disable_quant_qdq', '1')
     return ort.InferenceSession(model, opts,
                                 providers=['CPUExecutionProvider'],
                                 disabled_optimizers=disabled)

@@ -50,9 +50,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def run_ort(proto, *inputs, exact=True):
+def run_ort(proto, *inputs, mode='exact'):
     """Run a ModelProto with onnxruntime's CPU provider (1 thread)."""
-    sess = ort_session(proto, exact=exact, num_threads=1)
+    sess = ort_session(proto, mode=mode, num_threads=1)
     feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
     return sess.run(None, feeds)
 
@@ -479,6 +479,15 @@ def test_dynamic_batch_and_atomic_write(tmp_path):
     x = torch.randn(9, 3, 16, 16)
     assert_same_computation(qmodel, qmodel, proto, x)
     assert os.listdir(tmp_path / 'sub') == ['m.onnx']
+    # the folded session (weights folded to float at load, BatchNorm
+    # folded into the convs) differs from torch by float rounding only
+    with torch.no_grad():
+        ref = qmodel(x)
+    out = run_ort(proto, x, mode='folded')[0]
+    assert np.array_equal(out.argmax(1), ref.numpy().argmax(1))
+    assert np.abs(out - ref.numpy()).max() < 0.05 * ref.abs().max()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ort_session(proto, mode='fast')
 
 
 def test_import_mmquant_does_not_import_onnx():

@@ -6,11 +6,14 @@ are exported to ONNX (the data preprocessor's normalization inside), then
 * the file size of each ``.onnx``;
 * onnxruntime CPU latency at each batch size: the median of ``--repeats``
   timed runs after ``--warmup`` untimed ones, on one random batch;
-* top-1 on the config's whole test set of each ONNX model (onnxruntime
-  with :data:`~mmquant.deploy.EXACT_DISABLED_OPTIMIZERS` off, and with
-  every onnxruntime default), next to the top-1 of the PyTorch model
-  (``QuantizedLayer``\\ s; the metric of ``tools/test.py``), and the number
-  of test images whose prediction differs between the two.
+* top-1 on the config's whole test set of each ONNX model, next to the
+  top-1 of the PyTorch model (``QuantizedLayer``\\ s; the metric of
+  ``tools/test.py``), and the number of test images whose prediction
+  differs between the two;
+
+latency and top-1 of a QDQ model in each onnxruntime mode of
+:func:`mmquant.deploy.ort_session` (``exact``, ``ort-defaults``,
+``folded``).
 
 Example (INT checkpoints from ``tools/benchmark.py
 configs/benchmarks/fmnist_offline.py``)::
@@ -159,27 +162,26 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         path = osp.join(args.work_dir, f'{label.lower()}.onnx')
         export_onnx(model, example, path, tensor_mode=True, normalize=True,
                     require_quantized=int_path is not None)
-        row: Dict[str, Any] = dict(model=label, onnx=path,
-                                   onnx_bytes=osp.getsize(path))
-        exact = ort_session(path, exact=True, num_threads=args.threads)
-        for batch in args.batch:
-            row[f'latency_ms_b{batch}'] = round(
-                1e3 * _latency(exact, (batch, *args.shape), args.warmup,
-                               args.repeats), 3)
+        size = osp.getsize(path)
         ref = _torch_predictions(model, batches)
-        ort_exact = _ort_predictions(exact, batches)
-        default = ort_session(path, exact=False, num_threads=args.threads)
-        ort_default = _ort_predictions(default, batches)
-        row.update(
-            top1_torch=_top1(ref, labels),
-            top1_onnx=_top1(ort_exact, labels),
-            top1_onnx_ort_defaults=_top1(ort_default, labels),
-            images=int(labels.size),
-            differing_predictions=int((ref != ort_exact).sum()),
-            differing_predictions_ort_defaults=int(
-                (ref != ort_default).sum()))
-        rows.append(row)
-        print(json.dumps(row))
+        modes = ('exact', 'ort-defaults', 'folded') if int_path else (
+            'ort-defaults', )
+        for mode in modes:
+            sess = ort_session(path, mode=mode, num_threads=args.threads)
+            row: Dict[str, Any] = dict(model=label, mode=mode, onnx=path,
+                                       onnx_bytes=size)
+            for batch in args.batch:
+                row[f'latency_ms_b{batch}'] = round(
+                    1e3 * _latency(sess, (batch, *args.shape), args.warmup,
+                                   args.repeats), 3)
+            preds = _ort_predictions(sess, batches)
+            row.update(
+                top1_torch=_top1(ref, labels),
+                top1_onnx=_top1(preds, labels),
+                images=int(labels.size),
+                differing_predictions=int((ref != preds).sum()))
+            rows.append(row)
+            print(json.dumps(row))
     import onnxruntime
     results = dict(
         config=args.config,
@@ -201,21 +203,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _markdown(results: Dict[str, Any], batch_sizes: List[int]) -> str:
-    head = ['model', '.onnx size'] + [
+    head = ['model', 'onnxruntime mode', '.onnx size'] + [
         f'latency b{b} (ms)' for b in batch_sizes
-    ] + ['top-1 torch', 'top-1 ONNX', 'top-1 ONNX (ORT defaults)',
-         'predictions differing']
+    ] + ['top-1 PyTorch (%)', 'top-1 ONNX (%)', 'predictions differing']
     lines = ['| ' + ' | '.join(head) + ' |',
              '| ' + ' | '.join('---' for _ in head) + ' |']
     for r in results['rows']:
-        cells = [r['model'], f"{r['onnx_bytes'] / 1024:.0f} KiB"] + [
-            f"{r[f'latency_ms_b{b}']:.2f}" for b in batch_sizes
-        ] + [
-            f"{r['top1_torch']:.2f}", f"{r['top1_onnx']:.2f}",
-            f"{r['top1_onnx_ort_defaults']:.2f}",
-            f"{r['differing_predictions']} / "
-            f"{r['differing_predictions_ort_defaults']} of {r['images']}"
-        ]
+        cells = [r['model'], r['mode'], f"{r['onnx_bytes'] / 1024:.0f} KiB"
+                 ] + [f"{r[f'latency_ms_b{b}']:.2f}" for b in batch_sizes] + [
+                     f"{r['top1_torch']:.2f}", f"{r['top1_onnx']:.2f}",
+                     f"{r['differing_predictions']} of {r['images']}"
+                 ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
