@@ -23,8 +23,11 @@ API:
 what :func:`~mmquant.core.activation.fake_quantize_activation` computes
 with ``torch.round`` (also half to even), so the graph computes what
 ``QuantizedLayer`` computes; only the order of float additions in the
-convs differs. The graph is opset 21 (the first with ``INT4``) and passes
-``onnx.checker.check_model(full_check=True)``.
+convs differs (run it with :func:`mmquant.deploy.ort_session`: by
+default onnxruntime also rounds conv biases to an int32 grid). The graph
+is opset 21 (the first with ``INT4``) and passes
+``onnx.checker.check_model(full_check=True)``; its initializers are named
+as in the model's state dict.
 
 ``onnx`` is imported on first use, never at import time.
 """
@@ -99,15 +102,20 @@ class _ExportLayer(nn.Module):
 
     def __init__(self, qlayer: nn.Module, key: str) -> None:
         super().__init__()
-        self.qlayer = qlayer
+        # the wrapped layer keeps its state-dict path (``<key>.layer.*``),
+        # so the graph's float initializers (biases) are named as in the
+        # INT checkpoint; the QuantizedLayer itself is held outside the
+        # module tree
+        self.layer = qlayer.layer
+        self._qlayer = (qlayer, )
         self.key = key
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        q = self.qlayer
+        q = self._qlayer[0]
         if q.a_bits is not None:
             x = _ActQuant.apply(x, self.key, float(q.act_scale), q.a_bits,
                                 q.act_signed)
-        inner = q.layer
+        inner = self.layer
         weight = inner.weight
         inner.weight = _WeightQuant.apply(weight, self.key)
         try:
@@ -218,7 +226,7 @@ def _as_tuple(example_inputs: Union[Tensor, Sequence[Tensor]]
         if t.dtype != torch.float32:
             raise ExportError(f'example inputs must be float32, got '
                               f'{t.dtype}')
-    return inputs
+    return tuple(t.detach().cpu() for t in inputs)
 
 
 def _flatten_tensors(outputs: Any) -> List[Tensor]:
@@ -410,6 +418,25 @@ def _rewrite(proto: Any, layers: Dict[str, nn.Module], int4: bool) -> Any:
     return proto
 
 
+def _strip_prefix(graph: Any, prefix: str) -> None:
+    """Rename initializers ``<prefix><name>`` to ``<name>`` (the names of
+    the model's state dict, without the export wrappers' prefix)."""
+    if not prefix:
+        return
+    names = {t.name for t in graph.initializer}
+    rename = {
+        n: n[len(prefix):]
+        for n in names
+        if n.startswith(prefix) and n[len(prefix):] not in names
+    }
+    for t in graph.initializer:
+        t.name = rename.get(t.name, t.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+
+
 def _prune(graph: Any) -> None:
     """Drop nodes and initializers no graph output depends on."""
     needed = {o.name for o in graph.output}
@@ -498,11 +525,14 @@ def export_onnx(model: nn.Module,
     if tensor_mode is None:
         tensor_mode = hasattr(net, 'data_preprocessor')
     layers = _wrap_layers(net)
+    prefix = ''
     if tensor_mode:
         pre = getattr(net, 'data_preprocessor', None)
         net = _TensorMode(net)
+        prefix = 'model.'
         if normalize:
             net = _normalizer(net, pre)
+            prefix = 'model.model.'
     elif normalize:
         raise ExportError('normalize=True needs tensor_mode (an mmengine '
                           'model with a data_preprocessor)')
@@ -516,9 +546,9 @@ def export_onnx(model: nn.Module,
         if len(names) != len(inputs):
             raise ExportError(f'{len(names)} input names for '
                               f'{len(inputs)} inputs')
-    proto = _rewrite(
-        _trace(net, inputs, names, dynamic_batch, bool(layers)), layers,
-        int4)
+    traced = _trace(net, inputs, names, dynamic_batch, bool(layers))
+    _strip_prefix(traced.graph, prefix)
+    proto = _rewrite(traced, layers, int4)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         from mmquant.fileio import atomic_write

@@ -388,6 +388,11 @@ def test_retinanet_tensor_outputs_match_torch():
     proto = export_onnx(qdet, torch.randn(1, 3, 64, 64))
     names = [o.name for o in proto.graph.output]
     assert names == [f'output_{i}' for i in range(10)]
+    # initializers are named as in the model's state dict
+    inits = _initializers(proto)
+    for name in ('bbox_head.retina_cls.layer.bias', 'backbone.bn1.weight',
+                 'bbox_head.retina_cls.qweight'):
+        assert name in inits
     with torch.no_grad():
         cls_scores, bbox_preds = qdet(x, None, 'tensor')
     assert cls_scores[0].shape == (2, 18, 8, 8)
