@@ -5,7 +5,9 @@ are exported to ONNX (the data preprocessor's normalization inside), then
 
 * the file size of each ``.onnx``;
 * onnxruntime CPU latency at each batch size: the median of ``--repeats``
-  timed runs after ``--warmup`` untimed ones, on one random batch;
+  timed runs after ``--warmup`` untimed ones, on one random batch, all
+  sessions timed round-robin (one run each per round) so that the load
+  of other jobs falls on all of them alike;
 * top-1 on the config's whole test set of each ONNX model, next to the
   top-1 of the PyTorch model (``QuantizedLayer``\\ s; the metric of
   ``tools/test.py``), and the number of test images whose prediction
@@ -80,19 +82,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _latency(sess: Any, shape: Tuple[int, ...], warmup: int,
-             repeats: int) -> float:
-    """Median seconds of one ``sess.run`` on a random batch."""
-    name = sess.get_inputs()[0].name
+def _latencies(sessions: List[Any], shape: Tuple[int, ...], warmup: int,
+               repeats: int) -> List[float]:
+    """Median seconds of one ``run`` of each session on one random batch.
+
+    The sessions are timed round-robin (one run of each per round), so
+    that the load of other jobs on the machine falls on all of them alike.
+    """
     x = (np.random.default_rng(0).random(shape) * 255).astype(np.float32)
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
+        for sess, feed in zip(sessions, feeds):
+            sess.run(None, feed)
+    times: List[List[float]] = [[] for _ in sessions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, (sess, feed) in enumerate(zip(sessions, feeds)):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def _test_batches(cfg: Config, max_images: Optional[int]) -> List[Any]:
@@ -154,6 +162,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     variants = [('float', None)] + [
         tuple(item.split('=', 1)) for item in args.int
     ]
+    sessions = []
     for label, int_path in variants:
         model = build_float_model(cfg, args.checkpoint)
         if int_path is not None:
@@ -162,26 +171,26 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         path = osp.join(args.work_dir, f'{label.lower()}.onnx')
         export_onnx(model, example, path, tensor_mode=True, normalize=True,
                     require_quantized=int_path is not None)
-        size = osp.getsize(path)
         ref = _torch_predictions(model, batches)
         modes = ('exact', 'ort-defaults', 'folded') if int_path else (
             'ort-defaults', )
         for mode in modes:
             sess = ort_session(path, mode=mode, num_threads=args.threads)
-            row: Dict[str, Any] = dict(model=label, mode=mode, onnx=path,
-                                       onnx_bytes=size)
-            for batch in args.batch:
-                row[f'latency_ms_b{batch}'] = round(
-                    1e3 * _latency(sess, (batch, *args.shape), args.warmup,
-                                   args.repeats), 3)
             preds = _ort_predictions(sess, batches)
-            row.update(
-                top1_torch=_top1(ref, labels),
-                top1_onnx=_top1(preds, labels),
-                images=int(labels.size),
-                differing_predictions=int((ref != preds).sum()))
-            rows.append(row)
-            print(json.dumps(row))
+            rows.append(
+                dict(model=label, mode=mode, onnx=path,
+                     onnx_bytes=osp.getsize(path),
+                     top1_torch=_top1(ref, labels),
+                     top1_onnx=_top1(preds, labels),
+                     images=int(labels.size),
+                     differing_predictions=int((ref != preds).sum())))
+            sessions.append(sess)
+            print(json.dumps(rows[-1]))
+    for batch in args.batch:
+        medians = _latencies(sessions, (batch, *args.shape), args.warmup,
+                             args.repeats)
+        for row, median in zip(rows, medians):
+            row[f'latency_ms_b{batch}'] = round(1e3 * median, 3)
     import onnxruntime
     results = dict(
         config=args.config,
