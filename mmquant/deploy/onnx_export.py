@@ -351,9 +351,9 @@ def _act_nodes(key: str, tag: str, qlayer: nn.Module, inp: str,
     ]
     nodes = []
     # QuantizeLinear saturates to the type's range; mmquant's grid may be
-    # narrower (narrow signed, < 8 bits): Max/Min to lo * s, hi * s first
-    # (fl(lo * s) / s rounds to lo). Not a Clip: onnxruntime drops a Clip
-    # in front of a QuantizeLinear whose range it roughly covers.
+    # narrower (narrow signed, < 8 bits): Max/Min to lo * s, hi * s first,
+    # only the bounds that differ from the type's (fl(lo * s) / s rounds
+    # to lo: the error is far below 0.5).
     for op, bound, edge in (('Max', lo, int(info.min)),
                             ('Min', hi, int(info.max))):
         if bound == edge:

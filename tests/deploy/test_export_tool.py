@@ -19,6 +19,14 @@ CONFIG = osp.join(ROOT, 'configs/examples/fmnist_resnet_tiny.py')
 FLOAT = osp.join(ROOT, 'checkpoints/fmnist_resnet_tiny.pth')
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tool():
     path = osp.join(ROOT, 'tools/deploy/export_onnx.py')
     spec = importlib.util.spec_from_file_location('export_onnx_tool', path)
@@ -40,7 +48,6 @@ class _Logits(nn.Module):
 @pytest.fixture(scope='module')
 def int_checkpoint(tmp_path_factory):
     """A W4A8 RTN INT checkpoint of the bundled example (random images)."""
-    torch.set_num_threads(1)
     cfg = Config.fromfile(CONFIG)
     model = build_float_model(cfg, FLOAT)
     gen = torch.Generator().manual_seed(0)
