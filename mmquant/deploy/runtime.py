@@ -3,7 +3,7 @@ from typing import Any, Optional
 
 __all__ = ['ort_session', 'EXACT_DISABLED_OPTIMIZERS', 'MODES']
 
-#: onnxruntime (>= 1.20) graph transformers that change what a QDQ graph
+#: onnxruntime graph transformers (1.23.2) that change what a QDQ graph
 #: computes: ``WeightBiasQuantization`` rounds the float bias of a
 #: Conv/Gemm whose input and weight come from ``DequantizeLinear`` to an
 #: ``int32`` grid of step ``input_scale * weight_scale`` (an error of up
