@@ -1,6 +1,9 @@
 """tools/deploy/export_onnx.py on the bundled example's config."""
 import importlib.util
+import os
 import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from torch import nn
 
 import mmquant
 from mmquant.apis.ptq import build_float_model
+from mmquant.checkpoint.container import CheckpointError
 from mmquant.deploy import ExportError, ort_session
 
 pytest.importorskip('onnxruntime')
@@ -101,9 +105,21 @@ def test_tool_refuses_wrong_shape_and_float_checkpoint(int_checkpoint,
     with pytest.raises(SystemExit):
         tool.parse_args([CONFIG, int_checkpoint, '--out', str(out),
                          '--shape', '1', '0', '28', '28'])
-    with pytest.raises(Exception, match='mmquant'):
+    with pytest.raises(CheckpointError, match='not an mmquant INT '
+                       'checkpoint'):
         tool.main([CONFIG, FLOAT, '--out', str(out), '--shape', '1', '1',
                    '28', '28'])
+    assert not out.exists()
+    # on the command line: one line naming the problem, exit status 1
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools/deploy/export_onnx.py'),
+         CONFIG, FLOAT, '--out', str(out), '--shape', '1', '1', '28', '28'],
+        capture_output=True, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'export_onnx.py: error: ')
+    assert 'Traceback' not in proc.stderr
     assert not out.exists()
 
 

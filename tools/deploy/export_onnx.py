@@ -106,4 +106,9 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 
 if __name__ == '__main__':
-    main()
+    from mmquant.checkpoint.container import CheckpointError
+    from mmquant.deploy import ExportError
+    try:
+        main()
+    except (ExportError, CheckpointError) as err:
+        sys.exit(f'export_onnx.py: error: {err}')
