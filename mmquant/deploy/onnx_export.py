@@ -437,6 +437,21 @@ def _strip_prefix(graph: Any, prefix: str) -> None:
                 node.input[i] = rename[name]
 
 
+def _batch_dims(graph: Any) -> None:
+    """Declare dim 0 of every graph input and output as ``batch``.
+
+    torch's exporter can leave a fixed size there (its shape inference
+    through a reshape) although the graph computes any batch; the
+    intermediate ``value_info`` (optional) is dropped for the same reason.
+    """
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = 'batch'
+    del graph.value_info[:]
+
+
 def _prune(graph: Any) -> None:
     """Drop nodes and initializers no graph output depends on."""
     needed = {o.name for o in graph.output}
@@ -549,6 +564,8 @@ def export_onnx(model: nn.Module,
     traced = _trace(net, inputs, names, dynamic_batch, bool(layers))
     _strip_prefix(traced.graph, prefix)
     proto = _rewrite(traced, layers, int4)
+    if dynamic_batch:
+        _batch_dims(proto.graph)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         from mmquant.fileio import atomic_write

@@ -471,6 +471,10 @@ def test_conv_transpose_and_conv1d_match_torch():
     axes = {n.name: n.attribute[0].i for n in proto.graph.node
             if n.name.endswith('.weight_dq')}
     assert axes == {'0.weight_dq': 0, '4.weight_dq': 1}
+    # the batch is declared dynamic on the output too (torch's exporter
+    # writes 1 there after the Unflatten)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 5, 8, 8]
     x = torch.randn(3, 3, 16)
     assert_same_computation(qmodel, qmodel, proto, x)
 
