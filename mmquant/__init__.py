@@ -14,10 +14,11 @@ register themselves in :mod:`mmquant.registry` when a config names them.
 """
 from .checkpoint.int_model import load_quantized as load
 from .checkpoint.int_model import save_quantized as save
+from .deploy import export_onnx
 from .quantization import QuantConfig, QuantReport, quantize
 from .version import __version__, version_info
 
 __all__ = [
     '__version__', 'version_info', 'quantize', 'QuantConfig', 'QuantReport',
-    'save', 'load'
+    'save', 'load', 'export_onnx'
 ]

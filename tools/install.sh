@@ -182,6 +182,8 @@ log "stage 3/4: mmengine, mmpretrain, mmdet, test tools and mmquant"
 "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/runtime.txt" \
     -r "$REQ/tests.txt"
 "${PIP[@]}" install --no-deps -r "$REQ/benchmark.txt"
+# ONNX export and onnxruntime (docs/deploy.md).
+"${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/deploy.txt"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 
 ensure_data
