@@ -355,7 +355,7 @@ def _primary(row: AblationRow) -> float:
 def render_ablation(rows: Sequence[AblationRow],
                     variants: Sequence[Variant],
                     info: Dict[str, Any]) -> str:
-    """Markdown: a legend, one table per model, and the mean changes.
+    """Markdown: a legend, one table per model, the mean changes.
 
     Each cell is the first task metric (top-1 %, box AP x 100) of one run;
     the best value of each row is bold. A missing run is ``-``.
@@ -395,7 +395,8 @@ def render_ablation(rows: Sequence[AblationRow],
                              for k, val in v.quantizer.items()) or '-'
         lines.append(f'| `{v.name}` | {settings}'
                      f'{"; " + v.title if v.title else ""} |')
-    deltas: Dict[str, List[float]] = {v.name: [] for v in variants}
+    deltas: Dict[Tuple[str, str], List[float]] = {
+        (mode, v.name): [] for mode in modes for v in variants}
     for model in models:
         group = [r for r in rows if r.model == model]
         metric = TASK_METRICS[group[0].task][0][1]
@@ -424,14 +425,18 @@ def render_ablation(rows: Sequence[AblationRow],
                     text = f'{x:.2f}'
                     cells.append(f'**{text}**' if x == best else text)
                     if ref is not None:
-                        deltas[v.name].append(x - ref)
+                        deltas[(mode, v.name)].append(x - ref)
                 lines.append(f'| {METHOD_TITLES[mode]} | {tag.upper()} | '
                              + ' | '.join(cells) + ' |')
     lines += ['', f'Mean change vs `{variants[0].name}` over the cells '
-              'measured for both (points; number of cells):', '',
-              '| ' + ' | '.join(f'`{v.name}`' for v in variants) + ' |',
-              '|' + ' ---: |' * len(variants),
-              '| ' + ' | '.join(
-                  f'{sum(d) / len(d):+.2f} ({len(d)})' if d else '-'
-                  for d in deltas.values()) + ' |']
+              'measured for both, per mode (points; number of cells):', '',
+              '| mode | ' + ' | '.join(f'`{v.name}`' for v in variants)
+              + ' |', '| --- |' + ' ---: |' * len(variants)]
+    for mode in modes:
+        cells = []
+        for v in variants:
+            d = deltas[(mode, v.name)]
+            cells.append(f'{sum(d) / len(d):+.2f} ({len(d)})' if d else '-')
+        lines.append(f'| {METHOD_TITLES[mode]} | ' + ' | '.join(cells)
+                     + ' |')
     return '\n'.join(lines) + '\n'

@@ -129,7 +129,8 @@ def test_render_marks_the_best_and_averages_the_changes():
                        '87.00 |') < lines.index(
         '| BitSplit (EC) | W2A8 | **70.00** | 60.00 | - |')
     # mean change vs the first variant: (0.5 - 10) / 2 and -1 / 1
-    assert lines[-1] == '| +0.00 (2) | -4.75 (2) | -1.00 (1) |'
+    assert lines[-1] == ('| BitSplit (EC) | +0.00 (2) | -4.75 (2) | '
+                         '-1.00 (1) |')
 
 
 @pytest.mark.parametrize('variants, match', [
