@@ -163,11 +163,8 @@ def test_error_compensation_beats_fast_mode(ws):
     # 0.55-1.09 with 16 images, 0.40-0.92 with 30)
     ec = ws.ptq('resnet', calib_samples=30, w_bits=3, a_bits=4,
                 do_eval=False)
-    # the solves are compared: fast mode without its default BatchNorm
-    # re-estimation, which EC does not do either
     fast = ws.ptq('resnet', calib_samples=30, w_bits=3, a_bits=4,
-                  do_eval=False, error_compensation=False,
-                  bn_reestimation=False)
+                  do_eval=False, error_compensation=False)
     assert ec.report['mode'] == 'error_compensated'
     assert fast.report['mode'] == 'fast'
     assert ec.metrics == {} and fast.metrics == {}
