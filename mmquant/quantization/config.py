@@ -109,12 +109,8 @@ class QuantConfig:
             (weight-only MSE rounding, as the authors' released code
             treats a classifier's last ``fc``). ``None`` follows
             ``method``. Defaults to None.
-        bn_reestimation (bool, optional): Re-estimate BatchNorm running
-            statistics on the calibration data after quantization (it
-            replaces the checkpoint's statistics by those of the quantized
-            network on the calibration set). ``None``: on in BitSplit's
-            fast mode, off with ``error_compensation`` and for RTN (the
-            ablation in docs/solver.md). Defaults to None.
+        bn_reestimation (bool): Re-estimate BatchNorm running statistics on
+            the calibration data after quantization. Defaults to False.
         sensitivity (bool): Also solve every quantized layer at each of
             ``candidate_bits`` from the same statistics and record its
             relative output error at each width
@@ -164,7 +160,7 @@ class QuantConfig:
     damping: float = 0.1
     damping_scales_with_rows: bool = True
     output_method: Optional[str] = None
-    bn_reestimation: Optional[bool] = None
+    bn_reestimation: bool = False
     sensitivity: bool = False
     candidate_bits: List[int] = field(
         default_factory=lambda: [2, 3, 4, 8])
@@ -235,10 +231,6 @@ class QuantConfig:
             raise ValueError(
                 "sensitivity and target_bits need method='bitsplit': they "
                 'measure output errors from its calibration statistics')
-        if self.bn_reestimation is None:
-            # the modes' defaults (docs/solver.md, Ablation)
-            self.bn_reestimation = (self.method == 'bitsplit'
-                                    and self.error_compensation is False)
         for name in ('error_compensation', 'bn_reestimation',
                      'damping_scales_with_rows', 'sensitivity'):
             if not isinstance(getattr(self, name), bool):

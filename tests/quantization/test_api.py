@@ -233,19 +233,3 @@ def test_ridge_strength(scales_with_rows, factor):
     q = torch.zeros(4, 32)
     w2 = float((layer.weight.detach().double()**2).sum())
     assert ridge(q, torch.ones(4)) == pytest.approx(lam * w2, rel=1e-12)
-
-
-@pytest.mark.parametrize('cfg, bn', [
-    (dict(), False),
-    (dict(error_compensation=False), True),
-    (dict(method='rtn'), False),
-    (dict(method='rtn', error_compensation=False), False),
-    (dict(error_compensation=False, bn_reestimation=False), False),
-    (dict(bn_reestimation=True), True),
-])
-def test_bn_reestimation_mode_default(cfg, bn):
-    """BatchNorm re-estimation defaults to on in BitSplit's fast mode
-    only (the ablation of docs/solver.md); an explicit value is kept."""
-    qc = QuantConfig(**cfg)
-    assert qc.bn_reestimation is bn
-    assert QuantConfig.from_dict(qc.to_dict()) == qc
