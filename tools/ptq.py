@@ -256,6 +256,20 @@ def find_resume_dir(work_dir: str, run_dir: str) -> str:
     return run_dir
 
 
+def _recorded_work_dir(run_dir: str, config: str, work_dir: str) -> str:
+    """The ``work_dir`` of the config the run in ``run_dir`` dumped, if
+    it names the same folder as ``work_dir``; else ``work_dir``."""
+    dumped = osp.splitext(osp.join(run_dir, osp.basename(config)))[0]
+    try:
+        recorded = Config.fromfile(dumped + '.py').get('work_dir')
+    except Exception:  # noqa: BLE001 - the fingerprint will tell
+        return work_dir
+    if isinstance(recorded, str) and osp.realpath(
+            recorded) == osp.realpath(work_dir):
+        return recorded
+    return work_dir
+
+
 def _remove_run_dir(run_dir: str, files: List[str],
                     resumed: bool = False) -> None:
     """Remove the files a failed run wrote into its folder, and its
@@ -304,6 +318,11 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
     if resume:
         run_dir = find_resume_dir(work_dir, args.resume)
         state['created'] = []
+        # the work dir as the interrupted run spelled it (relative or
+        # not): it is part of the config as run
+        work_dir = _recorded_work_dir(run_dir, args.config, work_dir)
+        cfg.work_dir = work_dir
+        state['work_dir'] = work_dir
     else:
         state['created'] = prepare_work_dir(work_dir)
         run_dir = make_run_dir(work_dir, timestamp)

@@ -123,12 +123,14 @@ def test_killed_runs_resume_byte_identical(ws, tmp_path, mode):
 def test_kill_during_journal_write_then_resume(ws, tmp_path):
     """A kill in the middle of the 3rd layer file leaves 2 complete layer
     files and a stray temporary file; resume ignores it and finishes
-    with the uninterrupted run's bytes (error-compensated mode)."""
+    with the uninterrupted run's bytes (error-compensated mode). The work
+    dir is given relative to the current folder, the run folder to
+    resume as an absolute path."""
     work = tmp_path / 'work'
-    _ok(_ptq(ws, tmp_path, work))
+    _ok(_ptq(ws, tmp_path, 'work'))
     (ref_run, ) = _runs(work)
     reference = (work / ref_run / INT).read_bytes()
-    _killed(_ptq(ws, tmp_path, work,
+    _killed(_ptq(ws, tmp_path, 'work',
                  MMQUANT_TEST_EXIT_IN_JOURNAL_WRITE='3'))
     killed = (set(_runs(work)) - {ref_run}).pop()
     journal = work / killed / 'resume'
@@ -137,7 +139,7 @@ def test_kill_during_journal_write_then_resume(ws, tmp_path):
     assert len(stray) == 1 and stray[0].startswith('.layer_')
     for name in _layer_files(str(work / killed)):
         torch.load(journal / name, weights_only=True)  # complete files
-    _ok(_ptq(ws, tmp_path, work, '--resume', str(work / killed)))
+    _ok(_ptq(ws, tmp_path, 'work', '--resume', str(work / killed)))
     assert (work / killed / INT).read_bytes() == reference
 
 
