@@ -272,13 +272,11 @@ def _recorded_work_dir(run_dir: str, config: str, work_dir: str) -> str:
 
 def _remove_run_dir(run_dir: str, files: List[str],
                     resumed: bool = False) -> None:
-    """Remove the files a failed run wrote into its folder, and its
-    resume journal unless the run resumed or the journal holds solved
-    layers, then the folder if that leaves it empty."""
-    journal = osp.join(run_dir, RESUME)
-    if not resumed and osp.isdir(journal) and not any(
-            n.startswith('layer_') for n in os.listdir(journal)):
-        shutil.rmtree(journal, ignore_errors=True)
+    """Remove the files a run that failed with a user error wrote into
+    its folder, its resume journal included unless the run resumed, then
+    the folder if that leaves it empty."""
+    if not resumed:
+        shutil.rmtree(osp.join(run_dir, RESUME), ignore_errors=True)
     for path in files:
         try:
             os.unlink(path)

@@ -268,3 +268,49 @@ def test_calibration_sha256_sees_values_shapes_and_metainfo():
                   [dict(inputs=x, data_samples=[Sample(2)])],
                   [dict(inputs=x, data_samples=[Sample(1)])] * 2):
         assert calibration_sha256(other) != base
+
+
+@pytest.mark.parametrize('ec', [False, True])
+def test_quantize_with_partial_journal_is_identical(tmp_path, monkeypatch,
+                                                    ec):
+    """``mmquant.quantize(journal=)``: with 2 of 4 layers journaled, only
+    the other 2 are solved and every tensor of the result equals the
+    uninterrupted run's."""
+    import mmquant
+    from mmquant.quantization import engine
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 16),
+        torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    config = dict(w_bits=4, a_bits=8, error_compensation=ec,
+                  rows_per_layer=64, act_samples=100)
+    root = str(tmp_path / 'resume')
+    journal = LayerJournal(root, _fingerprint())
+    full, report = mmquant.quantize(model, batches, config, journal=journal,
+                                    logger=lambda msg: None)
+    assert journal.written == 4 and journal.restored == []
+    files = sorted(n for n in os.listdir(root) if n.startswith('layer_'))
+    for name in ('2', '7'):  # the 2nd and the 4th layer are lost
+        os.unlink(os.path.join(root, next(
+            f for f in files if f.startswith(f'layer_{name}_'))))
+    solved = []
+    real = engine.solve_layer
+
+    def spy(weight, *args, **kwargs):
+        solved.append(tuple(weight.shape))
+        return real(weight, *args, **kwargs)
+    monkeypatch.setattr(engine, 'solve_layer', spy)
+    again = LayerJournal(root, _fingerprint(), resume=True)
+    resumed, report2 = mmquant.quantize(model, batches, config,
+                                        journal=again,
+                                        logger=lambda msg: None)
+    assert sorted(again.restored) == ['0', '5']
+    assert solved == [(8, 8, 3, 3), (4, 16)]
+    want, got = full.state_dict(), resumed.state_dict()
+    assert sorted(want) == sorted(got)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    assert [r.rel_error for r in report2.layers] == [
+        r.rel_error for r in report.layers]
