@@ -270,12 +270,14 @@ def test_calibration_sha256_sees_values_shapes_and_metainfo():
         assert calibration_sha256(other) != base
 
 
-@pytest.mark.parametrize('ec', [False, True])
+@pytest.mark.parametrize('ec,mixed', [(False, False), (True, False),
+                                      (True, True)])
 def test_quantize_with_partial_journal_is_identical(tmp_path, monkeypatch,
-                                                    ec):
+                                                    ec, mixed):
     """``mmquant.quantize(journal=)``: with 2 of 4 layers journaled, only
-    the other 2 are solved and every tensor of the result equals the
-    uninterrupted run's."""
+    the other 2 are solved (with ``target_bits``: in the final run; the
+    sensitivity pass is not journaled) and every tensor of the result
+    equals the uninterrupted run's."""
     import mmquant
     from mmquant.quantization import engine
     torch.manual_seed(0)
@@ -286,6 +288,8 @@ def test_quantize_with_partial_journal_is_identical(tmp_path, monkeypatch,
     batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
     config = dict(w_bits=4, a_bits=8, error_compensation=ec,
                   rows_per_layer=64, act_samples=100)
+    if mixed:
+        config['target_bits'] = 3.5
     root = str(tmp_path / 'resume')
     journal = LayerJournal(root, _fingerprint())
     full, report = mmquant.quantize(model, batches, config, journal=journal,
@@ -307,6 +311,10 @@ def test_quantize_with_partial_journal_is_identical(tmp_path, monkeypatch,
                                         journal=again,
                                         logger=lambda msg: None)
     assert sorted(again.restored) == ['0', '5']
+    if mixed:  # the sensitivity pass solves every layer at every width
+        probe = len(solved) - 2
+        assert probe > 4 and solved[:probe].count((4, 16)) > 1
+        solved = solved[probe:]
     assert solved == [(8, 8, 3, 3), (4, 16)]
     want, got = full.state_dict(), resumed.state_dict()
     assert sorted(want) == sorted(got)
