@@ -27,11 +27,23 @@ argument, missing or unreadable file, bad config or checkpoint, unusable
 work dir, full disk), reported on one line without a traceback
 (``--debug`` or ``MMQUANT_DEBUG=1`` shows it). A run that fails before
 writing its INT checkpoint leaves no empty folder behind.
+
+Resume: while it quantizes, a run keeps a journal in ``<run
+folder>/resume/`` (one atomically written file per solved layer, and a
+fingerprint of the config as run, the quantizer settings, the float
+checkpoint and the calibration set), removed once the INT checkpoint is
+written. A run that was killed is continued with the same command plus
+``--resume`` (the newest run folder of the work dir that still holds a
+journal) or ``--resume RUN_DIR``: solved layers are not solved again and
+the INT checkpoint is byte-identical to that of an uninterrupted run.
+Resume is refused (exit 2) when the config, the quantizer settings, the
+float checkpoint or the calibration set differ from the interrupted run.
 """
 import argparse
 import os
 import os.path as osp
 import secrets
+import shutil
 import sys
 import time
 import traceback
@@ -49,9 +61,12 @@ from mmquant.apis.ptq import (EvaluationError, PTQInputError,  # noqa: E402
                               user_error_message)
 from mmquant.checkpoint.int_model import INT_SUFFIX  # noqa: E402
 from mmquant.fileio import write_text_atomic  # noqa: E402
+from mmquant.quantization.journal import FINGERPRINT  # noqa: E402
 
 #: The name of the pointer to the last finished run in a work dir.
 LATEST = 'latest'
+#: The resume journal's folder in a run folder.
+RESUME = 'resume'
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +134,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='evaluate on the first N test samples only')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy')
+    parser.add_argument('--resume', nargs='?', const='', metavar='RUN_DIR',
+                        help='continue an interrupted run: RUN_DIR, or '
+                        'the newest run folder of the work dir that '
+                        'still holds a resume journal')
     parser.add_argument('--debug', action='store_true',
                         help='show the traceback of user errors (also '
                         'MMQUANT_DEBUG=1)')
@@ -198,9 +217,66 @@ def update_latest(work_dir: str, run_dir: str) -> str:
     return link
 
 
-def _remove_run_dir(run_dir: str, files: List[str]) -> None:
-    """Remove the files a failed run wrote into its folder, then the
-    folder if that leaves it empty."""
+def find_resume_dir(work_dir: str, run_dir: str) -> str:
+    """The run folder ``--resume`` continues.
+
+    Args:
+        work_dir (str): The work dir.
+        run_dir (str): ``--resume``'s argument; ``''`` picks the newest
+            run folder (by name, i.e. by timestamp) of ``work_dir`` that
+            holds a resume journal.
+
+    Returns:
+        str: The run folder.
+
+    Raises:
+        PTQInputError: If there is no such folder, or the folder has no
+            journal (never started quantizing, or already finished).
+    """
+    if not run_dir:
+        names = sorted(
+            (n for n in os.listdir(work_dir) if n != LATEST
+             and osp.isfile(osp.join(work_dir, n, RESUME, FINGERPRINT)))
+            if osp.isdir(work_dir) else [])
+        if not names:
+            raise PTQInputError(
+                f'--resume: work dir {work_dir!r} has no interrupted run '
+                f'(no <run folder>/{RESUME}/{FINGERPRINT}); give the run '
+                'folder as --resume RUN_DIR or start a new run')
+        return osp.join(work_dir, names[-1])
+    if not osp.isdir(run_dir):
+        raise PTQInputError(f'--resume: run folder {run_dir!r} does not '
+                            'exist')
+    if not osp.isfile(osp.join(run_dir, RESUME, FINGERPRINT)):
+        done = any(n.endswith(INT_SUFFIX) for n in os.listdir(run_dir))
+        why = ('it finished (its INT checkpoint is written)' if done else
+               'it has no resume journal (it stopped before calibration)')
+        raise PTQInputError(f'--resume: cannot resume {run_dir!r}: {why}; '
+                            'start a new run without --resume')
+    return run_dir
+
+
+def _recorded_work_dir(run_dir: str, config: str, work_dir: str) -> str:
+    """The ``work_dir`` of the config the run in ``run_dir`` dumped, if
+    it names the same folder as ``work_dir``; else ``work_dir``."""
+    dumped = osp.splitext(osp.join(run_dir, osp.basename(config)))[0]
+    try:
+        recorded = Config.fromfile(dumped + '.py').get('work_dir')
+    except Exception:  # noqa: BLE001 - the fingerprint will tell
+        return work_dir
+    if isinstance(recorded, str) and osp.realpath(
+            recorded) == osp.realpath(work_dir):
+        return recorded
+    return work_dir
+
+
+def _remove_run_dir(run_dir: str, files: List[str],
+                    resumed: bool = False) -> None:
+    """Remove the files a run that failed with a user error wrote into
+    its folder, its resume journal included unless the run resumed, then
+    the folder if that leaves it empty."""
+    if not resumed:
+        shutil.rmtree(osp.join(run_dir, RESUME), ignore_errors=True)
     for path in files:
         try:
             os.unlink(path)
@@ -223,15 +299,36 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
     """
     cfg = load_config(args.config, args.cfg_options)
     check_input_file(args.checkpoint, 'float checkpoint')
-    work_dir = resolve_work_dir(cfg, args.work_dir, args.config)
+    resume = args.resume is not None
+    state['resumed'] = resume
+    if resume and args.resume:
+        work_dir = osp.dirname(osp.normpath(args.resume)) or '.'
+        if args.work_dir is not None and osp.realpath(
+                args.work_dir) != osp.realpath(work_dir):
+            raise PTQInputError(
+                f'--resume {args.resume!r} lies in {work_dir!r}, not in '
+                f'--work-dir {args.work_dir!r}; drop one of them')
+    else:
+        work_dir = resolve_work_dir(cfg, args.work_dir, args.config)
     cfg.work_dir = work_dir
     state['work_dir'] = work_dir
-    state['created'] = prepare_work_dir(work_dir)
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
-    run_dir = make_run_dir(work_dir, timestamp)
+    if resume:
+        run_dir = find_resume_dir(work_dir, args.resume)
+        state['created'] = []
+        # the work dir as the interrupted run spelled it (relative or
+        # not): it is part of the config as run
+        work_dir = _recorded_work_dir(run_dir, args.config, work_dir)
+        cfg.work_dir = work_dir
+        state['work_dir'] = work_dir
+    else:
+        state['created'] = prepare_work_dir(work_dir)
+        run_dir = make_run_dir(work_dir, timestamp)
     state['run_dir'] = run_dir
     run_name = osp.basename(run_dir)
-    log_file = osp.join(run_dir, f'ptq_{run_name}.log')
+    log_name = f'ptq_{run_name}_resume_{timestamp}.log' if resume else \
+        f'ptq_{run_name}.log'
+    log_file = osp.join(run_dir, log_name)
     state['files'] = [log_file]
     logger = MMLogger.get_instance(
         f'mmquant_ptq_{run_name}_{secrets.token_hex(4)}',
@@ -239,8 +336,9 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
     dumped = osp.join(run_dir, osp.basename(args.config))
     if osp.splitext(dumped)[1] != '.py':
         dumped = osp.splitext(dumped)[0] + '.py'
-    state['files'].append(dumped)
-    write_text_atomic(dumped, cfg.pretty_text)
+    if not resume:  # on resume, the fingerprint checks it is the same
+        state['files'].append(dumped)
+        write_text_atomic(dumped, cfg.pretty_text)
     logger.info(f'mmquant: config {args.config} (as run: {dumped}), log '
                 f'{log_file}, run folder {run_dir}')
     overrides: Dict[str, Any] = {}
@@ -263,7 +361,9 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
     try:
         report = run_ptq(cfg, args.checkpoint, run_dir, overrides,
                          args.calib_samples, args.calib_batch_size,
-                         not args.no_eval, args.eval_samples)
+                         not args.no_eval, args.eval_samples,
+                         journal_dir=osp.join(run_dir, RESUME),
+                         resume=resume)
     except EvaluationError:
         update_latest(work_dir, run_dir)
         raise
@@ -304,7 +404,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             err, Exception) else None
         if not _int_written(state):
             if message is not None and state.get('run_dir'):
-                _remove_run_dir(state['run_dir'], state.get('files', []))
+                _remove_run_dir(state['run_dir'], state.get('files', []),
+                                state.get('resumed', False))
             remove_empty_dirs(state.get('created', []))
         if message is None:
             raise

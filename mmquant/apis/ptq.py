@@ -38,6 +38,8 @@ from mmquant.checkpoint.float_loading import (extract_state_dict,
 from mmquant.checkpoint.int_model import (INT_SUFFIX, READY_CONFIG_SUFFIX,
                                           save_quantized)
 from mmquant.fileio import write_text_atomic
+from mmquant.quantization.journal import (LayerJournal, calibration_sha256,
+                                          run_fingerprint)
 from mmquant.quantizers import BaseQuantizer
 from mmquant.registry import MODELS
 from .calibration import (build_calib_dataloader, build_dataset,
@@ -642,7 +644,9 @@ def run_ptq(cfg: Config,
             calib_samples: int = 256,
             calib_batch_size: Optional[int] = None,
             do_eval: bool = True,
-            eval_samples: Optional[int] = None) -> Dict[str, Any]:
+            eval_samples: Optional[int] = None,
+            journal_dir: Optional[str] = None,
+            resume: bool = False) -> Dict[str, Any]:
     """Quantize the config's model; write the INT checkpoint and the report
     first, then evaluate.
 
@@ -666,6 +670,15 @@ def run_ptq(cfg: Config,
         do_eval (bool): Evaluate float and quantized models.
         eval_samples (int, optional): Evaluate on the first samples only
             (>= 1).
+        journal_dir (str, optional): Keep a resume journal there
+            (:class:`~mmquant.quantization.journal.LayerJournal`: one
+            atomically written file per solved layer and a fingerprint of
+            the config as run, the quantizer settings, the float
+            checkpoint and the calibration set); it is removed once the
+            INT checkpoint is written. Defaults to None (no journal).
+        resume (bool): Continue the journal in ``journal_dir``: its
+            layers are not solved again. Refused (``PTQInputError``) when
+            the fingerprint differs. Defaults to False.
 
     Writes into ``work_dir``: ``<stem>_int.pth`` (the INT checkpoint),
     ``<stem>_quantized.py`` (:func:`ready_config`: stock ``tools/test.py``
@@ -734,8 +747,22 @@ def run_ptq(cfg: Config,
         batches = preprocess_batches(model, loader)
         forward_fn = build_forward_fn(model, batches)
         t_data = time.perf_counter() - t0
-        qmodel, report = quantizer.quantize(model, batches, forward_fn)
+        journal = None
+        if journal_dir is not None:
+            journal = LayerJournal(journal_dir, run_fingerprint(
+                cfg.pretty_text, qc.to_dict(), float_sha256,
+                calibration_sha256(batches), calib_samples,
+                calib_batch_size), resume=resume)
+            if resume:
+                logger.info(f'mmquant: resuming: {len(journal.entries)} '
+                            f'solved layer(s) in {journal_dir}')
+        elif resume:
+            raise PTQInputError('resume=True needs a journal_dir')
+        qmodel, report = quantizer.quantize(model, batches, forward_fn,
+                                            journal=journal)
         del batches
+        if journal is not None:
+            report.extra['resumed_layers'] = len(journal.restored)
         report.timing['checks'] = round(t_checks, 4)
         report.timing['calibration_data'] = round(t_data, 4)
         # the file's notice (int_file_notice) names the ready config
@@ -751,6 +778,8 @@ def run_ptq(cfg: Config,
     except BaseException:
         remove_empty_dirs(created)
         raise
+    if journal_dir is not None:
+        shutil.rmtree(journal_dir, ignore_errors=True)
     write_text_atomic(ready_path, ready_text)
     report.extra.update(int_checkpoint=out_path, ready_config=ready_path,
                         sizes=sizes, float_checkpoint_bytes=float_bytes,

@@ -50,6 +50,7 @@ from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
                       OpCall, StopForward, conv2d_weight, layer_kind,
                       layer_weight)
 from .config import LayerSpec, QuantConfig
+from .journal import LayerJournal
 from .mixed_precision import allocation_overrides, plan_mixed_precision
 from .progress import CostEta
 from .replay import Boundary, BoundaryReplay, CacheMiss
@@ -115,7 +116,8 @@ def quantize(model: nn.Module,
              config: Union[QuantConfig, Mapping[str, Any], None] = None,
              forward_fn: Optional[ForwardFn] = None,
              inplace: bool = False,
-             logger: Optional[Logger] = None
+             logger: Optional[Logger] = None,
+             journal: Optional[LayerJournal] = None
              ) -> Tuple[nn.Module, QuantReport]:
     """Quantize the conv/linear layers of any model with BitSplit.
 
@@ -138,6 +140,12 @@ def quantize(model: nn.Module,
         logger (callable, optional): Receives progress messages; defaults
             to mmengine's current logger when mmengine is importable, else
             ``print``.
+        journal (LayerJournal, optional): Records every solved layer
+            (BitSplit, fast or error-compensated) and, for a layer it
+            already holds, swaps in the recorded integers and scales
+            instead of solving it again (resuming an interrupted run,
+            see :mod:`.journal`). With ``target_bits`` it serves the
+            final run only. Defaults to None (no journal).
 
     Returns:
         tuple: The quantized model (its quantized layers replaced by
@@ -160,15 +168,17 @@ def quantize(model: nn.Module,
     logger = logger or _default_logger()
     if config.target_bits is not None:
         return _quantize_mixed(model, calib_data, config, forward_fn,
-                               inplace, logger)
+                               inplace, logger, journal)
     run = _Run(model if inplace else copy.deepcopy(model), config,
                forward_fn, logger)
+    run.journal = journal
     return run.execute(calib_data)
 
 
 def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
                     config: QuantConfig, forward_fn: ForwardFn,
-                    inplace: bool, logger: Logger
+                    inplace: bool, logger: Logger,
+                    journal: Optional[LayerJournal] = None
                     ) -> Tuple[nn.Module, QuantReport]:
     """``target_bits``: a fast-mode sensitivity pass, the allocation,
     then the configured run with the chosen per-layer widths."""
@@ -190,6 +200,7 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
                                 overrides=allocation_overrides(plan, config))
     run = _Run(model if inplace else copy.deepcopy(model), final,
                forward_fn, logger)
+    run.journal = journal
     qmodel, report = run.execute(batches)
     report.config = config.to_dict()
     report.extra['mixed_precision'] = plan.to_dict()
@@ -285,6 +296,7 @@ class _Run:
         self.batches: List[Any] = []
         self.layers: List[_LayerState] = []
         self.replay_info: Dict[str, Any] = {}
+        self.journal: Optional[LayerJournal] = None
 
     # ----------------------------------------------------------------- run
     def execute(self, calib_data: Iterable[Any]
@@ -873,6 +885,8 @@ class _Run:
 
     def _solve_and_swap(self, state: _LayerState,
                         act: Optional[Tuple[float, bool]] = None) -> None:
+        if self._restore_journaled(state):
+            return
         t0 = time.perf_counter()
         weight = state.weight2d()
         yy = float(state.acc.yy.sum())
@@ -922,6 +936,34 @@ class _Run:
                    act)
         state.acc = None  # free A and C
         rep.time_s = round(time.perf_counter() - t0, 4)
+        if self.journal is not None:
+            self.journal.record(state.name, state.own_weight(result.qweight),
+                                result.scale, act, state.spec.w_bits, rep)
+
+    def _restore_journaled(self, state: _LayerState) -> bool:
+        """Swap in the journal's integers of a layer solved before an
+        interruption (its statistics are dropped); False if the journal
+        does not hold the layer."""
+        entry = None if self.journal is None else self.journal.get(
+            state.name)
+        if entry is None:
+            return False
+        expected = tuple(getattr(state.module,
+                                 weight_name(state.module)).shape)
+        if (tuple(entry.qweight.shape) != expected
+                or entry.w_bits != state.spec.w_bits
+                or (entry.act is None) != (state.spec.a_bits is None)):
+            raise ValueError(
+                f'resume journal: layer {state.name!r} was recorded as '
+                f'W{entry.w_bits} {tuple(entry.qweight.shape)}, the run '
+                f'has W{state.spec.w_bits} {expected}; the journal is '
+                'from another model or config')
+        entry.apply_report(state.report)
+        if entry.act is not None:
+            state.report.act_scale, state.report.act_signed = entry.act
+        self._swap(state, entry.qweight, entry.scale, entry.act)
+        state.acc = None
+        return True
 
     def _swap(self, state: _LayerState, qweight: Tensor, scale: Tensor,
               act: Optional[Tuple[float, bool]]) -> None:

@@ -36,7 +36,8 @@ class BaseQuantizer:
                  calib_data: Iterable[Any],
                  forward_fn: Optional[Callable[[nn.Module, Any],
                                                Any]] = None,
-                 inplace: bool = False
+                 inplace: bool = False,
+                 journal: Optional[Any] = None
                  ) -> Tuple[nn.Module, QuantReport]:
         """Quantize ``model`` (see :func:`mmquant.quantize`).
 
@@ -45,12 +46,15 @@ class BaseQuantizer:
             calib_data (Iterable): Calibration batches.
             forward_fn (callable, optional): Runs the model on a batch.
             inplace (bool): Quantize ``model`` itself. Defaults to False.
+            journal (LayerJournal, optional): The resume journal (see
+                :func:`mmquant.quantize`). Defaults to None.
 
         Returns:
             tuple: The quantized model and the report.
         """
         return quantize(model, calib_data, self.config,
-                        forward_fn=forward_fn, inplace=inplace)
+                        forward_fn=forward_fn, inplace=inplace,
+                        journal=journal)
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.config})'
