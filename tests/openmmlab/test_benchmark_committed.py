@@ -71,8 +71,9 @@ def test_model_index_imports_the_metafile():
 def test_every_entry_config_reproduces_its_metadata():
     entries = load_model_index('model-index.yml')
     rows, _ = bm.load_results(RESULTS)
-    # 3 float + 3 models x 3 methods x 4 widths measured, 9 not measured
-    assert len(entries) == 3 + 36 + 9
+    # 3 float + 3 models x 3 methods x 4 widths + 3 models x 2 mixed
+    # targets measured, 9 not measured
+    assert len(entries) == 3 + 36 + 6 + 9
     with open(f'{BITSPLIT}/metafile.yml') as f:
         collection = yaml.safe_load(f)['Collections'][0]
     assert collection['Name'] == 'BitSplit'
@@ -182,7 +183,7 @@ def test_regeneration_is_idempotent(tmp_path):
     text = first.read_text()
     mtimes = {n: os.stat(osp.join(entry_dir, n)).st_mtime_ns
               for n in os.listdir(entry_dir)}
-    assert len(mtimes) == 36
+    assert len(mtimes) == 42
     bm.write_metafile(str(first), rows, 'README.md', info, entry_dir, [])
     assert first.read_text() == text
     assert {n: os.stat(osp.join(entry_dir, n)).st_mtime_ns
