@@ -578,11 +578,12 @@ class _Run:
             def handle(call: OpCall) -> None:
                 self._prepare(state, call)
                 t0 = time.perf_counter()
-                x = state.acc.input_rows(call.op_input)
                 y = state.acc.output_rows(call.output)
-                idx = self._sample(state, x.shape[0])
+                idx = self._sample(state, y.shape[0])
+                # only the sampled rows are built (no full im2col)
+                x = state.acc.input_rows(call.op_input, idx)
                 if idx is not None:
-                    x, y = x[idx], y[idx]
+                    y = y[idx]
                 with _non_finite_where(state.name, self._batch_index,
                                        len(self.batches)):
                     state.acc.update_rows(x, y)
@@ -763,9 +764,8 @@ class _Run:
         def handle(call: OpCall) -> None:
             t0 = time.perf_counter()
             j = len(inputs)
-            x = state.acc.input_rows(call.op_input)
-            idx = state.indices[j]
-            inputs.append(x if idx is None else x[idx].clone())
+            inputs.append(state.acc.input_rows(call.op_input,
+                                               state.indices[j]))
             if state.spec.a_bits is not None:
                 with _non_finite_where(state.name, j // state.calls,
                                        len(self.batches)):
