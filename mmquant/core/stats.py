@@ -219,6 +219,9 @@ class StatsAccumulator:
             refused with :class:`StatsMemoryError`.
         dtype: Accumulation (and product) dtype; float64 by default, which
             the accuracy of W8 and of the objective bookkeeping needs.
+        device: Where ``A``, ``C`` and ``yy`` are allocated (default:
+            CPU); the first rows accumulated move them to their device
+            anyway, so passing it only avoids a CPU allocation and copy.
 
     Attributes:
         A: ``(G, N, N)`` accumulated ``X^T X``.
@@ -235,7 +238,9 @@ class StatsAccumulator:
                  rows_per_batch: Optional[int] = None,
                  generator: Optional[torch.Generator] = None,
                  max_bytes: Optional[int] = None,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64,
+                 device: Optional[Union[str, torch.device]] = None
+                 ) -> None:
         self.geom = geom
         need = estimate_stats_bytes(geom)
         if max_bytes is not None and need > max_bytes:
@@ -252,9 +257,9 @@ class StatsAccumulator:
         self.generator = generator
         self.dtype = dtype
         G, N, Mg = geom.groups, geom.n_per_group, geom.m_per_group
-        self.A = torch.zeros(G, N, N, dtype=dtype)
-        self.C = torch.zeros(G, N, Mg, dtype=dtype)
-        self.yy = torch.zeros(G, Mg, dtype=dtype)
+        self.A = torch.zeros(G, N, N, dtype=dtype, device=device)
+        self.C = torch.zeros(G, N, Mg, dtype=dtype, device=device)
+        self.yy = torch.zeros(G, Mg, dtype=dtype, device=device)
         self.n_rows = 0
 
     # -- helpers ---------------------------------------------------------

@@ -557,7 +557,8 @@ class _Run:
         state.geometry = geom
         try:
             state.acc = StatsAccumulator(
-                geom, max_bytes=self.cfg.max_stats_bytes)
+                geom, max_bytes=self.cfg.max_stats_bytes,
+                device=call.op_input.device)
         except ValueError as err:
             raise ValueError(f'layer {state.name!r}: {err}') from None
         state.observer = self._observer(state)

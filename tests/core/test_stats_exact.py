@@ -231,3 +231,12 @@ def test_pipeline_weights_unchanged(monkeypatch, ec):
     assert sd_new.keys() == sd_old.keys()
     for k in sd_new:
         assert _same(sd_new[k], sd_old[k]), k
+
+
+def test_statistics_allocated_on_the_given_device():
+    geom = LayerGeometry('conv', 4, 6, kernel_size=3, groups=2)
+    acc = StatsAccumulator(geom, device='meta')
+    for t in (acc.A, acc.C, acc.yy):
+        assert t.device.type == 'meta' and t.dtype == torch.float64
+    assert acc.A.shape == (2, 18, 18) and acc.C.shape == (2, 18, 3)
+    assert StatsAccumulator(geom).A.device.type == 'cpu'
