@@ -132,6 +132,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='do not evaluate float and quantized models')
     parser.add_argument('--eval-samples', type=_count,
                         help='evaluate on the first N test samples only')
+    parser.add_argument('--device', default=None,
+                        help="where to run: 'cpu', 'cuda' or 'cuda:N' "
+                        "(default: 'cuda' when available, else 'cpu')")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy')
     parser.add_argument('--resume', nargs='?', const='', metavar='RUN_DIR',
@@ -363,7 +366,7 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
                          args.calib_samples, args.calib_batch_size,
                          not args.no_eval, args.eval_samples,
                          journal_dir=osp.join(run_dir, RESUME),
-                         resume=resume)
+                         resume=resume, device=args.device)
     except EvaluationError:
         update_latest(work_dir, run_dir)
         raise

@@ -637,6 +637,43 @@ def load_dataset(dataset_cfg: Any, what: str) -> Any:
             '--cfg-options)') from err
 
 
+def resolve_device(device: Optional[str] = None) -> torch.device:
+    """The device a PTQ run uses.
+
+    Args:
+        device (str, optional): A torch device string (``'cpu'``,
+            ``'cuda'``, ``'cuda:1'``); ``None`` picks ``'cuda'`` when
+            CUDA is available, else ``'cpu'``.
+
+    Returns:
+        torch.device: The device.
+
+    Raises:
+        PTQInputError: If ``device`` is not a device string, names a
+            device type other than CPU and CUDA, or CUDA (or that CUDA
+            device) is not available.
+    """
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise PTQInputError(f'device (--device) {device!r} is not a torch '
+                            f'device: {err}') from err
+    if dev.type not in ('cpu', 'cuda'):
+        raise PTQInputError(f"device (--device) must be 'cpu' or 'cuda[:N]'"
+                            f', got {device!r}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise PTQInputError(f'device (--device) {device!r}: CUDA is not '
+                                'available here; use --device cpu')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PTQInputError(
+                f'device (--device) {device!r}: only '
+                f'{torch.cuda.device_count()} CUDA device(s) are visible')
+    return dev
+
+
 def run_ptq(cfg: Config,
             checkpoint: Optional[str],
             work_dir: str,
@@ -646,7 +683,8 @@ def run_ptq(cfg: Config,
             do_eval: bool = True,
             eval_samples: Optional[int] = None,
             journal_dir: Optional[str] = None,
-            resume: bool = False) -> Dict[str, Any]:
+            resume: bool = False,
+            device: Optional[str] = None) -> Dict[str, Any]:
     """Quantize the config's model; write the INT checkpoint and the report
     first, then evaluate.
 
@@ -679,6 +717,9 @@ def run_ptq(cfg: Config,
         resume (bool): Continue the journal in ``journal_dir``: its
             layers are not solved again. Refused (``PTQInputError``) when
             the fingerprint differs. Defaults to False.
+        device (str, optional): Where the model, the calibration batches
+            and the whole quantization run (see :func:`resolve_device`);
+            ``None``: ``'cuda'`` when available, else ``'cpu'``.
 
     Writes into ``work_dir``: ``<stem>_int.pth`` (the INT checkpoint),
     ``<stem>_quantized.py`` (:func:`ready_config`: stock ``tools/test.py``
@@ -703,6 +744,7 @@ def run_ptq(cfg: Config,
     """
     logger = MMLogger.get_current_instance()
     t_start = time.perf_counter()
+    run_device = resolve_device(device)
     check_count(calib_samples, 'calib_samples (--calib-samples)')
     check_count(calib_batch_size, 'calib_batch_size (--calib-batch-size)',
                 optional=True)
@@ -737,6 +779,10 @@ def run_ptq(cfg: Config,
         state, float_sha256, float_bytes = read_float_checkpoint(checkpoint)
         load_strict(model, state, checkpoint)
         del state
+    # the data preprocessor follows the model: batches, statistics,
+    # solver and the quantized layers are then on this device
+    model.to(run_device)
+    logger.info(f'mmquant: running on {run_device}')
     created = prepare_work_dir(work_dir)
     try:
         check_free_space(work_dir, estimate_int_bytes(model, qc.w_bits))

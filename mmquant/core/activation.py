@@ -221,18 +221,24 @@ class ActivationObserver:
         _check_finite(v, 'activation')
         self.min = min(self.min, float(v.min()))
         self.max = max(self.max, float(v.max()))
-        v = v.to(device='cpu', dtype=torch.float64)
+        # The kept samples live on the CPU (at most max_samples values;
+        # the fit is a sort and a small grid search there, so scales are
+        # identical for CPU and CUDA inputs); a CUDA batch is subsampled
+        # on its device (CPU-drawn indices) and only the kept values are
+        # copied, in float64 (exact for every floating input dtype).
         n_old, n_new = self.count, v.numel()
         self.count += n_new
         if self.samples.numel() + n_new <= self.max_samples:
-            self.samples = torch.cat([self.samples, v])
+            self.samples = torch.cat(
+                [self.samples, v.to(device='cpu', dtype=torch.float64)])
             return
         k_new = round(self.max_samples * n_new / (n_old + n_new))
         k_new = min(k_new, n_new)
         k_old = min(self.max_samples - k_new, self.samples.numel())
-        self.samples = torch.cat(
-            [self._take(self.samples, k_old),
-             self._take(v, k_new)])
+        self.samples = torch.cat([
+            self._take(self.samples, k_old),
+            self._take(v, k_new).to(device='cpu', dtype=torch.float64)
+        ])
 
     def fit(self,
             bits: int,

@@ -219,6 +219,9 @@ class StatsAccumulator:
             refused with :class:`StatsMemoryError`.
         dtype: Accumulation (and product) dtype; float64 by default, which
             the accuracy of W8 and of the objective bookkeeping needs.
+        device: Where ``A``, ``C`` and ``yy`` are allocated (default:
+            CPU); the first rows accumulated move them to their device
+            anyway, so passing it only avoids a CPU allocation and copy.
 
     Attributes:
         A: ``(G, N, N)`` accumulated ``X^T X``.
@@ -235,7 +238,9 @@ class StatsAccumulator:
                  rows_per_batch: Optional[int] = None,
                  generator: Optional[torch.Generator] = None,
                  max_bytes: Optional[int] = None,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64,
+                 device: Optional[Union[str, torch.device]] = None
+                 ) -> None:
         self.geom = geom
         need = estimate_stats_bytes(geom)
         if max_bytes is not None and need > max_bytes:
@@ -252,9 +257,9 @@ class StatsAccumulator:
         self.generator = generator
         self.dtype = dtype
         G, N, Mg = geom.groups, geom.n_per_group, geom.m_per_group
-        self.A = torch.zeros(G, N, N, dtype=dtype)
-        self.C = torch.zeros(G, N, Mg, dtype=dtype)
-        self.yy = torch.zeros(G, Mg, dtype=dtype)
+        self.A = torch.zeros(G, N, N, dtype=dtype, device=device)
+        self.C = torch.zeros(G, N, Mg, dtype=dtype, device=device)
+        self.yy = torch.zeros(G, Mg, dtype=dtype, device=device)
         self.n_rows = 0
 
     # -- helpers ---------------------------------------------------------
@@ -312,22 +317,32 @@ class StatsAccumulator:
         else:
             self._update_conv(inputs, outputs)
 
-    def input_rows(self, inputs: Tensor) -> Tensor:
-        """All input rows of a batch (im2col for a conv), unsubsampled.
+    def input_rows(self,
+                   inputs: Tensor,
+                   index: Optional[Tensor] = None) -> Tensor:
+        """Input rows of a batch (im2col for a conv), all or some.
 
-        Materialises ``B * Ho * Wo`` rows of ``Cin * kh * kw`` columns;
-        prefer :meth:`update` for large inputs.
+        Without ``index`` this materialises all ``B * Ho * Wo`` rows of
+        ``Cin * kh * kw`` columns; with ``index`` only the selected rows
+        are built (gathered from the padded input, no full im2col), equal
+        element for element to ``input_rows(inputs)[index]``.
 
         Args:
             inputs: As for :meth:`update`.
+            index: Optional 1-D integer tensor of row indices (any order,
+                repeats allowed) into the rows of the whole batch.
 
         Returns:
             Tensor: ``(K, G * N)`` rows (image-major, then output rows,
-            then output columns), in ``inputs``' dtype and device; they
-            are widened to the accumulation dtype (float64) only in
-            :meth:`update_rows`, so the rows of a half-precision layer can
-            first be fake-quantized in that dtype, as the quantized layer
-            does.
+            then output columns; or in ``index``'s order), in ``inputs``'
+            dtype and device; they are widened to the accumulation dtype
+            (float64) only in :meth:`update_rows`, so the rows of a
+            half-precision layer can first be fake-quantized in that
+            dtype, as the quantized layer does.
+
+        Raises:
+            ValueError: On a shape mismatch, or an ``index`` that is not
+                1-D integer or is out of range.
         """
         g = self.geom
         x = inputs.detach()
@@ -336,12 +351,69 @@ class StatsAccumulator:
                 raise ValueError(f'linear inputs must end with '
                                  f'{g.in_channels} features, got '
                                  f'{tuple(x.shape)}')
-            return x.reshape(-1, g.in_channels)
+            rows = x.reshape(-1, g.in_channels)
+            if index is None:
+                return rows
+            return rows.index_select(
+                0, self._check_index(index, rows.shape[0], rows.device))
+        if index is not None:
+            if x.dim() != 4 or x.shape[1] != g.in_channels:
+                raise ValueError(f'conv inputs must be (B, {g.in_channels},'
+                                 f' H, W), got {tuple(x.shape)}')
+            return self._gather_patches(self._pad(x), index)
         x = self._pad(x)
         kh, kw = g.kernel_size
         patches = F.unfold(x, (kh, kw), dilation=g.dilation,
                            stride=g.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+    def _out_size(self, xp: Tensor) -> Tuple[int, int]:
+        """Output ``(Ho, Wo)`` of a padded conv input."""
+        g = self.geom
+        (kh, kw), (sh, sw), (dh, dw) = g.kernel_size, g.stride, g.dilation
+        H, W = xp.shape[-2:]
+        return ((H - dh * (kh - 1) - 1) // sh + 1,
+                (W - dw * (kw - 1) - 1) // sw + 1)
+
+    @staticmethod
+    def _check_index(index: Tensor, total: int,
+                     device: torch.device) -> Tensor:
+        if index.dim() != 1 or index.dtype.is_floating_point or (
+                index.dtype == torch.bool):
+            raise ValueError('index must be a 1-D integer tensor, got '
+                             f'{index.dtype} of shape {tuple(index.shape)}')
+        index = index.to(device=device, dtype=torch.long)
+        if index.numel() and (int(index.min()) < 0
+                              or int(index.max()) >= total):
+            raise ValueError(f'index out of range for {total} rows: '
+                             f'[{int(index.min())}, {int(index.max())}]')
+        return index
+
+    def _gather_patches(self, xp: Tensor, index: Tensor) -> Tensor:
+        """Rows ``index`` of the im2col of the padded input ``xp``.
+
+        Reads each selected patch straight from ``xp`` (index
+        arithmetic on a channels-last copy), so only the kept rows are
+        built; the values are copies, bit-identical to :func:`F.unfold`'s.
+        """
+        g = self.geom
+        (kh, kw), (sh, sw), (dh, dw) = g.kernel_size, g.stride, g.dilation
+        B, Cin = xp.shape[:2]
+        Ho, Wo = self._out_size(xp)
+        L = Ho * Wo
+        index = self._check_index(index, B * L, xp.device)
+        b = index // L
+        oh = index % L // Wo
+        ow = index % Wo
+        dev = xp.device
+        hh = (oh * sh).unsqueeze(1) + torch.arange(
+            0, kh * dh, dh, device=dev)  # (K, kh)
+        ww = (ow * sw).unsqueeze(1) + torch.arange(
+            0, kw * dw, dw, device=dev)  # (K, kw)
+        xcl = xp.permute(0, 2, 3, 1)  # (B, Hp, Wp, Cin) view
+        patches = xcl[b[:, None, None], hh[:, :, None], ww[:, None, :]]
+        # (K, kh, kw, Cin) -> (K, Cin * kh * kw), unfold's column order
+        return patches.permute(0, 3, 1, 2).reshape(-1, Cin * kh * kw)
 
     def output_rows(self, outputs: Tensor) -> Tensor:
         """Output rows of a batch, in the order of :meth:`input_rows`.
@@ -455,22 +527,25 @@ class StatsAccumulator:
             # Global row range: image-major, then output rows, then columns.
             lo = b0 * L + r0 * Wo
             hi = (b1 - 1) * L + r1 * Wo
-            sel = None
             if keep is not None:
+                # only the kept rows of this chunk, gathered (same rows and
+                # same chunks as im2col + index_select: identical sums)
                 i0 = int(torch.searchsorted(keep, lo))
                 i1 = int(torch.searchsorted(keep, hi))
                 if i0 == i1:
                     continue
-                sel = (keep[i0:i1] - lo).to(x.device)
+                sel = keep[i0:i1].to(x.device)
+                self._accumulate(self._gather_patches(x, sel),
+                                 y.permute(0, 2, 3, 1)[sel // L,
+                                                       sel % L // Wo,
+                                                       sel % Wo])
+                continue
             xs = x[b0:b1, :, r0 * sh:(r1 - 1) * sh + dh * (kh - 1) + 1]
             patches = F.unfold(xs, (kh, kw), dilation=(dh, dw),
                                stride=(sh, sw))  # (b, cols, rows)
             patches = patches.transpose(1, 2).reshape(-1, cols)
             ys = y[b0:b1, :, r0:r1].flatten(2).transpose(1, 2).reshape(
                 -1, g.out_channels)
-            if sel is not None:
-                patches = patches.index_select(0, sel)
-                ys = ys.index_select(0, sel)
             self._accumulate(patches, ys)
 
     def merge(self, other: 'StatsAccumulator') -> 'StatsAccumulator':

@@ -108,14 +108,20 @@ class QuantizedLayer(nn.Module):
                             f'{dtype!r}')
         self.compute_dtype = dtype
         self.act_signed = bool(act_signed)
-        self.register_buffer('qweight', qweight.detach().to(torch.int8))
+        # every buffer on the wrapped layer's device (a CUDA model stays
+        # on CUDA whatever device the solver returned the integers on)
+        dev = getattr(layer, wname).device
+        self.register_buffer('qweight',
+                             qweight.detach().to(device=dev,
+                                                 dtype=torch.int8))
         self.register_buffer(
             'weight_scale',
-            weight_scale.detach().to(torch.float32).reshape(channels))
+            weight_scale.detach().to(device=dev,
+                                     dtype=torch.float32).reshape(channels))
         self.register_buffer(
             'act_scale',
             torch.tensor(1.0 if act_scale is None else float(act_scale),
-                         dtype=torch.float32))
+                         dtype=torch.float32, device=dev))
         inner = copy.deepcopy(layer)
         delattr(inner, wname)
         inner.to(dtype)

@@ -569,7 +569,8 @@ class _Run:
         state.geometry = geom
         try:
             state.acc = StatsAccumulator(
-                geom, max_bytes=self.cfg.max_stats_bytes)
+                geom, max_bytes=self.cfg.max_stats_bytes,
+                device=call.op_input.device)
         except ValueError as err:
             raise ValueError(f'layer {state.name!r}: {err}') from None
         state.observer = self._observer(state)
@@ -590,11 +591,12 @@ class _Run:
             def handle(call: OpCall) -> None:
                 self._prepare(state, call)
                 t0 = time.perf_counter()
-                x = state.acc.input_rows(call.op_input)
                 y = state.acc.output_rows(call.output)
-                idx = self._sample(state, x.shape[0])
+                idx = self._sample(state, y.shape[0])
+                # only the sampled rows are built (no full im2col)
+                x = state.acc.input_rows(call.op_input, idx)
                 if idx is not None:
-                    x, y = x[idx], y[idx]
+                    y = y[idx]
                 with _non_finite_where(state.name, self._batch_index,
                                        len(self.batches)):
                     state.acc.update_rows(x, y)
@@ -775,9 +777,8 @@ class _Run:
         def handle(call: OpCall) -> None:
             t0 = time.perf_counter()
             j = len(inputs)
-            x = state.acc.input_rows(call.op_input)
-            idx = state.indices[j]
-            inputs.append(x if idx is None else x[idx].clone())
+            inputs.append(state.acc.input_rows(call.op_input,
+                                               state.indices[j]))
             if state.spec.a_bits is not None:
                 with _non_finite_where(state.name, j // state.calls,
                                        len(self.batches)):
