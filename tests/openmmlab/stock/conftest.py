@@ -218,8 +218,9 @@ class StockWorkspace(LazyCache):
                     '--cfg-options', *self.options(model)]
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(sys, 'argv', argv)
-                load_tool('ptq').main()
-            with open(osp.join(work_dir, 'report.json')) as f:
+                assert load_tool('ptq').main() == 0
+            # each run writes into <work dir>/<timestamp>/, `latest` to it
+            with open(osp.join(work_dir, 'latest', 'report.json')) as f:
                 return json.load(f)
         return self._once(('ptq', model), make)
 
