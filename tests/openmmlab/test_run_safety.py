@@ -123,12 +123,15 @@ def test_run_ptq_refuses_bad_numbers(ws, tmp_path, no_calibration, kwargs,
 
 
 def test_calib_dataloader_counts(ws):
+    from mmengine.registry import DefaultScope
     dl_cfg = ws.cls_cfg('resnet').train_dataloader
     for kwargs in (dict(num_samples=-5), dict(num_samples=0),
                    dict(num_samples=4, batch_size=0)):
         with pytest.raises(ValueError, match='must be a whole number >= 1'):
             build_calib_dataloader(dl_cfg, **kwargs)
-    loader = build_calib_dataloader(dl_cfg, 5, batch_size=2)
+    # the config's datasets are mmpretrain's (run_ptq sets the scope)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        loader = build_calib_dataloader(dl_cfg, 5, batch_size=2)
     assert len(loader.dataset) == 5 and loader.batch_size == 2
 
 
