@@ -152,7 +152,7 @@ def merge_ablations(paths: Sequence[str]
 
     Returns:
         tuple: The rows (a run present twice is taken from the last file)
-        and the merged info (all sessions).
+        and the merged info (all sessions, modes and bit widths).
 
     Raises:
         ValueError: If the parts used other calibration or evaluation
@@ -166,15 +166,18 @@ def merge_ablations(paths: Sequence[str]
             rows[row.key] = row
         if not info:
             info = dict(part_info, sessions=list(
-                part_info.get('sessions', [])))
+                part_info.get('sessions', [])),
+                modes=list(part_info.get('modes', [])),
+                bits=list(part_info.get('bits', [])))
             continue
         for key in ('calib_samples', 'eval_samples'):
             if part_info.get(key) != info.get(key):
                 raise ValueError(
                     f'cannot merge {path}: {key}={part_info.get(key)!r}, '
                     f'the others have {info.get(key)!r}')
-        info['sessions'] += [s for s in part_info.get('sessions', [])
-                             if s not in info['sessions']]
+        for key in ('sessions', 'modes', 'bits'):
+            info[key] += [s for s in part_info.get(key, [])
+                          if s not in info[key]]
     return list(rows.values()), info
 
 
@@ -272,9 +275,13 @@ def run_ablation(models: Sequence[BenchmarkModel],
     path = osp.join(work_dir, 'ablation.json')
     rows: List[AblationRow] = []
     sessions: List[Dict[str, Any]] = []
+    all_modes, all_tags = list(modes), list(tags)
     if resume and osp.exists(path):
         rows, old = load_ablation(path)
         sessions = list(old.get('sessions', []))
+        # the modes and widths of earlier sessions stay in the tables
+        all_modes = list(dict.fromkeys([*old.get('modes', []), *modes]))
+        all_tags = list(dict.fromkeys([*old.get('bits', []), *tags]))
         for key, value in (('calib_samples', calib_samples),
                            ('eval_samples', eval_samples)):
             if rows and old.get(key) != value:
@@ -289,7 +296,7 @@ def run_ablation(models: Sequence[BenchmarkModel],
                  if r.model in names and r.key not in have]
     sessions.append(dict(info or {}, machine=machine_description(device)))
     info = dict(sessions=sessions, calib_samples=calib_samples,
-                eval_samples=eval_samples, modes=list(modes), bits=tags,
+                eval_samples=eval_samples, modes=all_modes, bits=all_tags,
                 variants=[asdict(v) for v in variants])
     done = {r.key for r in rows}
     todo = [(m, v, mode, t) for m in models for v in variants

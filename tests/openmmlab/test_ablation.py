@@ -152,12 +152,18 @@ def test_bad_variants(variants, match):
 def test_merge_refuses_other_sample_counts(tmp_path):
     a, b = str(tmp_path / 'a.json'), str(tmp_path / 'b.json')
     ab.save_ablation(a, [_arow('default', 'bitsplit', 'w4a8', 1.0)],
-                     dict(calib_samples=8, sessions=[dict(command='x')]))
+                     dict(calib_samples=8, sessions=[dict(command='x')],
+                          modes=['bitsplit'], bits=['w4a8']))
     ab.save_ablation(b, [_arow('ridge-0', 'bitsplit', 'w4a8', 2.0)],
-                     dict(calib_samples=8, sessions=[dict(command='y')]))
+                     dict(calib_samples=8, sessions=[dict(command='y')],
+                          modes=['bitsplit-fast', 'bitsplit'],
+                          bits=['w4a8', 'w2a8']))
     rows, info = ab.merge_ablations([a, b])
     assert [r.variant for r in rows] == ['default', 'ridge-0']
     assert [s['command'] for s in info['sessions']] == ['x', 'y']
+    # a part that ran one mode or width does not hide the others
+    assert info['modes'] == ['bitsplit', 'bitsplit-fast']
+    assert info['bits'] == ['w4a8', 'w2a8']
     ab.save_ablation(b, [], dict(calib_samples=9))
     with pytest.raises(ValueError, match='calib_samples=9, the others'):
         ab.merge_ablations([a, b])
