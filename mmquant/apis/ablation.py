@@ -9,7 +9,6 @@ each result with the config's own test loop and records one
 :class:`AblationRow` per run; :func:`render_ablation` writes one table
 per model (rows: mode and bits, columns: variants).
 """
-import json
 import os.path as osp
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,12 +17,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from mmquant.fileio import write_text_atomic
 from mmquant.quantization.config import QuantConfig
 from .benchmark import (METHOD_TITLES, METHODS, TASK_METRICS,
                         BenchmarkModel, _load_average, _metric, _plain,
-                        load_results, machine_description, model_task,
-                        parse_bits)
+                        load_results, machine_description, merge_results,
+                        model_task, parse_bits, save_results)
 from .evaluation import evaluate
 from .ptq import build_float_model, build_quantizer, prepare_calibration
 
@@ -117,16 +115,15 @@ def load_variants(cfg: Config) -> List[Variant]:
 
 def save_ablation(path: str, rows: Sequence[AblationRow],
                   info: Dict[str, Any]) -> None:
-    """Write rows and run information as JSON, atomically.
+    """Write rows and run information as JSON, atomically
+    (:func:`~mmquant.apis.benchmark.save_results`).
 
     Args:
         path (str): The JSON file.
         rows (Sequence[AblationRow]): The results.
         info (dict): Machine, commands, settings.
     """
-    data = dict(info=info, rows=[asdict(r) for r in rows])
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True)
-                      + '\n')
+    save_results(path, rows, info)
 
 
 def load_ablation(path: str) -> Tuple[List[AblationRow], Dict[str, Any]]:
@@ -138,9 +135,7 @@ def load_ablation(path: str) -> Tuple[List[AblationRow], Dict[str, Any]]:
     Returns:
         tuple: The rows and the run information.
     """
-    with open(path) as f:
-        data = json.load(f)
-    return [AblationRow(**r) for r in data['rows']], data.get('info', {})
+    return load_results(path, AblationRow)
 
 
 def merge_ablations(paths: Sequence[str]
@@ -158,27 +153,7 @@ def merge_ablations(paths: Sequence[str]
         ValueError: If the parts used other calibration or evaluation
             sample counts.
     """
-    rows: Dict[Tuple[str, str, str, str], AblationRow] = {}
-    info: Dict[str, Any] = {}
-    for path in paths:
-        part, part_info = load_ablation(path)
-        for row in part:
-            rows[row.key] = row
-        if not info:
-            info = dict(part_info, sessions=list(
-                part_info.get('sessions', [])),
-                modes=list(part_info.get('modes', [])),
-                bits=list(part_info.get('bits', [])))
-            continue
-        for key in ('calib_samples', 'eval_samples'):
-            if part_info.get(key) != info.get(key):
-                raise ValueError(
-                    f'cannot merge {path}: {key}={part_info.get(key)!r}, '
-                    f'the others have {info.get(key)!r}')
-        for key in ('sessions', 'modes', 'bits'):
-            info[key] += [s for s in part_info.get(key, [])
-                          if s not in info[key]]
-    return list(rows.values()), info
+    return merge_results(paths, AblationRow, union=('modes', 'bits'))
 
 
 def baseline_rows(path: str, variant: str, modes: Sequence[str],

@@ -334,77 +334,81 @@ def machine_description(device: str) -> str:
     return text
 
 
-def save_results(path: str, rows: List[BenchmarkRow],
+def save_results(path: str, rows: Sequence[Any],
                  info: Dict[str, Any]) -> None:
-    """Write the rows and run information as JSON, atomically.
+    """Write result rows (dataclasses) and run information as JSON,
+    atomically.
 
     Args:
         path (str): The JSON file.
-        rows (list[BenchmarkRow]): The results.
+        rows (Sequence): :class:`BenchmarkRow` (or other dataclass) rows.
         info (dict): Machine, command, settings.
     """
     data = dict(info=info, rows=[asdict(r) for r in rows])
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True)
-                       + '\n')
+                      + '\n')
 
 
-def load_results(path: str) -> Tuple[List[BenchmarkRow], Dict[str, Any]]:
+def load_results(path: str, row_type: type = BenchmarkRow
+                 ) -> Tuple[List[Any], Dict[str, Any]]:
     """Read a JSON file written by :func:`save_results`.
 
     Args:
         path (str): The JSON file.
+        row_type (type): The rows' dataclass. Defaults to
+            :class:`BenchmarkRow`.
 
     Returns:
         tuple: The rows and the run information.
     """
     with open(path) as f:
         data = json.load(f)
-    return [BenchmarkRow(**r) for r in data['rows']], data.get('info', {})
+    return [row_type(**r) for r in data['rows']], data.get('info', {})
 
 
-def merge_results(paths: Sequence[str]
-                  ) -> Tuple[List[BenchmarkRow], Dict[str, Any]]:
-    """The union of several ``results.json`` files.
+def merge_results(paths: Sequence[str], row_type: type = BenchmarkRow,
+                  union: Sequence[str] = ('methods', 'bits')
+                  ) -> Tuple[List[Any], Dict[str, Any]]:
+    """The union of several results files of :func:`save_results`.
 
-    Lets models of one benchmark run in parallel processes with their own
-    work dirs, then be rendered as one table. A run present in several
-    files is taken from the last.
+    Lets parts of one benchmark (or ablation) run in parallel processes
+    with their own work dirs, then be rendered as one table. A run (same
+    ``row.key``) present in several files is taken from the last.
 
     Args:
-        paths (Sequence[str]): ``results.json`` files.
+        paths (Sequence[str]): The JSON files.
+        row_type (type): The rows' dataclass (with a ``key``). Defaults to
+            :class:`BenchmarkRow`.
+        union (Sequence[str]): ``info`` lists merged as unions. Defaults
+            to ``('methods', 'bits')``.
 
     Returns:
         tuple: The rows (first occurrence order) and the merged info
-        (all sessions, the union of methods and bits).
+        (all sessions, the unions of ``union``).
 
     Raises:
         ValueError: If the files were measured with other calibration or
             evaluation sample counts.
     """
-    rows: Dict[Tuple[str, str, str], BenchmarkRow] = {}
+    rows: Dict[Tuple[str, ...], Any] = {}
     info: Dict[str, Any] = {}
-    sessions: List[Dict[str, Any]] = []
     for path in paths:
-        part, part_info = load_results(path)
+        part, part_info = load_results(path, row_type)
         for row in part:
             rows[row.key] = row
         if not info:
             info = dict(part_info)
-            info['methods'] = list(info.get('methods', []))
-            info['bits'] = list(info.get('bits', []))
-        else:
-            for key in ('calib_samples', 'eval_samples'):
-                if part_info.get(key) != info.get(key):
-                    raise ValueError(
-                        f'cannot merge {path}: {key}='
-                        f'{part_info.get(key)!r}, the others have '
-                        f'{info.get(key)!r}')
-            for key in ('methods', 'bits'):
-                info[key] += [v for v in part_info.get(key, [])
-                              if v not in info[key]]
-        sessions += [s for s in part_info.get('sessions', [])
-                     if s not in sessions]
-    info['sessions'] = sessions
+            for key in ('sessions', *union):
+                info[key] = list(info.get(key, []))
+            continue
+        for key in ('calib_samples', 'eval_samples'):
+            if part_info.get(key) != info.get(key):
+                raise ValueError(
+                    f'cannot merge {path}: {key}={part_info.get(key)!r}, '
+                    f'the others have {info.get(key)!r}')
+        for key in ('sessions', *union):
+            info[key] += [v for v in part_info.get(key, [])
+                          if v not in info[key]]
     return list(rows.values()), info
 
 
