@@ -175,6 +175,44 @@ def quantize(model: nn.Module,
     return run.execute(calib_data)
 
 
+def _collect_batches(calib_data: Iterable[Any],
+                     limit: Optional[int]) -> Tuple[List[Any], int]:
+    """The calibration batches, up to ``limit`` samples, as a list.
+
+    Args:
+        calib_data (Iterable): The batches (may be a one-shot iterator).
+        limit (int, optional): Stop once this many samples are taken.
+
+    Returns:
+        tuple: The batches and their number of samples.
+
+    Raises:
+        TypeError: For batches of mixed types.
+        ValueError: For no batch at all.
+    """
+    batches: List[Any] = []
+    count = 0
+    first_type = None
+    for batch in calib_data:
+        kind = type(batch)
+        if first_type is None:
+            first_type = kind
+        elif not (isinstance(batch, first_type)
+                  or issubclass(first_type, kind)):
+            raise TypeError(
+                'calibration batches must all have one type: batch '
+                f'{len(batches)} is {kind.__name__}, the first was '
+                f'{first_type.__name__}')
+        batches.append(batch)
+        count += _batch_size(batch)
+        if limit is not None and count >= limit:
+            break
+    if not batches:
+        raise ValueError('calib_data is empty: quantization needs at '
+                         'least one calibration batch')
+    return batches, count
+
+
 def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
                     config: QuantConfig, forward_fn: ForwardFn,
                     inplace: bool, logger: Logger,
@@ -182,9 +220,8 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
                     ) -> Tuple[nn.Module, QuantReport]:
     """``target_bits``: a fast-mode sensitivity pass, the allocation,
     then the configured run with the chosen per-layer widths."""
-    collector = _Run(model, config, forward_fn, logger)
-    collector._collect_batches(calib_data)
-    batches = collector.batches  # calib_data may be a one-shot iterator
+    # calib_data may be a one-shot iterator: both runs use one list
+    batches, _ = _collect_batches(calib_data, config.calib_samples)
     probe = _Run(copy.deepcopy(model), dataclasses.replace(
         config, error_compensation=False, sensitivity=True,
         target_bits=None, bn_reestimation=False), forward_fn, logger)
@@ -204,8 +241,9 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
     qmodel, report = run.execute(batches)
     report.config = config.to_dict()
     report.extra['mixed_precision'] = plan.to_dict()
+    probed_layers = {r.name: r for r in sens.layers}
     for rep in report.layers:
-        probed = {r.name: r for r in sens.layers}.get(rep.name)
+        probed = probed_layers.get(rep.name)
         if probed is not None and probed.sensitivity is not None:
             rep.sensitivity = probed.sensitivity
     report.timing['sensitivity_pass'] = sens.timing['total']
@@ -340,27 +378,8 @@ class _Run:
             else 'fast'
 
     def _collect_batches(self, calib_data: Iterable[Any]) -> None:
-        limit = self.cfg.calib_samples
-        count = 0
-        first_type = None
-        for batch in calib_data:
-            kind = type(batch)
-            if first_type is None:
-                first_type = kind
-            elif not (isinstance(batch, first_type)
-                      or issubclass(first_type, kind)):
-                raise TypeError(
-                    'calibration batches must all have one type: batch '
-                    f'{len(self.batches)} is {kind.__name__}, the first '
-                    f'was {first_type.__name__}')
-            self.batches.append(batch)
-            count += _batch_size(batch)
-            if limit is not None and count >= limit:
-                break
-        if not self.batches:
-            raise ValueError('calib_data is empty: quantization needs at '
-                             'least one calibration batch')
-        self.n_samples = count
+        self.batches, self.n_samples = _collect_batches(
+            calib_data, self.cfg.calib_samples)
 
     def _forward(self, batch: Any) -> Any:
         """One (possibly early-stopped) forward pass; the time spent in
