@@ -50,8 +50,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmquant.apis.benchmark import (  # noqa: E402
     DEFAULT_BITS, METHODS, check_methods, load_benchmark_list,
     load_results, merge_results, parse_bits, render_header,
-    render_markdown, run_benchmark, save_results, update_readme,
-    write_entry_configs, write_metafile)
+    render_markdown, run_benchmark, save_results, select_models,
+    update_readme, write_entry_configs, write_metafile)
 from mmquant.apis.benchmark_check import (  # noqa: E402
     check_benchmark, render_check)
 from mmquant.fileio import write_text_atomic  # noqa: E402
@@ -166,13 +166,10 @@ def main() -> None:
     args = parse_args()
     logger = MMLogger.get_instance('mmquant', log_level='INFO')
     models, lst = load_benchmark_list(args.benchmark)
-    if args.models:
-        names = {m.name for m in models}
-        unknown = sorted(set(args.models) - names)
-        if unknown:
-            raise SystemExit(f'unknown model name(s) {unknown}; the list '
-                             f'has {sorted(names)}')
-        models = [m for m in models if m.name in args.models]
+    try:
+        models = select_models(models, args.models)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     methods = check_methods(args.methods or lst.get('methods',
                                                      list(METHODS)))
     bits = args.bits or list(lst.get('bits', DEFAULT_BITS))

@@ -40,7 +40,7 @@ from mmquant.apis.ablation import (  # noqa: E402
     load_variants, merge_ablations, render_ablation, run_ablation,
     save_ablation)
 from mmquant.apis.benchmark import (  # noqa: E402
-    load_benchmark_list, update_readme)
+    load_benchmark_list, select_models, update_readme)
 from mmquant.fileio import write_text_atomic  # noqa: E402
 
 
@@ -100,11 +100,10 @@ def main() -> None:
     logger = MMLogger.get_instance('mmquant', log_level='INFO')
     models, lst = load_benchmark_list(args.ablation)
     variants = load_variants(lst)
-    if args.models:
-        unknown = sorted(set(args.models) - {m.name for m in models})
-        if unknown:
-            raise SystemExit(f'unknown model name(s) {unknown}')
-        models = [m for m in models if m.name in args.models]
+    try:
+        models = select_models(models, args.models)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     run_variants = variants
     if args.variants:
         unknown = sorted(set(args.variants) - {v.name for v in variants})

@@ -18,10 +18,11 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from mmquant.quantization.config import QuantConfig
-from .benchmark import (METHOD_TITLES, METHODS, TASK_METRICS,
-                        BenchmarkModel, _load_average, _metric, _plain,
-                        load_results, machine_description, merge_results,
-                        model_task, parse_bits, save_results)
+from .benchmark import (METHOD_TITLES, TASK_METRICS, BenchmarkModel,
+                        _load_average, _metric, _plain, load_results,
+                        machine_description, merge_results,
+                        method_quantizer, model_task, parse_bits,
+                        save_results)
 from .evaluation import evaluate
 from .ptq import build_float_model, build_quantizer, prepare_calibration
 
@@ -298,8 +299,7 @@ def run_ablation(models: Sequence[BenchmarkModel],
                                               2))))
             save_ablation(path, rows, info)
         for _, variant, mode, tag in mine:
-            w_bits, a_bits = parse_bits(tag)
-            overrides = dict(METHODS[mode], w_bits=w_bits, a_bits=a_bits,
+            overrides = dict(method_quantizer(mode, tag),
                              **variant.quantizer)
             quantizer = build_quantizer(cfg, overrides)
             t0 = time.perf_counter()

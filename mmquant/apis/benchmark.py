@@ -232,6 +232,30 @@ def load_benchmark_list(path: str) -> Tuple[List[BenchmarkModel], Config]:
     return models, cfg
 
 
+def select_models(models: Sequence[BenchmarkModel],
+                  names: Optional[Sequence[str]]) -> List[BenchmarkModel]:
+    """The models of a list with the given names (all for ``None``).
+
+    Args:
+        models (Sequence[BenchmarkModel]): The list's models.
+        names (Sequence[str], optional): Names to keep (``--models``).
+
+    Returns:
+        list[BenchmarkModel]: The selected models, in the list's order.
+
+    Raises:
+        ValueError: Naming the unknown names and the list's names.
+    """
+    if not names:
+        return list(models)
+    known = {m.name for m in models}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f'unknown model name(s) {unknown}; the list has '
+                         f'{sorted(known)}')
+    return [m for m in models if m.name in names]
+
+
 def replace_data_root(cfg: Config, data_root: str) -> Config:
     """Point every path under the config's ``data_root`` to another root.
 
@@ -1049,7 +1073,7 @@ def _read(path: str) -> str:
 __all__ = [
     'BenchmarkModel', 'BenchmarkRow', 'METHODS', 'DEFAULT_BITS',
     'parse_bits', 'method_quantizer', 'MIXED_METHODS',
-    'load_benchmark_list', 'replace_data_root',
+    'load_benchmark_list', 'select_models', 'replace_data_root',
     'count_macs', 'run_benchmark', 'render_header', 'render_markdown',
     'update_readme',
     'render_metafile', 'write_metafile', 'save_results', 'load_results',

@@ -284,3 +284,14 @@ def test_mixed_method_quantizer(tmp_path):
     assert bm.quantizer_metadata(Config.fromfile(path)) == {
         'Method': 'BitSplit', 'Mode': 'EC, mixed precision',
         'Weight bits': 3.5, 'Activation bits': 8}
+
+
+def test_select_models():
+    models = [bm.BenchmarkModel(name=n, config='c.py', checkpoint='x.pth')
+              for n in ('A', 'B', 'C')]
+    assert bm.select_models(models, None) == models
+    assert [m.name for m in bm.select_models(models, ['C', 'A'])] == [
+        'A', 'C']
+    with pytest.raises(ValueError, match=r"unknown model name\(s\) \['D'\]; "
+                       r"the list has \['A', 'B', 'C'\]"):
+        bm.select_models(models, ['A', 'D'])
