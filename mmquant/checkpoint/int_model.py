@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .container import (CheckpointError, MapLocation, PathLike,
                         load_container, save_container)
 from mmquant.nn.layer_kinds import QUANTIZABLE, out_channels, weight_name
+from mmquant.nn.module_utils import set_submodule
 from .packing import MAX_BITS, MIN_BITS, packed_nbytes, pack_int, unpack_int
 
 __all__ = [
@@ -660,19 +661,6 @@ def _raise_mismatch(path: str, model: nn.Module, lines: List[str]) -> None:
             f'{type(model).__name__}:{body}')
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule ``name`` (dotted) of ``model``.
-
-    Args:
-        model: The root module.
-        name: Dotted name of an existing submodule (not ``''``).
-        new: The replacement.
-    """
-    parent_name, _, child = name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def load_quantized(model: nn.Module,
                    path: PathLike,
                    map_location: MapLocation = 'cpu',
@@ -795,7 +783,7 @@ def apply_quantized(model: nn.Module,
         # The constructor makes ``act_scale`` on the CPU: follow the model.
         if parent is not None:
             layer.to(device).train(built[parent].training)
-            _set_submodule(built[parent], name[len(parent) + 1:], layer)
+            set_submodule(built[parent], name[len(parent) + 1:], layer)
         else:
             layer.to(device).train(modules[name].training)
             new_layers[name] = layer
@@ -829,7 +817,7 @@ def apply_quantized(model: nn.Module,
 
     # 4. Mutate: swap in the layers, then load every tensor.
     for name, layer in new_layers.items():
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
     state = OrderedDict((k, v) for k, v in floats.items() if k in expected)
     for name in built:
         state[f'{name}.qweight'] = ints[name]

@@ -45,6 +45,7 @@ from mmquant.core.rtn import mse_rtn, mse_rtn_float64
 from mmquant.core.solver import solve_layer
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 from mmquant.nn.layer_kinds import weight_name
+from mmquant.nn.module_utils import inside_quantized, set_submodule
 from mmquant.nn.quantized_layer import QuantizedLayer
 from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
                       OpCall, StopForward, conv2d_weight, layer_kind,
@@ -993,7 +994,7 @@ class _Run:
             spec.a_bits if act is not None else None,
             act_scale=None if act is None else act[0],
             act_signed=False if act is None else act[1])
-        _set_submodule(self.model, _runtime_name(self.model, state.name),
+        set_submodule(self.model, _runtime_name(self.model, state.name),
                        qlayer)
         rep = state.report
         rep.w_bits, rep.a_bits = spec.w_bits, qlayer.a_bits
@@ -1133,16 +1134,6 @@ def _rel(obj: float, yy: float) -> float:
     return math.sqrt(max(obj, 0.0) / yy)
 
 
-def _inside_quantized(model: nn.Module, name: str) -> bool:
-    parts = name.split('.')
-    module = model
-    for part in parts[:-1]:
-        module = getattr(module, part)
-        if isinstance(module, QuantizedLayer):
-            return True
-    return False
-
-
 def _supported_attention(module: nn.Module) -> bool:
     return (isinstance(module, nn.MultiheadAttention)
             and module._qkv_same_embed_dim
@@ -1157,7 +1148,7 @@ def _candidates(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     out = []
     attention = set()
     for name, module in model.named_modules():
-        if not name or _inside_quantized(model, name):
+        if not name or inside_quantized(model, name):
             continue
         if _supported_attention(module):
             attention.add(name)
@@ -1207,7 +1198,7 @@ def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if (not name or isinstance(module, (QuantizedLayer, ) + QUANTIZABLE)
                 or _supported_attention(module)
-                or _inside_quantized(model, name)):
+                or inside_quantized(model, name)):
             continue
         if any(p.is_floating_point() and p.dim() >= 2
                for p in module.parameters(recurse=False)):
@@ -1241,9 +1232,3 @@ def _unsupported_note(module: nn.Module, calls: int,
     else:
         why = f'{type(module).__name__}: {_SUPPORTED} weights only'
     return f'{why} ({ran}): left float'
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

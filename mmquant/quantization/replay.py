@@ -59,6 +59,7 @@ from typing import (Any, Callable, Dict, List, Optional, Sequence, Set,
 
 from torch import Tensor, nn
 
+from mmquant.nn.module_utils import inside_quantized
 from mmquant.nn.quantized_layer import QuantizedLayer
 
 __all__ = ['Boundary', 'BoundaryReplay', 'CacheMiss', 'cacheable', 'rebuild']
@@ -263,7 +264,7 @@ class BoundaryReplay:
                                  for child in module._modules)
         out = []
         for name, module in self.model.named_modules():
-            if name not in ancestors or _inside_quantized(self.model, name):
+            if name not in ancestors or inside_quantized(self.model, name):
                 continue
             if isinstance(module, QuantizedLayer) or \
                     name in self.layer_names:
@@ -788,15 +789,6 @@ def _contains(outer: Boundary, inner: Boundary) -> bool:
     (s0, e0), = outer.windows[0]
     (s1, e1), = inner.windows[0]
     return s0 < s1 and e1 < e0
-
-
-def _inside_quantized(model: nn.Module, name: str) -> bool:
-    module = model
-    for part in name.split('.')[:-1]:
-        module = getattr(module, part)
-        if isinstance(module, QuantizedLayer):
-            return True
-    return False
 
 
 def _mib(n: Optional[int]) -> str:
