@@ -1,8 +1,11 @@
 """Low-level INT checkpoint container and safe float checkpoint loading.
 
 * :mod:`.packing`: dense bit packing of 2..8-bit narrow symmetric integers.
+* :mod:`.errors`: :class:`CheckpointError` and its subclasses.
+* :mod:`.safe_load`: weights-only ``torch.load`` of untrusted files with
+  clear errors, shared by both loaders.
 * :mod:`.container`: the ``mmquant-int`` file format, atomic save and
-  verified, weights-only load.
+  verified load.
 * :mod:`.float_loading`: weights-only loading of OpenMMLab float
   checkpoints with an explicit allowlist.
 * :mod:`.int_model`: saving whole quantized models
@@ -17,10 +20,10 @@ The format is specified in ``docs/checkpoint_format.md``.
 """
 from .container import (FORMAT_NAME, FORMAT_VERSION, MAX_META_BYTES,
                         MAX_META_DEPTH, SUPPORTED_FORMAT_VERSIONS,
-                        TENSORS_DIGEST_KEY, CheckpointError,
-                        CheckpointNotFoundError, UnsafeCheckpointError,
-                        load_container, save_container, tensor_sha256,
-                        tensors_digest, verify_container)
+                        TENSORS_DIGEST_KEY, load_container, save_container,
+                        tensor_sha256, tensors_digest, verify_container)
+from .errors import (CheckpointError, CheckpointNotFoundError,
+                     UnsafeCheckpointError)
 from .float_loading import (extract_state_dict, float_safe_globals,
                             load_float_checkpoint,
                             load_float_checkpoint_file, sha256_file)

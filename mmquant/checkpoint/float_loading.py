@@ -22,8 +22,8 @@ from typing import IO, Any, Dict, Iterable, List, Mapping
 
 import torch
 
-from .container import (CheckpointError, MapLocation, PathLike,
-                        _torch_load_checked)
+from .errors import CheckpointError
+from .safe_load import MapLocation, PathLike, safe_torch_load
 
 __all__ = [
     'float_safe_globals', 'load_float_checkpoint_file', 'extract_state_dict',
@@ -218,8 +218,8 @@ def load_float_checkpoint_file(
             already.add(key)
             new.append(g)
     with torch.serialization.safe_globals(new):
-        return _torch_load_checked(path, map_location, 'float checkpoint',
-                                   _UNSAFE_HINT, _load_safetensors)
+        return safe_torch_load(path, map_location, 'float checkpoint',
+                               _UNSAFE_HINT, _load_safetensors)
 
 
 def _load_safetensors(f: IO[bytes], path: str,

@@ -10,9 +10,10 @@ import os
 import os.path as osp
 from typing import Any, Dict
 
-from .container import PathLike, load_container
+from .container import load_container
 from .layer_records import (FLOAT32_BYTES, RESERVED_META_KEYS, nbytes,
                             packed_name, validate_file)
+from .safe_load import PathLike
 
 __all__ = ['inspect_quantized']
 

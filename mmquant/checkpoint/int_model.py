@@ -26,13 +26,14 @@ from torch import Tensor, nn
 from mmquant.nn.layer_kinds import QUANTIZABLE, out_channels, weight_name
 from mmquant.nn.module_utils import set_submodule
 from mmquant.nn.quantized_layer import QuantizedLayer
-from .container import (CheckpointError, MapLocation, PathLike,
-                        load_container, save_container)
+from .container import load_container, save_container
+from .errors import CheckpointError
 from .layer_records import (DTYPES, FLOAT32_BYTES, PACKED_SUFFIX,
                             RESERVED_META_KEYS, is_packed_name,
                             layer_record, nbytes, packed_name,
                             parent_record, validate_file)
 from .packing import pack_int
+from .safe_load import MapLocation, PathLike
 
 __all__ = [
     'INT_SUFFIX', 'READY_CONFIG_SUFFIX', 'CheckpointMismatchError',

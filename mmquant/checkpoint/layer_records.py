@@ -19,7 +19,7 @@ from typing import Any, Container, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .container import CheckpointError
+from .errors import CheckpointError
 from .packing import MAX_BITS, MIN_BITS, packed_nbytes, unpack_int
 
 __all__ = [
