@@ -1,4 +1,4 @@
-"""Low-level INT checkpoint container and safe float checkpoint loading.
+"""INT checkpoints of quantized models and safe float checkpoint loading.
 
 * :mod:`.packing`: dense bit packing of 2..8-bit narrow symmetric integers.
 * :mod:`.errors`: :class:`CheckpointError` and its subclasses.

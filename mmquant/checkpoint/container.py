@@ -70,14 +70,7 @@ _HASH_BLOCK = 1 << 24
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    """Return the short name of a dtype, e.g. ``'float32'``.
-
-    Args:
-        dtype: A torch dtype.
-
-    Returns:
-        ``str(dtype)`` without the ``'torch.'`` prefix.
-    """
+    """Return the short name of a dtype, e.g. ``'float32'``."""
     return str(dtype).replace('torch.', '', 1)
 
 
@@ -90,10 +83,10 @@ def tensor_sha256(t: torch.Tensor) -> str:
     JSON list of the sizes, e.g. ``[64, 3, 3, 3]`` (``[]`` for a scalar).
 
     Args:
-        t: Any strided tensor, on any device.
+        t (Tensor): Any strided tensor, on any device.
 
     Returns:
-        The lowercase hexadecimal SHA-256 digest.
+        str: The lowercase hexadecimal SHA-256 digest.
 
     Raises:
         TypeError: If ``t`` is not a strided tensor with materialised data.
@@ -131,11 +124,11 @@ def tensors_digest(checksums: Mapping[str, str]) -> str:
     tensors swapped together with their checksums are detected.
 
     Args:
-        checksums: Mapping from tensor names to :func:`tensor_sha256`
+        checksums (dict): Mapping from tensor names to :func:`tensor_sha256`
             values.
 
     Returns:
-        The lowercase hexadecimal digest.
+        str: The lowercase hexadecimal digest.
     """
     pairs = [[name, checksums[name]] for name in sorted(checksums)]
     text = json.dumps(pairs, separators=(',', ':'))
@@ -146,9 +139,10 @@ def _check_json(value: Any, where: str, depth: int = 1) -> None:
     """Check that ``value`` round-trips exactly through strict JSON.
 
     Args:
-        value: The value to check.
-        where: Its location, used in error messages (e.g. ``"meta['a']"``).
-        depth: Nesting depth of ``value`` (the meta dict itself is 1).
+        value (Any): The value to check.
+        where (str): Its location, used in error messages (e.g.
+            ``"meta['a']"``).
+        depth (int): Nesting depth of ``value`` (the meta dict itself is 1).
 
     Raises:
         TypeError: If a value or key is not JSON-serialisable.
@@ -196,10 +190,10 @@ def _json_depth(text: str) -> int:
     depth exceeds :data:`MAX_META_DEPTH`, so the text need not be valid.
 
     Args:
-        text: JSON text.
+        text (str): JSON text.
 
     Returns:
-        The depth (0 for a scalar), or ``MAX_META_DEPTH + 1`` if deeper.
+        int: The depth (0 for a scalar), or ``MAX_META_DEPTH + 1`` if deeper.
     """
     depth = deepest = 0
     for match in _JSON_TOKEN_RE.finditer(text):
@@ -219,11 +213,12 @@ def _encode_meta(meta: Mapping[str, Any],
     """Validate ``meta`` and serialise it to canonical JSON text.
 
     Args:
-        meta: The metadata dict.
-        digest: If given, stored as ``meta[TENSORS_DIGEST_KEY]``.
+        meta (dict): The metadata dict.
+        digest (str, optional): If given, stored as
+            ``meta[TENSORS_DIGEST_KEY]``.
 
     Returns:
-        JSON text with sorted keys.
+        str: JSON text with sorted keys.
 
     Raises:
         TypeError: If ``meta`` is not a dict or holds non-JSON values.
@@ -255,10 +250,10 @@ def _prepare_tensors(
     """Validate tensors and make CPU, contiguous, storage-owning copies.
 
     Args:
-        tensors: Mapping from names to tensors.
+        tensors (dict): Mapping from names to tensors.
 
     Returns:
-        A new dict with the same names and order.
+        dict: A new dict with the same names and order.
 
     Raises:
         TypeError: If a name is not a str or a value is not a dense tensor.
@@ -306,19 +301,20 @@ def save_container(path: PathLike,
     is a symbolic link, the link itself is replaced by the new file.
 
     Args:
-        path: Destination file.
-        tensors: Mapping from str names to dense tensors (any device/dtype).
-            They are stored as contiguous CPU clones in the given order.
-        meta: JSON-able dict (str keys; dict, list, tuple, str, int, finite
-            float, bool, None values; at most :data:`MAX_META_DEPTH`
+        path (str or os.PathLike): Destination file.
+        tensors (dict): Mapping from str names to dense tensors (any
+            device/dtype). They are stored as contiguous CPU clones in the
+            given order.
+        meta (dict): JSON-able dict (str keys; dict, list, tuple, str, int,
+            finite float, bool, None values; at most :data:`MAX_META_DEPTH`
             levels deep and :data:`MAX_META_BYTES` as JSON; not the key
-            :data:`TENSORS_DIGEST_KEY`, which is added).  Tuples are read
-            back as lists.
-        notice: A one-line text for humans, stored as the *name* of the
-            first top-level key (``NOTICE_PREFIX + notice``, value
-            ``None``). mmengine's runner, given the file as the checkpoint
-            of a float model, prints the top-level keys it cannot load, so
-            the notice is what such a user reads. Readers ignore it.
+            :data:`TENSORS_DIGEST_KEY`, which is added).  Tuples are read back
+            as lists.
+        notice (str, optional): A one-line text for humans, stored as the
+            *name* of the first top-level key (``NOTICE_PREFIX + notice``,
+            value ``None``). mmengine's runner, given the file as the
+            checkpoint of a float model, prints the top-level keys it cannot
+            load, so the notice is what such a user reads. Readers ignore it.
 
     Raises:
         TypeError: If a tensor name is not a str, a value is not a tensor,
@@ -371,12 +367,6 @@ def load_container(
     The file is read with ``torch.load(weights_only=True)`` and no extra
     allowlist, so it can never execute code or build arbitrary objects.
 
-    Args:
-        path: Checkpoint file.
-        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
-        verify_checksums: Whether to verify every tensor checksum (the meta
-            checksum is always verified).
-
     Only a regular file is opened (a FIFO or a device is refused at
     once), a zip whose members would expand to more than ``max(64 MiB, 8 x
     the file size)`` is refused before anything is inflated, and a meta of
@@ -384,14 +374,15 @@ def load_container(
     :data:`MAX_META_DEPTH` is refused before it is parsed.
 
     Args:
-        path: Checkpoint file.
-        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
-        verify_checksums: Whether to verify every tensor checksum (the meta
-            checksum and the tensor-name digest are always verified).
+        path (str or os.PathLike): Checkpoint file.
+        map_location (str or torch.device or dict or callable): Passed to
+            :func:`torch.load` (default ``'cpu'``).
+        verify_checksums (bool): Whether to verify every tensor checksum (the
+            meta checksum and the tensor-name digest are always verified).
 
     Returns:
-        ``(tensors, meta)``: the named tensors in stored order and the
-        decoded meta dict (without :data:`TENSORS_DIGEST_KEY`).
+        tuple: ``(tensors, meta)``, the named tensors in stored order and
+        the decoded meta dict (without :data:`TENSORS_DIGEST_KEY`).
 
     Warns:
         UserWarning: If the file predates the tensor-name digest (its
@@ -429,12 +420,12 @@ def verify_container(
     another loader (e.g. an mmengine runner's ``load_from``) has read.
 
     Args:
-        obj: The loaded object.
-        path: Where it came from (for messages).
-        verify_checksums: Whether to verify every tensor checksum.
+        obj (Any): The loaded object.
+        path (str): Where it came from (for messages).
+        verify_checksums (bool): Whether to verify every tensor checksum.
 
     Returns:
-        ``(tensors, meta)`` as :func:`load_container`.
+        tuple: ``(tensors, meta)`` as :func:`load_container`.
 
     Raises:
         CheckpointError: As :func:`load_container`.
@@ -523,9 +514,9 @@ def _check_digest(path: str, meta: Dict[str, Any],
     warning, as their tensor names are not covered.
 
     Args:
-        path: The file, for messages.
-        meta: The decoded meta; the digest is removed from it.
-        checksums: The file's checksums (names already checked).
+        path (str): The file, for messages.
+        meta (dict): The decoded meta; the digest is removed from it.
+        checksums (dict): The file's checksums (names already checked).
 
     Raises:
         CheckpointError: If the digest is malformed or does not match.

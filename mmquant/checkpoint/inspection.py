@@ -21,17 +21,17 @@ __all__ = ['inspect_quantized']
 def inspect_quantized(path: PathLike) -> Dict[str, Any]:
     """Verify and summarise an INT checkpoint without a model.
 
-    The file gets every check :func:`load_quantized` makes without a
+    The file gets every check :func:`.load_quantized` makes without a
     model: :func:`.load_container` (checksums, tensor-name digest, meta),
     then the layer records, the size of every packed tensor against its
     ``w_bits`` and ``numel``, the decoding of every integer (no reserved
     code), the scales, and that every packed tensor has a record.
 
     Args:
-        path: The INT checkpoint.
+        path (str or os.PathLike): The INT checkpoint.
 
     Returns:
-        A JSON-able dict with
+        dict: A JSON-able dict with
 
         * ``path`` and ``file_bytes``;
         * ``mmquant_version``: the version that wrote the file;
@@ -53,7 +53,7 @@ def inspect_quantized(path: PathLike) -> Dict[str, Any]:
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
         CheckpointError: If the file is corrupted, unsafe, not a quantized
-            model checkpoint, or fails any check :func:`load_quantized`
+            model checkpoint, or fails any check :func:`.load_quantized`
             makes on the file alone (the message is the same).
     """
     path_str = os.fspath(path)

@@ -57,11 +57,7 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def _mmquant_version() -> str:
-    """Return the installed mmquant version string.
-
-    Returns:
-        ``mmquant.version.__version__``.
-    """
+    """Return ``mmquant.version.__version__``."""
     from mmquant.version import __version__
     return __version__
 
@@ -70,10 +66,10 @@ def _quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """List the quantized layers of a model in ``named_modules`` order.
 
     Args:
-        model: The model.
+        model (nn.Module): The model.
 
     Returns:
-        ``[(name, layer), ...]``.
+        list: ``[(name, layer), ...]``.
 
     Raises:
         ValueError: If the model itself is a ``QuantizedLayer`` or one
@@ -106,10 +102,10 @@ def int_file_notice(path: PathLike) -> str:
     ``tools/ptq.py`` writes next to it.
 
     Args:
-        path: The INT checkpoint.
+        path (str or os.PathLike): The INT checkpoint.
 
     Returns:
-        One line of text (without :data:`.NOTICE_PREFIX`).
+        str: One line of text (without :data:`.NOTICE_PREFIX`).
     """
     name = osp.basename(os.fspath(path))
     text = ('this is an mmquant INT checkpoint and not a float state dict; '
@@ -138,19 +134,18 @@ def save_quantized(model: nn.Module,
     written atomically by :func:`.save_container`.
 
     Args:
-        model: The quantized model.
-        path: Destination file; its directory must exist.
-        meta: Extra JSON-able metadata merged into the file's meta, e.g.
-            ``{'quantizer': qcfg.to_dict(), 'source_config':
-            cfg.pretty_text, 'float_checkpoint_sha256':
-            sha256_file(ckpt)}``.  It may not use the keys of
-            :data:`RESERVED_META_KEYS`.
-        notice: The text for humans who load the file as the checkpoint
-            of a float model (see :func:`.save_container`); default
+        model (nn.Module): The quantized model.
+        path (str or os.PathLike): Destination file; its directory must exist.
+        meta (dict, optional): Extra JSON-able metadata merged into the file's
+            meta, e.g. ``{'quantizer': qcfg.to_dict(), 'source_config':
+            cfg.pretty_text, 'float_checkpoint_sha256': sha256_file(ckpt)}``.
+            It may not use the keys of :data:`.RESERVED_META_KEYS`.
+        notice (str, optional): The text for humans who load the file as the
+            checkpoint of a float model (see :func:`.save_container`); default
             :func:`int_file_notice`; ``''`` for none.
 
     Returns:
-        A size summary: ``file_bytes`` (the file on disk),
+        dict: A size summary: ``file_bytes`` (the file on disk),
         ``packed_weight_bytes`` (all packed integer tensors),
         ``float_weight_bytes`` (what the quantized layers' weights take
         in float32), ``other_bytes`` (every other stored tensor: scales,
@@ -227,15 +222,7 @@ def save_quantized(model: nn.Module,
 
 
 def _suggest(name: str, candidates: List[str]) -> str:
-    """Return a ``'; did you mean ...?'`` hint, or ``''``.
-
-    Args:
-        name: The name that was not found.
-        candidates: Existing names.
-
-    Returns:
-        The hint text.
-    """
+    """Return a ``'; did you mean ...?'`` hint for ``name``, or ``''``."""
     close = difflib.get_close_matches(name, candidates, n=3)
     return f'; did you mean {", ".join(map(repr, close))}?' if close else ''
 
@@ -245,14 +232,16 @@ def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
     """Find the float conv/linear a record describes in the model.
 
     Args:
-        modules: ``dict(model.named_modules())`` of the model loaded into.
-        rec: The validated layer record.
-        strict: Whether the layer class name must match ``layer_type``.
-        errors: Problems are appended here.
+        modules (dict): ``dict(model.named_modules())`` of the model loaded
+            into.
+        rec (dict): The validated layer record.
+        strict (bool): Whether the layer class name must match ``layer_type``.
+        errors (list): Problems are appended here.
 
     Returns:
-        The ``nn.Conv2d``/``nn.Linear`` to wrap (the inner layer of an
-        existing ``QuantizedLayer``), or None if a problem was recorded.
+        nn.Module or None: The ``nn.Conv2d``/``nn.Linear`` to wrap (the
+        inner layer of an existing ``QuantizedLayer``), or None if a problem
+        was recorded.
     """
     name = rec['name']
     parts = name.split('.')
@@ -300,9 +289,9 @@ def _raise_mismatch(path: str, model: nn.Module, lines: List[str]) -> None:
     """Raise a :class:`CheckpointMismatchError` listing problems.
 
     Args:
-        path: The file.
-        model: The model.
-        lines: One line per problem; nothing is raised when empty.
+        path (str): The file.
+        model (nn.Module): The model.
+        lines (list): One line per problem; nothing is raised when empty.
 
     Raises:
         CheckpointMismatchError: If ``lines`` is not empty.
@@ -332,12 +321,13 @@ def load_quantized(model: nn.Module,
     model's parameters (as with ``load_state_dict``).
 
     Args:
-        model: A float model of the architecture the file was saved from
-            (e.g. built from the same config); modified in place.
-        path: The INT checkpoint.
-        map_location: Where :func:`torch.load` maps the file's tensors
-            before they are copied into the model.
-        strict: If True, the stored float tensors must match the model's
+        model (nn.Module): A float model of the architecture the file was saved
+            from (e.g. built from the same config); modified in place.
+        path (str or os.PathLike): The INT checkpoint.
+        map_location (str or torch.device or dict or callable): Where
+            :func:`torch.load` maps the file's tensors before they are copied
+            into the model.
+        strict (bool): If True, the stored float tensors must match the model's
             state dict exactly (no missing or unexpected keys) and each
             layer's class name must equal the recorded ``layer_type``.  If
             False, unexpected keys are ignored, missing ones keep the
@@ -345,7 +335,7 @@ def load_quantized(model: nn.Module,
             existence, type (conv/linear) and shapes are always checked.
 
     Returns:
-        ``model``, now holding ``QuantizedLayer``\\ s.
+        nn.Module: ``model``, now holding ``QuantizedLayer``\\ s.
 
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
@@ -374,14 +364,15 @@ def apply_quantized(model: nn.Module,
     checks and the errors.
 
     Args:
-        model: A float model of the architecture; modified in place.
-        tensors: The container's tensors.
-        meta: The container's meta.
-        strict: See :func:`load_quantized`.
-        source: The file name, for messages.
+        model (nn.Module): A float model of the architecture; modified in
+            place.
+        tensors (dict): The container's tensors.
+        meta (dict): The container's meta.
+        strict (bool): See :func:`load_quantized`.
+        source (str): The file name, for messages.
 
     Returns:
-        ``model``, now holding ``QuantizedLayer``\\ s.
+        nn.Module: ``model``, now holding ``QuantizedLayer``\\ s.
     """
     path_str = source
 

@@ -50,17 +50,38 @@ _LAYER_KEYS = ('name', 'w_bits', 'a_bits', 'act_signed', 'shape', 'numel',
 
 
 def packed_name(layer: str) -> str:
-    """Return ``'<layer>.qweight_packed'``, a layer's packed tensor name."""
+    """Return the name of the tensor holding a layer's packed integers.
+
+    Args:
+        layer (str): Dotted module name of the quantized layer.
+
+    Returns:
+        str: ``'<layer>.qweight_packed'``.
+    """
     return f'{layer}.{PACKED_SUFFIX}'
 
 
 def is_packed_name(key: str) -> bool:
-    """Whether a tensor name ends with ``'.qweight_packed'``."""
+    """Tell whether a tensor name is that of a layer's packed integers.
+
+    Args:
+        key (str): A tensor name.
+
+    Returns:
+        bool: True if ``key`` ends with ``'.qweight_packed'``.
+    """
     return key.endswith(f'.{PACKED_SUFFIX}')
 
 
 def nbytes(t: Tensor) -> int:
-    """Return the size of a tensor's data in bytes."""
+    """Return the size of a tensor's data in bytes.
+
+    Args:
+        t (Tensor): Any tensor.
+
+    Returns:
+        int: ``t.numel() * t.element_size()``.
+    """
     return t.numel() * t.element_size()
 
 
@@ -98,11 +119,11 @@ def layer_record(name: str, layer: nn.Module) -> Dict[str, Any]:
 
 
 def _dtype_name(dtype: torch.dtype, name: str) -> str:
-    """The record name of a layer's compute dtype.
+    """Return the record name of a layer's compute dtype.
 
     Args:
-        dtype: The layer's ``compute_dtype``.
-        name: The layer's name, for the message.
+        dtype (torch.dtype): The layer's ``compute_dtype``.
+        name (str): The layer's name, for the message.
 
     Returns:
         str: ``'float16'``, ``'bfloat16'``, ``'float32'`` or ``'float64'``.
@@ -118,14 +139,7 @@ def _dtype_name(dtype: torch.dtype, name: str) -> str:
 
 
 def _is_bits(value: Any) -> bool:
-    """Tell whether ``value`` is a valid bit width (an int, not a bool).
-
-    Args:
-        value: The value read from meta.
-
-    Returns:
-        True for an ``int`` in ``[MIN_BITS, MAX_BITS]``.
-    """
+    """Whether ``value`` is an ``int`` (not a bool) in the bit range."""
     return (isinstance(value, int) and not isinstance(value, bool)
             and MIN_BITS <= value <= MAX_BITS)
 
@@ -134,11 +148,13 @@ def _check_record(where: str, rec: Any) -> Dict[str, Any]:
     """Validate one ``meta['layers']`` record.
 
     Args:
-        where: Location for messages, e.g. ``"'ckpt.pth': meta['layers'][3]"``.
-        rec: The record.
+        where (str): Location for messages, e.g.
+            ``"'ckpt.pth': meta['layers'][3]"``.
+        rec (Any): The record.
 
     Returns:
-        The record with ``shape`` as a tuple.
+        dict: A copy of the record with ``shape`` as a tuple and
+        ``channels`` and ``dtype`` filled in where an older file lacks them.
 
     Raises:
         CheckpointError: If a key is missing or a value is invalid.
@@ -200,11 +216,11 @@ def _layer_records(path: str, meta: Mapping[str, Any]) -> List[dict]:
     """Validate ``meta['layers']`` as a whole.
 
     Args:
-        path: The file, for messages.
-        meta: The loaded meta.
+        path (str): The file, for messages.
+        meta (dict): The loaded meta.
 
     Returns:
-        The validated records.
+        list: The validated records.
 
     Raises:
         CheckpointError: If ``meta['layers']`` is absent or invalid, names
@@ -237,9 +253,20 @@ def _layer_records(path: str, meta: Mapping[str, Any]) -> List[dict]:
 
 
 def parent_record(name: str, names: Container[str]) -> Optional[str]:
-    """The record a nested record lies in (``P.layer.<child>``: an
-    attention's ``out_proj`` inside the attention's QuantizedLayer
-    ``P``), or None for a top-level record."""
+    """Find the record a nested record lies in.
+
+    A record may name a layer inside another quantized layer only as
+    ``P.layer.<child>``: an attention's ``out_proj`` inside the
+    attention's ``QuantizedLayer`` ``P``.
+
+    Args:
+        name (str): The record's layer name.
+        names (Container[str]): The layer names of all records.
+
+    Returns:
+        str or None: The name ``P`` of the enclosing record, or None for a
+        top-level record.
+    """
     parts = name.split('.')
     for i in range(len(parts) - 2, 0, -1):
         if parts[i] == 'layer' and '.'.join(parts[:i]) in names:
@@ -252,12 +279,12 @@ def _scale_tensors(path: str, rec: dict,
     """Fetch and check a layer's ``weight_scale`` and ``act_scale``.
 
     Args:
-        path: The file, for messages.
-        rec: The validated layer record.
-        tensors: All tensors of the file.
+        path (str): The file, for messages.
+        rec (dict): The validated layer record.
+        tensors (dict): All tensors of the file.
 
     Returns:
-        ``(weight_scale, act_scale)``.
+        tuple: ``(weight_scale, act_scale)``.
 
     Raises:
         CheckpointError: If a tensor is missing, mis-shaped, not floating
@@ -290,12 +317,12 @@ def _unpack_layer(path: str, rec: dict,
     """Unpack and check a layer's integer weights.
 
     Args:
-        path: The file, for messages.
-        rec: The validated layer record.
-        tensors: All tensors of the file.
+        path (str): The file, for messages.
+        rec (dict): The validated layer record.
+        tensors (dict): All tensors of the file.
 
     Returns:
-        The int8 weights, shaped ``rec['shape']``, on the CPU.
+        Tensor: The int8 weights, shaped ``rec['shape']``, on the CPU.
 
     Raises:
         CheckpointError: If the packed tensor is missing, has the wrong
@@ -338,12 +365,12 @@ def validate_file(
     finite and positive; and every packed tensor must belong to a record.
 
     Args:
-        path: The file, for messages.
-        tensors: The container's verified tensors.
-        meta: The container's meta.
+        path (str): The file, for messages.
+        tensors (dict): The container's verified tensors.
+        meta (dict): The container's meta.
 
     Returns:
-        ``(records, ints, scales)``: the validated records, the int8
+        tuple: ``(records, ints, scales)``, the validated records, the int8
         weights and ``(weight_scale, act_scale)`` of each layer by name.
 
     Raises:

@@ -47,10 +47,10 @@ def _unsafe_globals(f: IO[bytes]) -> list:
     """List the globals a checkpoint needs beyond torch's default allowlist.
 
     Args:
-        f: The open checkpoint file.
+        f (IO[bytes]): The open checkpoint file.
 
     Returns:
-        Fully qualified names; empty if they cannot be determined (e.g. a
+        list: Fully qualified names; empty if they cannot be determined (e.g. a
         legacy, non-zip file).
     """
     get = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint',
@@ -72,10 +72,10 @@ def _torch_reason(message: str) -> str:
     ``weights_only`` off, which would be unsafe for an untrusted file.
 
     Args:
-        message: The text of torch's ``UnpicklingError``.
+        message (str): The text of torch's ``UnpicklingError``.
 
     Returns:
-        E.g. ``' torch: Unsupported global: GLOBAL os.system was not an
+        str: E.g. ``' torch: Unsupported global: GLOBAL os.system was not an
         allowed global by default.'``, or ``''``.
     """
     detail = _WEIGHTS_ERROR_RE.search(message)
@@ -95,11 +95,11 @@ def _open_regular(path: str, kind: str) -> Tuple[IO[bytes], int]:
     (a FIFO would otherwise block until a writer appears).
 
     Args:
-        path: The file.
-        kind: Human-readable kind of file for messages.
+        path (str): The file.
+        kind (str): Human-readable kind of file for messages.
 
     Returns:
-        ``(file, size)``: the file opened in binary mode and its size.
+        tuple: ``(file, size)``, the file opened in binary mode and its size.
 
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
@@ -148,10 +148,10 @@ def _check_zip_sizes(f: IO[bytes], size: int, path: str,
     directory is read; nothing is inflated.
 
     Args:
-        f: The open file, at any position (left at 0).
-        size: Its size in bytes.
-        path: The file, for messages.
-        kind: Human-readable kind of file for messages.
+        f (IO[bytes]): The open file, at any position (left at 0).
+        size (int): Its size in bytes.
+        path (str): The file, for messages.
+        kind (str): Human-readable kind of file for messages.
 
     Raises:
         CheckpointError: If the zip directory cannot be read or the members
@@ -190,11 +190,11 @@ def _is_safetensors(f: IO[bytes], size: int) -> bool:
     JSON header that follows it, and the header starts with ``{``.
 
     Args:
-        f: The open file (left at position 0).
-        size: Its size in bytes.
+        f (IO[bytes]): The open file (left at position 0).
+        size (int): Its size in bytes.
 
     Returns:
-        True if the first bytes have that layout.
+        bool: True if the first bytes have that layout.
     """
     f.seek(0)
     head = f.read(9)
@@ -218,17 +218,18 @@ def safe_torch_load(
     ``max(64 MiB, 8 x file size)`` is refused before anything is inflated.
 
     Args:
-        path: File to load.
-        map_location: Passed to :func:`torch.load`.
-        kind: Human-readable kind of file for messages.
-        unsafe_hint: Extra advice appended to the message of an
+        path (str or os.PathLike): File to load.
+        map_location (str or torch.device or dict or callable): Passed to
+            :func:`torch.load`.
+        kind (str): Human-readable kind of file for messages.
+        unsafe_hint (str): Extra advice appended to the message of an
             :class:`UnsafeCheckpointError`.
-        safetensors_loader: Reads a file in the safetensors format:
-            ``loader(file, path, map_location)``. If None, such a file is
-            refused with an error that names the format.
+        safetensors_loader (callable, optional): Reads a file in the
+            safetensors format: ``loader(file, path, map_location)``. If None,
+            such a file is refused with an error that names the format.
 
     Returns:
-        The unpickled object.
+        Any: The unpickled object.
 
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
