@@ -1,7 +1,7 @@
 """Reading an untrusted ``torch.save`` file safely.
 
-:func:`safe_torch_load` is the one place mmquant calls :func:`torch.load`
-on a checkpoint: always with ``weights_only=True``, only on a regular
+:func:`safe_torch_load` is the one place this package calls
+:func:`torch.load`: always with ``weights_only=True``, only on a regular
 file (a FIFO or a device is refused at once), after refusing a zip archive
 whose members would inflate too much, and with errors that say what is
 wrong with the file (missing, a directory, truncated, in the safetensors
