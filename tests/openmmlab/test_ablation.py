@@ -1,4 +1,4 @@
-"""tools/benchmark_ablation.py's engine (:mod:`mmquant.apis.ablation`).
+"""The ablation runs of tools/analysis_tools/benchmark_ablation.py.
 
 * one run over a tiny classifier: each row's metric is that of the
   quantizer the variant describes, run and evaluated separately;
@@ -12,7 +12,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from mmquant.apis import ablation as ab
+from mmquant.apis.benchmark import ablation as ab
 from mmquant.apis import benchmark as bm
 from mmquant.apis.evaluation import evaluate
 from mmquant.apis.ptq import (build_float_model, build_quantizer,

@@ -1,4 +1,4 @@
-"""tools/benchmark.py's engine (:mod:`mmquant.apis.benchmark`).
+"""The engine of tools/analysis_tools/benchmark.py (mmquant.apis.benchmark).
 
 * one run over a tiny classifier with two methods: every row's metrics are
   those of the model it wrote (the INT file reloads to the same metric),
@@ -222,7 +222,7 @@ def test_offline_list_is_valid():
     readme = osp.join(root, 'configs', 'bitsplit', 'README.md')
     with open(readme) as f:
         text = f.read()
-    # exactly one marked section for tools/benchmark.py --readme
+    # exactly one marked section for the benchmark tool's --readme
     assert text.count(bm.README_START) == text.count(bm.README_END) == 1
     assert text.index(bm.README_START) < text.index(bm.README_END)
 

@@ -5,8 +5,8 @@
   every entry's ``Config`` exists, parses with mmengine and fixes the
   method, mode and bits its ``Metadata`` names; measured entries have
   results and nothing else has numbers;
-* the files ``tools/benchmark.py`` writes are what it writes from the
-  committed results JSON, byte for byte: the Results section of
+* the files ``tools/analysis_tools/benchmark.py`` writes are what it
+  writes from the committed results JSON, byte for byte: the Results section of
   ``configs/bitsplit/README.md``, ``configs/bitsplit/metafile.yml``, the
   entry configs in ``configs/bitsplit/fmnist/`` and the CI subset's
   metafile, so no number is edited by hand.
@@ -18,9 +18,9 @@ import pytest
 import yaml
 from mmengine.config import Config
 
-from mmquant.apis import ablation as ab
+from mmquant.apis.benchmark import ablation as ab
 from mmquant.apis import benchmark as bm
-from mmquant.apis.benchmark_check import load_model_index
+from mmquant.apis.benchmark.check import load_model_index
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BITSPLIT = 'configs/bitsplit'
@@ -192,8 +192,9 @@ def test_regeneration_is_idempotent(tmp_path):
 
 def test_ablation_sections_are_generated(tmp_path):
     """The ablation tables of docs/solver.md and the configs README are
-    what tools/benchmark_ablation.py renders from the committed JSON, and
-    its first variant's rows are the benchmark's own rows."""
+    what tools/analysis_tools/benchmark_ablation.py renders from the
+    committed JSON, and its first variant's rows are the benchmark's own
+    rows."""
     rows, info = ab.load_ablation(ABLATION)
     _, lst = bm.load_benchmark_list('configs/benchmarks/fmnist_ablation.py')
     variants = ab.load_variants(lst)

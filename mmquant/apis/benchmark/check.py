@@ -1,6 +1,6 @@
 """Benchmark regression check: re-run committed metafile entries.
 
-``tools/benchmark.py LIST --check METAFILE`` re-measures every entry of a
+``tools/analysis_tools/benchmark.py LIST --check METAFILE`` re-measures every entry of a
 metafile (or of a ``model-index.yml`` and its imports) that is a run of
 the benchmark list and has committed ``Results``, with the calibration
 images and test samples the entry records, and compares each metric with
@@ -12,11 +12,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
-from .benchmark import (_METAFILE_KEYS, DEFAULT_BITS, METHODS,
-                        TASK_METRICS, BenchmarkModel, BenchmarkRow, _fmt,
-                        _metric, _slug, check_methods, entry_name,
-                        parse_bits, replace_data_root, run_benchmark)
-from .calibration import calib_dataloader_cfg
+from ..calibration import calib_dataloader_cfg
+from . import (_METAFILE_KEYS, DEFAULT_BITS, METHODS, TASK_METRICS,
+               BenchmarkModel, BenchmarkRow, _fmt, _metric, _slug,
+               check_methods, entry_name, parse_bits, replace_data_root,
+               run_benchmark)
 
 #: Exit status of a check with a metric below tolerance.
 CHECK_REGRESSION = 1

@@ -18,13 +18,12 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from mmquant.quantization.config import QuantConfig
-from .benchmark import (METHOD_TITLES, TASK_METRICS, BenchmarkModel,
-                        _load_average, _metric, _plain, load_results,
-                        machine_description, merge_results,
-                        method_quantizer, model_task, parse_bits,
-                        save_results)
-from .evaluation import evaluate
-from .ptq import build_float_model, build_quantizer, prepare_calibration
+from ..evaluation import evaluate
+from ..ptq import build_float_model, build_quantizer, prepare_calibration
+from . import (METHOD_TITLES, TASK_METRICS, BenchmarkModel, _load_average,
+               _metric, _plain, load_results, machine_description,
+               merge_results, method_quantizer, model_task, parse_bits,
+               save_results)
 
 #: The modes an ablation compares (keys of the benchmark's METHODS).
 ABLATION_MODES = ('bitsplit-fast', 'bitsplit')
@@ -162,7 +161,7 @@ def baseline_rows(path: str, variant: str, modes: Sequence[str],
                   eval_samples: Optional[int]) -> List[AblationRow]:
     """Take the float and default-setting rows of a benchmark's results.
 
-    The benchmark (``tools/benchmark.py``) runs each model's quantizer
+    The benchmark (``tools/analysis_tools/benchmark.py``) runs each model's quantizer
     settings unchanged, so its BitSplit rows are the ablation's variant
     with no settings, measured on the same calibration and test sets.
 
