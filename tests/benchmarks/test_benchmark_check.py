@@ -23,6 +23,7 @@ from mmengine.logging import MMLogger
 
 from mmquant.apis import benchmark as bm
 from mmquant.apis.benchmark import check as bc
+from mmquant.apis.benchmark import run as benchmark_run
 from .conftest import ROOT, load_tool
 
 CI_LIST = 'configs/benchmarks/fmnist_ci.py'
@@ -89,7 +90,7 @@ def test_ci_subset_passes_then_fails_when_raised(tool, tmp_path, capsys,
         raise AssertionError('--resume measured again')
 
     # the comparison only: the runs of the first check are kept
-    monkeypatch.setattr(bm, 'build_float_model', no_run)
+    monkeypatch.setattr(benchmark_run, 'build_float_model', no_run)
     assert tool(CI_LIST, '--check', str(raised), '--work-dir', work,
                 '--resume') == bc.CHECK_REGRESSION
     out = capsys.readouterr().out
@@ -142,8 +143,8 @@ def test_box_ap_is_compared_in_points():
     entry = dict(Name='d', Results=[dict(Metrics={
         'box AP': 68.0, 'box AP@0.5': 80.8, 'box AP@0.75': 70.0})])
     ap, ap50, ap75 = bc._compare(entry, row, 0.3)
-    assert (ap['measured'], ap['delta'], ap['failed']) == (67.7, -0.3,
-                                                          False)
+    assert (ap['measured'], ap['delta'], ap['failed']) == (
+        67.7, -0.3, False)
     assert (ap50['delta'], ap50['failed']) == (0.0, False)
     # a committed metric the run does not give fails
     assert (ap75['measured'], ap75['failed']) == (None, True)

@@ -18,9 +18,7 @@ import pytest
 import yaml
 from mmengine.config import Config
 
-from mmquant.apis.benchmark import ablation as ab
 from mmquant.apis import benchmark as bm
-from mmquant.apis.benchmark.check import load_model_index
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BITSPLIT = 'configs/bitsplit'
@@ -69,7 +67,7 @@ def test_model_index_imports_the_metafile():
 
 
 def test_every_entry_config_reproduces_its_metadata():
-    entries = load_model_index('model-index.yml')
+    entries = bm.load_model_index('model-index.yml')
     rows, _ = bm.load_results(RESULTS)
     # 3 float + 3 models x 3 methods x 4 widths + 3 models x 2 mixed
     # targets measured, 9 not measured
@@ -195,15 +193,15 @@ def test_ablation_sections_are_generated(tmp_path):
     what tools/analysis_tools/benchmark_ablation.py renders from the
     committed JSON, and its first variant's rows are the benchmark's own
     rows."""
-    rows, info = ab.load_ablation(ABLATION)
+    rows, info = bm.load_ablation(ABLATION)
     _, lst = bm.load_benchmark_list('configs/benchmarks/fmnist_ablation.py')
-    variants = ab.load_variants(lst)
-    text = ab.render_ablation(rows, variants, info)
+    variants = bm.load_variants(lst)
+    text = bm.render_ablation(rows, variants, info)
     for page in ('docs/solver.md', f'{BITSPLIT}/README.md'):
         copy = tmp_path / 'page.md'
         copy.write_text(_read(page))
-        bm.update_readme(str(copy), text, ab.ABLATION_START,
-                         ab.ABLATION_END)
+        bm.update_readme(str(copy), text, bm.ABLATION_START,
+                         bm.ABLATION_END)
         assert copy.read_text() == _read(page), page
     bench = {r.key: r for r in bm.load_results(RESULTS)[0]}
     taken = [r for r in rows if r.extra.get('source') == RESULTS]

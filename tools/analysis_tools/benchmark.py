@@ -52,11 +52,11 @@ import time
 from mmengine.logging import MMLogger
 
 from mmquant.apis.benchmark import (
-    DEFAULT_BITS, METHODS, check_methods, load_benchmark_list,
-    load_results, merge_results, parse_bits, render_header,
-    render_markdown, run_benchmark, save_results, select_models,
-    update_readme, write_entry_configs, write_metafile)
-from mmquant.apis.benchmark.check import check_benchmark, render_check
+    DEFAULT_BITS, METHODS, check_benchmark, check_methods,
+    load_benchmark_list, load_results, merge_results, parse_bits,
+    render_check, render_header, render_markdown, run_benchmark,
+    save_results, select_models, update_readme, write_entry_configs,
+    write_metafile)
 from mmquant.fileio import write_text_atomic
 
 
@@ -173,8 +173,8 @@ def main() -> None:
         models = select_models(models, args.models)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    methods = check_methods(args.methods or lst.get('methods',
-                                                     list(METHODS)))
+    methods = check_methods(args.methods
+                            or lst.get('methods', list(METHODS)))
     bits = args.bits or list(lst.get('bits', DEFAULT_BITS))
     for tag in bits:
         parse_bits(tag)

@@ -36,12 +36,10 @@ import time
 
 from mmengine.logging import MMLogger
 
-from mmquant.apis.benchmark import (load_benchmark_list, select_models,
-                                    update_readme)
-from mmquant.apis.benchmark.ablation import (
+from mmquant.apis.benchmark import (
     ABLATION_END, ABLATION_MODES, ABLATION_START, load_ablation,
-    load_variants, merge_ablations, render_ablation, run_ablation,
-    save_ablation)
+    load_benchmark_list, load_variants, merge_ablations, render_ablation,
+    run_ablation, save_ablation, select_models, update_readme)
 from mmquant.fileio import write_text_atomic
 
 
