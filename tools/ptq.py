@@ -62,6 +62,8 @@ from mmquant.apis.ptq import (EvaluationError, PTQInputError,  # noqa: E402
 from mmquant.checkpoint.int_model import INT_SUFFIX  # noqa: E402
 from mmquant.fileio import write_text_atomic  # noqa: E402
 from mmquant.quantization.journal import FINGERPRINT  # noqa: E402
+from mmquant.quantization.methods import WEIGHT_METHODS  # noqa: E402
+from mmquant.quantizers import quantizer_for  # noqa: E402
 
 #: The name of the pointer to the last finished run in a work dir.
 LATEST = 'latest'
@@ -111,8 +113,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--a-bits', type=int, help='activation bits (2..8)')
     parser.add_argument('--no-act-quant', action='store_true',
                         help='keep activations float')
-    parser.add_argument('--method', choices=['bitsplit', 'rtn'],
-                        help='bitsplit (default) or the rtn baseline')
+    parser.add_argument('--method', choices=sorted(WEIGHT_METHODS),
+                        help='the weight method: bitsplit (default) or the '
+                        'rtn baseline (mmquant.quantization.methods)')
     parser.add_argument('--fast', action='store_true',
                         help='fast mode: one float pass instead of '
                         'error compensation')
@@ -352,9 +355,7 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
     if args.no_act_quant:
         overrides['a_bits'] = None
     if args.method is not None:
-        overrides['type'] = dict(
-            bitsplit='mmquant.BitSplitQuantizer',
-            rtn='mmquant.RTNQuantizer')[args.method]
+        overrides.update(quantizer_for(args.method))
     if args.fast:
         overrides['error_compensation'] = False
     if args.sensitivity:

@@ -7,6 +7,7 @@ as the op sees it (after any padding the layer does inside ``forward``),
 its stride/padding/dilation/groups and its output.  No ``torch.fx``
 tracing, so any model works, including convs that override ``forward``.
 """
+import contextlib
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
 
 __all__ = [
     'QUANTIZABLE', 'NETWORK_INPUT', 'OpCall', 'StopForward', 'LayerCapture',
-    'FlowTracker', 'iter_tensors', 'conv2d_weight', 'layer_kind',
-    'layer_weight'
+    'FlowTracker', 'attached', 'iter_tensors', 'conv2d_weight',
+    'layer_kind', 'layer_weight'
 ]
 
 _FUNCS = {
@@ -395,3 +396,16 @@ class FlowTracker(TorchFunctionMode):
         if tags:
             self.set_tags(out, tags)
         return out
+
+
+@contextlib.contextmanager
+def attached(captures: Iterable[LayerCapture]) -> Iterator[None]:
+    """Attach several :class:`LayerCapture` for the duration of a block.
+
+    Args:
+        captures (Iterable[LayerCapture]): The captures to attach.
+    """
+    with contextlib.ExitStack() as stack:
+        for cap in captures:
+            stack.enter_context(cap)
+        yield
