@@ -11,17 +11,19 @@ the metafile metadata and the entry configs' file names all read them.
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from mmquant.quantizers import quantizer_for
 
 #: Quantizer settings of every benchmark method (merged over the model
-#: config's own ``quantizer`` dict).
+#: config's own ``quantizer`` dict): a weight method of
+#: :data:`~mmquant.quantization.methods.WEIGHT_METHODS` (its quantizer
+#: from :func:`~mmquant.quantizers.quantizer_for`) in a mode.
 METHODS: Dict[str, Dict[str, Any]] = {
-    'rtn': dict(type='mmquant.RTNQuantizer'),
-    'bitsplit-fast': dict(type='mmquant.BitSplitQuantizer',
+    'rtn': quantizer_for('rtn'),
+    'bitsplit-fast': dict(quantizer_for('bitsplit'),
                           error_compensation=False),
-    'bitsplit': dict(type='mmquant.BitSplitQuantizer',
-                     error_compensation=True),
+    'bitsplit': dict(quantizer_for('bitsplit'), error_compensation=True),
     # the bits tag's weight part is the average-bits target (w3.5a8)
-    'bitsplit-mixed': dict(type='mmquant.BitSplitQuantizer',
+    'bitsplit-mixed': dict(quantizer_for('bitsplit'),
                            error_compensation=True),
 }
 #: The methods whose bits tag gives ``target_bits`` instead of ``w_bits``.
