@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-import mmquant.core.solver as solver_mod
+import mmquant.core.solver.api as solver_mod
 from mmquant.core.grid import plane_weights, qmax, split_planes
 from mmquant.core.rtn import mse_rtn
-from mmquant.core.solver import (SCHEDULES, SolverResult, _plane_table,
-                                 bitsplit_solve, objective, solve_layer)
+from mmquant.core.solver.api import (SCHEDULES, SolverResult, _plane_table,
+                                     bitsplit_solve, objective,
+                                     solve_layer)
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 
 # --------------------------------------------------------------- helpers

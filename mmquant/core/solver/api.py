@@ -67,8 +67,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .grid import check_bits, qmax, split_planes
-from .rtn import mse_rtn_float64
+from ..grid import check_bits, qmax, split_planes
+from ..rtn import mse_rtn_float64
 
 __all__ = [
     'SCHEDULES', 'SolverResult', 'bitsplit_solve', 'check_schedule',
