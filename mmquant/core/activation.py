@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_finite
 from .grid import check_bits
 from .rtn import _alternate_sorted
 
@@ -38,12 +39,6 @@ def activation_grid(bits: int, signed: bool) -> Tuple[int, int]:
         top = 2**(bits - 1) - 1
         return -top, top
     return 0, 2**bits - 1
-
-
-def _check_finite(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f'{name} contains NaN or Inf; cannot fit an '
-                         'activation scale')
 
 
 def _sorted_mse(srt: Tensor, c1: Tensor, c2: Tensor, scales: Tensor,
@@ -139,7 +134,7 @@ def fit_activation_scale(x: Tensor,
     if x.numel() == 0:
         raise ValueError('cannot fit an activation scale on an empty tensor')
     v = x.detach().reshape(-1).to(torch.float64)
-    _check_finite(v, 'activation')
+    check_finite(v, 'activation', 'cannot fit an activation scale')
     if signed is None:
         signed = bool(v.min() < 0)
     return _fit(v, bits, bool(signed), None, max_iter), bool(signed)
@@ -218,7 +213,7 @@ class ActivationObserver:
         v = x.detach().reshape(-1)
         if v.numel() == 0:
             return
-        _check_finite(v, 'activation')
+        check_finite(v, 'activation', 'cannot fit an activation scale')
         self.min = min(self.min, float(v.min()))
         self.max = max(self.max, float(v.max()))
         # The kept samples live on the CPU (at most max_samples values;

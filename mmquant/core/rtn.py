@@ -25,14 +25,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .checks import check_finite
 from .grid import check_bits, qmax
 
 __all__ = ['mse_rtn', 'mse_rtn_float64']
-
-
-def _check_finite(t: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f'{name} contains NaN or Inf')
 
 
 def _alternate_sorted(aw: Tensor, scale: Tensor, top: int,
@@ -95,7 +91,7 @@ def mse_rtn_float64(w: Tensor, bits: int,
     if w.dim() != 2:
         raise ValueError(f'w must be 2-D (M, N), got {tuple(w.shape)}')
     w = w.to(torch.float64)
-    _check_finite(w, 'weight')
+    check_finite(w, 'weight')
     M, N = w.shape
     aw = w.abs()
     amax = aw.amax(dim=1) if N else w.new_zeros(M)

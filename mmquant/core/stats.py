@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_finite, to_pair
+
 __all__ = [
     'LayerGeometry', 'StatsAccumulator', 'StatsMemoryError',
     'estimate_stats_bytes'
@@ -35,17 +37,6 @@ class StatsMemoryError(ValueError, MemoryError):
 
     Subclasses both :class:`ValueError` and :class:`MemoryError`.
     """
-
-
-def _pair(v: Union[int, Tuple[int, ...]], name: str) -> Tuple[int, ...]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) == 1:
-        return (v[0], v[0])
-    if len(v) not in (2, 4):
-        raise ValueError(f'{name} must be an int or a 2-tuple, got {v}')
-    return v
 
 
 @dataclass
@@ -80,12 +71,12 @@ class LayerGeometry:
         if self.kind not in ('conv', 'linear'):
             raise ValueError(f"kind must be 'conv' or 'linear', "
                              f'got {self.kind!r}')
-        self.kernel_size = _pair(self.kernel_size, 'kernel_size')[:2]
-        self.stride = _pair(self.stride, 'stride')[:2]
-        self.dilation = _pair(self.dilation, 'dilation')[:2]
+        self.kernel_size = to_pair(self.kernel_size, 'kernel_size')[:2]
+        self.stride = to_pair(self.stride, 'stride')[:2]
+        self.dilation = to_pair(self.dilation, 'dilation')[:2]
         if isinstance(self.padding, str):
             self.padding = self._resolve_padding(self.padding)
-        self.padding = _pair(self.padding, 'padding')
+        self.padding = to_pair(self.padding, 'padding')
         if len(self.padding) == 4 and (self.padding[0] == self.padding[1]
                                        and self.padding[2]
                                        == self.padding[3]):
@@ -195,12 +186,6 @@ def estimate_stats_bytes(geom: LayerGeometry) -> int:
     return 8 * G * (N * N + N * Mg + Mg)
 
 
-def _check_finite(t: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f'{name} contain NaN or Inf; cannot accumulate '
-                         'statistics')
-
-
 class StatsAccumulator:
     """Streaming ``A = X^T X``, ``C = X^T Y``, ``yy`` of one layer.
 
@@ -306,8 +291,10 @@ class StatsAccumulator:
             ValueError: On shape mismatch or NaN/Inf in either tensor.
         """
         inputs, outputs = inputs.detach(), outputs.detach()
-        _check_finite(inputs, 'inputs')
-        _check_finite(outputs, 'outputs')
+        check_finite(inputs, 'inputs', 'cannot accumulate statistics',
+                     plural=True)
+        check_finite(outputs, 'outputs', 'cannot accumulate statistics',
+                     plural=True)
         if self.n_rows == 0:
             self._to(inputs.device)
         inputs = inputs.to(self.A.device)
@@ -452,8 +439,10 @@ class StatsAccumulator:
         if y.dim() != 2 or y.shape != (x.shape[0], g.out_channels):
             raise ValueError(f'output rows must be ({x.shape[0]}, '
                              f'{g.out_channels}), got {tuple(y.shape)}')
-        _check_finite(x, 'inputs')
-        _check_finite(y, 'outputs')
+        check_finite(x, 'inputs', 'cannot accumulate statistics',
+                     plural=True)
+        check_finite(y, 'outputs', 'cannot accumulate statistics',
+                     plural=True)
         if self.n_rows == 0:
             self._to(x.device)
         x, y = x.to(self.A.device), y.to(self.A.device)

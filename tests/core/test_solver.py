@@ -366,7 +366,6 @@ def test_block_sweep_equals_plain_gauss_seidel(bits, schedule, problem):
     assert torch.allclose(res.scale.double(), s_ref, rtol=1e-6)
 
 
-
 def paper_rounds(W, X, Y, bits, rounds, q_init=None):
     """The authors' update (``ofwa_rr``), explicit ``X``, float64.
 
@@ -506,6 +505,7 @@ def test_paper_schedule_grouped_equals_the_authors_update():
                     q_ref)
                 assert torch.allclose(res.scale[3 * g:3 * g + 3].double(),
                                       s_ref, rtol=1e-6)
+
 
 def _all_vectors(N, bits):
     top = qmax(bits)

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..checks import check_finite
 from ..grid import check_bits, qmax, split_planes
 from .rounds import solve_batched
 
@@ -42,6 +43,8 @@ _RENAMED_SCHEDULES = {
     'planes+integer': "renamed 'canonical-planes+integer' (its plane "
     "rounds are not the paper's update, which is schedule='paper')",
 }
+# What the NaN/Inf error says cannot be done.
+_REFUSED = 'refusing to solve (check the calibration data and the weights)'
 
 
 @dataclass
@@ -124,14 +127,6 @@ def check_schedule(schedule: str) -> str:
                          f'{", ".join(map(repr, SCHEDULES))}, got '
                          f'{schedule!r}')
     return schedule
-
-
-def _check_finite(t: Tensor, name: str) -> None:
-    # A NaN or Inf anywhere makes the sum non-finite (so does an overflow,
-    # which would be just as unusable); one reduction instead of a mask.
-    if not bool(torch.isfinite(t.sum())):
-        raise ValueError(f'{name} contains NaN or Inf; refusing to solve '
-                         '(check the calibration data and the weights)')
 
 
 def _check_gram(A: Tensor, C: Tensor) -> None:
@@ -222,16 +217,17 @@ def bitsplit_solve(weight: Tensor,
     dev = A.device
     W = _as64(weight, dev)
     A64, C64 = _as64(A, dev), _as64(C, dev)
-    _check_finite(W, 'weight')
-    _check_finite(A64, 'A (input statistics X^T X)')
-    _check_finite(C64, 'C (statistics X^T Y)')
+    for t, name in ((W, 'weight'), (A64, 'A (input statistics X^T X)'),
+                    (C64, 'C (statistics X^T Y)')):
+        check_finite(t, name, _REFUSED, via_sum=True)
     if yy is None:
         yy64 = ((A64 @ W.t()) * W.t()).sum(0)
     else:
         if tuple(yy.shape) != (M, ):
             raise ValueError(f'yy must be ({M},), got {tuple(yy.shape)}')
         yy64 = _as64(yy, dev)
-        _check_finite(yy64, 'yy (statistics sum y^2)')
+        check_finite(yy64, 'yy (statistics sum y^2)', _REFUSED,
+                     via_sum=True)
     qi, si = _check_init(q_init, scale_init, M, N, bits, dev)
     cap = int(max_rounds)
     _check_gram(A64[None], C64[None])
@@ -258,7 +254,7 @@ def _check_init(q_init: Optional[Tensor], scale_init: Optional[Tensor],
             raise ValueError(f'q_init must have {M * N} elements '
                              f'({M} channels), got {tuple(q_init.shape)}')
         qi = _as64(q_init.reshape(M, N), dev)
-        _check_finite(qi, 'q_init')
+        check_finite(qi, 'q_init', _REFUSED, via_sum=True)
         top = qmax(bits)
         if not torch.equal(qi, qi.round()) or bool((qi.abs() > top).any()):
             raise ValueError(f'q_init must hold integers in [-{top}, {top}]')
@@ -267,7 +263,7 @@ def _check_init(q_init: Optional[Tensor], scale_init: Optional[Tensor],
         if si.numel() != M:
             raise ValueError(f'scale_init must have {M} elements, '
                              f'got {tuple(scale_init.shape)}')
-        _check_finite(si, 'scale_init')
+        check_finite(si, 'scale_init', _REFUSED, via_sum=True)
         if bool((si <= 0).any()):
             raise ValueError('scale_init must be positive')
     return qi, si
@@ -308,10 +304,10 @@ def solve_layer(weight: Tensor,
     W = _as64(acc.weight_matrix(weight), dev)
     A64, C64, yy64 = (_as64(acc.A, dev), _as64(acc.C, dev),
                       _as64(acc.yy, dev))
-    _check_finite(W, 'weight')
-    _check_finite(A64, 'A (input statistics X^T X)')
-    _check_finite(C64, 'C (statistics X^T Y)')
-    _check_finite(yy64, 'yy (statistics sum y^2)')
+    for t, name in ((W, 'weight'), (A64, 'A (input statistics X^T X)'),
+                    (C64, 'C (statistics X^T Y)')):
+        check_finite(t, name, _REFUSED, via_sum=True)
+    check_finite(yy64, 'yy (statistics sum y^2)', _REFUSED, via_sum=True)
     cap = int(max_rounds)
     _check_gram(A64, C64)
     q, s, oi, o, rounds, hist = solve_batched(W, A64, C64, yy64, bits, cap,

@@ -97,7 +97,6 @@ def _plane_table(bits: int) -> Tensor:
     return step.to(torch.float64).reshape(-1)
 
 
-
 class _Workspace:
     """Reusable flat buffers for the large temporaries of the rounds.
 
@@ -537,4 +536,3 @@ def _initial(weight: Tensor, bits: int, q_init: Optional[Tensor],
         else:
             s2 = scale_init.reshape(-1)
     return q2.reshape(G, Mg, N).clone(), s2.reshape(G, Mg).clone()
-
