@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..checks import check_finite
 from ..grid import check_bits, qmax, split_planes
+from ..stats import StatsAccumulator
 from .rounds import solve_batched
 
 __all__ = [
@@ -52,18 +53,20 @@ class SolverResult:
     """Result of the BitSplit solver.
 
     Attributes:
-        qweight: ``int8`` integers, ``(M, N)`` for :func:`bitsplit_solve`,
-            the layer weight's shape for :func:`solve_layer`.
-        scale: ``(M,)`` float32 per-channel scales, positive and finite.
-        objective_init: ``(M,)`` float64 objective ``||y - s X q||^2`` of
-            the initialisation.
-        objective: ``(M,)`` float64 objective of the result (with the
+        qweight (Tensor): ``int8`` integers, ``(M, N)`` for
+            :func:`bitsplit_solve`, the layer weight's shape for
+            :func:`solve_layer`.
+        scale (Tensor): ``(M,)`` float32 per-channel scales, positive and
+            finite.
+        objective_init (Tensor): ``(M,)`` float64 objective ``||y - s X q||^2``
+            of the initialisation.
+        objective (Tensor): ``(M,)`` float64 objective of the result (with the
             returned float32 scales).
-        rounds: Number of rounds run (both phases of
+        rounds (int): Number of rounds run (both phases of
             ``'canonical-planes+integer'`` together).
-        history: Total objective after the initialisation and after each
-            round; non-increasing.
-        bits: The bit width.
+        history (list[float]): Total objective after the initialisation and
+            after each round; non-increasing.
+        bits (int): The bit width.
     """
     qweight: Tensor
     scale: Tensor
@@ -87,11 +90,11 @@ def objective(q: Tensor, scale: Tensor, A: Tensor, C: Tensor,
     """Exact per-channel objective ``||y_m - s_m X q_m||^2``.
 
     Args:
-        q: Integers ``(M, N)`` (any dtype).
-        scale: ``(M,)`` scales.
-        A: ``(N, N)`` Gram matrix ``X^T X``.
-        C: ``(N, M)`` cross term ``X^T Y``.
-        yy: ``(M,)`` squared target norms.
+        q (Tensor): Integers ``(M, N)`` (any dtype).
+        scale (Tensor): ``(M,)`` scales.
+        A (Tensor): ``(N, N)`` Gram matrix ``X^T X``.
+        C (Tensor): ``(N, M)`` cross term ``X^T Y``.
+        yy (Tensor): ``(M,)`` squared target norms.
 
     Returns:
         Tensor: ``(M,)`` float64 ``yy - 2 s C^T q + s^2 q^T A q``.
@@ -110,7 +113,7 @@ def check_schedule(schedule: str) -> str:
     """Check a round schedule.
 
     Args:
-        schedule: One of :data:`SCHEDULES`.
+        schedule (str): One of :data:`SCHEDULES`.
 
     Returns:
         str: ``schedule``.
@@ -151,6 +154,7 @@ def _check_gram(A: Tensor, C: Tensor) -> None:
 
 
 def _as64(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` in float64 on ``device``."""
     return t.to(device=device, dtype=torch.float64)
 
 
@@ -166,22 +170,22 @@ def bitsplit_solve(weight: Tensor,
     """BitSplit for one group of output channels from ``(A, C, yy)``.
 
     Args:
-        weight: Float weights ``(M, N)`` (one row per output channel); used
-            for the MSE-RTN initialisation (and for ``yy`` when absent).
-        A: ``(N, N)`` Gram matrix ``X^T X``; the computation runs on its
-            device, in float64.
-        C: ``(N, M)`` cross term ``X^T Y``.
-        bits: Bit width, ``2..8``.
-        yy: ``(M,)`` squared target norms ``||y_m||^2``. If ``None``,
-            ``w_m^T A w_m`` is used, which is exact when the targets are
-            the float outputs ``Y = X W^T`` (it only shifts the reported
+        weight (Tensor): Float weights ``(M, N)`` (one row per output channel);
+            used for the MSE-RTN initialisation (and for ``yy`` when absent).
+        A (Tensor): ``(N, N)`` Gram matrix ``X^T X``; the computation runs on
+            its device, in float64.
+        C (Tensor): ``(N, M)`` cross term ``X^T Y``.
+        bits (int): Bit width, ``2..8``.
+        yy (Tensor, optional): ``(M,)`` squared target norms ``||y_m||^2``. If
+            ``None``, ``w_m^T A w_m`` is used, which is exact when the targets
+            are the float outputs ``Y = X W^T`` (it only shifts the reported
             objective, never the solution).
-        max_rounds: Round cap of each phase (for
+        max_rounds (int): Round cap of each phase (for
             ``'canonical-planes+integer'``: of the plane rounds and of the
             integer rounds); for ``'paper'`` the number of rounds (the
             authors' ``max_epoch``; rounds after all channels stopped
             changing are skipped, they would change nothing).
-        schedule: Which coordinate updates the rounds make, one of
+        schedule (str): Which coordinate updates the rounds make, one of
             :data:`SCHEDULES`: ``'integer'`` (each coordinate moves to its
             best integer; never worse than a bit-plane move, and in
             mmquant's measurements lower in objective on average and in
@@ -191,8 +195,9 @@ def bitsplit_solve(weight: Tensor,
             canonical bit planes; not the paper's update) or
             ``'canonical-planes+integer'`` (those rounds until nothing
             changes, then integer rounds).
-        q_init: Optional initial integers ``(M, N)`` (instead of MSE-RTN).
-        scale_init: Optional initial positive scales ``(M,)``.
+        q_init (Tensor, optional): Initial integers ``(M, N)`` (instead of
+            MSE-RTN).
+        scale_init (Tensor, optional): Initial positive scales ``(M,)``.
 
     Returns:
         SolverResult: ``qweight`` ``int8 (M, N)``, ``scale`` float32
@@ -248,6 +253,8 @@ def bitsplit_solve(weight: Tensor,
 def _check_init(q_init: Optional[Tensor], scale_init: Optional[Tensor],
                 M: int, N: int, bits: int,
                 dev: torch.device) -> Tuple[Optional[Tensor], ...]:
+    """Check the optional initial integers and scales; float64 on
+    ``dev``."""
     qi = si = None
     if q_init is not None:
         if q_init.numel() != M * N:
@@ -270,7 +277,7 @@ def _check_init(q_init: Optional[Tensor], scale_init: Optional[Tensor],
 
 
 def solve_layer(weight: Tensor,
-                acc,
+                acc: StatsAccumulator,
                 bits: int,
                 max_rounds: int = 100,
                 schedule: str = 'integer') -> SolverResult:
@@ -280,12 +287,12 @@ def solve_layer(weight: Tensor,
     as one batched problem.
 
     Args:
-        weight: The layer weight, ``(M, Cin/G, kh, kw)`` or ``(M, N)``.
-        acc: A :class:`~mmquant.core.stats.StatsAccumulator` holding the
-            layer's statistics.
-        bits: Bit width, ``2..8``.
-        max_rounds: Round cap of each phase.
-        schedule: See :func:`bitsplit_solve`.
+        weight (Tensor): The layer weight, ``(M, Cin/G, kh, kw)`` or
+            ``(M, N)``.
+        acc (StatsAccumulator): The layer's statistics.
+        bits (int): Bit width, ``2..8``.
+        max_rounds (int): Round cap of each phase.
+        schedule (str): See :func:`bitsplit_solve`.
 
     Returns:
         SolverResult: ``qweight`` ``int8`` with ``weight.shape``, ``scale``

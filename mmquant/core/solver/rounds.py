@@ -70,7 +70,7 @@ def _plane_table(bits: int) -> Tensor:
     equidistant from ``t``, so the table is exact for every ``t``.
 
     Args:
-        bits: The bit width.
+        bits (int): The bit width.
 
     Returns:
         Tensor: CPU float64, flattened ``(2 qmax + 1) * (4 qmax + 5)``.
@@ -373,8 +373,8 @@ class _BatchedSolver:
         code (not refitted to the last round's planes).
 
         Args:
-            bits: The bit width.
-            max_rounds: Number of rounds.
+            bits (int): The bit width.
+            max_rounds (int): Number of rounds.
         """
         G, Mg, N = self.q.shape
         self.planes = split_planes(self.q.to(torch.int32), bits).to(
