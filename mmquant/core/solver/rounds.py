@@ -165,7 +165,7 @@ class _BatchedSolver:
         self._bfull: Optional[Tensor] = None
         self.ws = _Workspace(A.device)
         # the channels the rounds work on (None: all) and their state
-        # (q, u, cta, Ct, s, yy, c, d), see round_planes
+        # (q, u, cta, Ct, s, yy, c, d), see round_canonical
         self.wch: Optional[Tensor] = None
         self.work: Tuple[Tensor, ...] = ()
         self._parity = 0
