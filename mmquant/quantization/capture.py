@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from mmquant.core.checks import to_pair
 from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
                                    layer_weight, weight_name)
 
@@ -69,13 +70,6 @@ class StopForward(BaseException):
     It derives from ``BaseException`` so that a model's own
     ``except Exception`` does not swallow it.
     """
-
-
-def _pair(value: Any) -> Tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    value = tuple(value)
-    return (value[0], value[0]) if len(value) == 1 else tuple(value[:2])
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str,
@@ -191,17 +185,17 @@ class LayerCapture:
                                     self.module)
         else:
             padding = _arg(args, kwargs, 4, 'padding', 0)
-            stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
-            dilation = _pair(_arg(args, kwargs, 5, 'dilation', 1))
+            stride = to_pair(_arg(args, kwargs, 3, 'stride', 1))
+            dilation = to_pair(_arg(args, kwargs, 5, 'dilation', 1))
             if kind == 'conv1d':
                 x, y = x.unsqueeze(2), y.unsqueeze(2)
                 stride, dilation = (1, stride[0]), (1, dilation[0])
                 if not isinstance(padding, str):
-                    padding = (0, _pair(padding)[0])
+                    padding = (0, to_pair(padding)[0])
             if isinstance(padding, str):
                 x, padding = _explicit_padding(x, padding, self.module,
                                                dilation)
-            call = OpCall(self._input, x, y, stride, _pair(padding),
+            call = OpCall(self._input, x, y, stride, to_pair(padding),
                           dilation, int(_arg(args, kwargs, 6, 'groups', 1)))
         self.on_call(call)
 
@@ -306,11 +300,11 @@ def _transposed_call(module_input: Tensor, x: Tensor, y: Tensor,
                      args: tuple, kwargs: dict,
                      module: nn.Module) -> OpCall:
     """A ``conv_transpose2d`` call as the equivalent ``conv2d`` call."""
-    stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
-    padding = _pair(_arg(args, kwargs, 4, 'padding', 0))
-    out_pad = _pair(_arg(args, kwargs, 5, 'output_padding', 0))
+    stride = to_pair(_arg(args, kwargs, 3, 'stride', 1))
+    padding = to_pair(_arg(args, kwargs, 4, 'padding', 0))
+    out_pad = to_pair(_arg(args, kwargs, 5, 'output_padding', 0))
     groups = int(_arg(args, kwargs, 6, 'groups', 1))
-    dilation = _pair(_arg(args, kwargs, 7, 'dilation', 1))
+    dilation = to_pair(_arg(args, kwargs, 7, 'dilation', 1))
     kh, kw = module.weight.shape[-2:]
     B, C, H, W = x.shape
     sh, sw = stride
