@@ -40,7 +40,8 @@ from mmquant.nn.quantized_layer import QuantizedLayer
 from .capture import LayerCapture, OpCall, StopForward
 from .config import QuantConfig
 from .journal import LayerJournal
-from .methods import LayerJob, build_weight_method, relative_error
+from .methods import (WEIGHT_METHODS, LayerJob, build_weight_method,
+                      relative_error)
 from .mixed_precision import allocation_overrides, plan_mixed_precision
 from .passes import ErrorCompensatedPass, run_activation_ranges, run_fast
 from .plan import LayerPlan, discover_layers, resolve_layers, runtime_name
@@ -287,8 +288,7 @@ class Calibration:
         self.journal = journal
         self.method = build_weight_method(config)
         self.output_method = None if config.output_method is None else \
-            build_weight_method(dataclasses.replace(
-                config, method=config.output_method, output_method=None))
+            WEIGHT_METHODS[config.output_method].from_config(config)
         self.timer = PhaseTimer(('forward', 'statistics', 'solver',
                                  'activations', 'bn'))
         self.batches: List[Any] = []

@@ -195,3 +195,16 @@ def test_phase_timer_nests_exclusively(monkeypatch):
         now[0] += 0.5
     assert timer.seconds == dict(forward=3.0, statistics=5.5, bn=0.0)
     assert timer.total('forward', 'statistics') == 8.5
+
+
+def test_output_rtn_with_bitsplit_options():
+    """``output_method='rtn'`` in a config that sets BitSplit's options:
+    the options serve the other layers, the head is rounded."""
+    model = init_model(TinyNet())
+    cfg = QuantConfig(output_method='rtn', max_rounds=5, damping=0.05,
+                      error_compensation=False, rows_per_layer=512)
+    qmodel, report = mmquant.quantize(model, calib(), cfg)
+    head = {r.name: r for r in report.layers}['head']
+    assert head.note == "weight-only MSE rounding (output_method='rtn')"
+    q, scale = mse_rtn(model.head.weight.detach(), 8)
+    assert torch.equal(qweights(qmodel)['head'][0], q)
