@@ -20,12 +20,12 @@ import shutil
 import stat
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 
 from mmengine.config import Config
-from mmengine.logging import MMLogger
+from mmengine.logging import MMLogger, print_log
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import init_default_scope
 from torch import nn
@@ -40,7 +40,8 @@ from mmquant.checkpoint.int_model import (INT_SUFFIX, READY_CONFIG_SUFFIX,
 from mmquant.fileio import write_text_atomic
 from mmquant.quantization.journal import (LayerJournal, calibration_sha256,
                                           run_fingerprint)
-from mmquant.quantizers import BaseQuantizer
+from mmquant.quantization.methods import WEIGHT_METHODS, foreign_options
+from mmquant.quantizers import BaseQuantizer, PTQQuantizer
 from mmquant.registry import MODELS
 from .calibration import (build_calib_dataloader, build_dataset,
                           build_forward_fn, calib_dataloader_cfg,
@@ -183,12 +184,48 @@ def build_quantizer(cfg: Config,
         BaseQuantizer: The quantizer.
     """
     qcfg = dict(copy.deepcopy(cfg.get('quantizer', DEFAULT_QUANTIZER)))
-    qcfg.update(overrides or {})
+    overrides = dict(overrides or {})
+    qcfg.update(overrides)
+    if 'type' in overrides or 'method' in overrides:
+        _drop_other_method_options(qcfg, set(overrides))
     quantizer = MODELS.build(qcfg)
     if not isinstance(quantizer, BaseQuantizer):
         raise TypeError(f'quantizer type {qcfg["type"]!r} is not an mmquant '
                         'quantizer')
     return quantizer
+
+
+def _drop_other_method_options(qcfg: Dict[str, Any],
+                               overridden: Set[str]) -> None:
+    """Drop the config's options of another weight method, in place.
+
+    When an override switches the weight method (``--method rtn``, a
+    benchmark method), options the config wrote for its own method (e.g.
+    BitSplit's ``max_rounds``) do not apply to the new one; they are
+    dropped with a log line. Options given in the overrides themselves are
+    kept, so that the quantizer refuses them by name.
+
+    Args:
+        qcfg (dict): The merged quantizer dict (modified).
+        overridden (set[str]): The keys the overrides set.
+    """
+    cls = qcfg.get('type')
+    if isinstance(cls, str):
+        cls = MODELS.get(cls)
+    if not (isinstance(cls, type) and issubclass(cls, BaseQuantizer)):
+        return  # MODELS.build names the problem
+    method = qcfg.get('method', 'bitsplit') if cls is PTQQuantizer \
+        else cls.method
+    if method not in WEIGHT_METHODS:
+        return  # the quantizer names the problem
+    dropped = sorted(key for key in foreign_options(method, qcfg)
+                     if key not in overridden)
+    for key in dropped:
+        del qcfg[key]
+    if dropped:
+        print_log(f'mmquant: method {method!r}: the config\'s options of '
+                  f'another method ({", ".join(dropped)}) do not apply '
+                  'and were dropped', logger='current')
 
 
 def prepare_calibration(model: nn.Module,

@@ -280,3 +280,27 @@ def test_stock_test_float_config_names_ready_config(ws, tmp_path):
             f'{notice}, format, format_version') in text, text[-3000:]
     assert 'missing keys in source state_dict: backbone.conv1.weight' \
         in text
+
+
+def test_switching_method_drops_the_other_methods_options():
+    """``--method rtn`` (or a benchmark's RTN column) over a config whose
+    quantizer sets BitSplit's options: those options are dropped (they
+    were written for BitSplit); the same key given with the switch is
+    refused by name."""
+    from mmquant.apis.ptq import build_quantizer
+    from mmquant.quantizers import PTQQuantizer, RTNQuantizer
+    cfg = Config(dict(quantizer=dict(
+        type='mmquant.BitSplitQuantizer', w_bits=3, max_rounds=20,
+        schedule='paper', rows_per_layer=512)))
+    q = build_quantizer(cfg, dict(type='mmquant.RTNQuantizer'))
+    assert isinstance(q, RTNQuantizer)
+    assert (q.config.w_bits, q.config.rows_per_layer) == (3, 512)
+    assert (q.config.max_rounds, q.config.schedule) == (100, 'integer')
+    q = build_quantizer(cfg, dict(type='mmquant.PTQQuantizer', method='rtn'))
+    assert isinstance(q, PTQQuantizer) and q.config.method == 'rtn'
+    with pytest.raises(ValueError, match="'damping' \\(an option of method "
+                       "'bitsplit'\\)"):
+        build_quantizer(cfg, dict(type='mmquant.RTNQuantizer', damping=0.0))
+    # no switch: the config's own options are kept
+    q = build_quantizer(cfg, dict(w_bits=4))
+    assert (q.config.max_rounds, q.config.schedule) == (20, 'paper')
