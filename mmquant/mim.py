@@ -80,6 +80,14 @@ def register_config_package() -> None:
     (``shipped_path('configs')``), or mmengine looks their models and
     datasets up in mmquant's registries.
 
+    mmengine 0.10.7 finds the package next to its ``.dist-info`` (or
+    ``.egg-link``): that holds for a wheel or sdist install and for a
+    ``setup.py develop`` editable install (``tools/install.sh`` with pip
+    23), not for a PEP 660 editable install (``pip install -e`` with
+    ``--use-pep517`` or a pip that has no ``setup.py develop`` any more),
+    where ``'mmquant::'`` fails with a missing
+    ``site-packages/mmquant/.mim/model-index.yml``.
+
     Raises:
         RuntimeError: If the table maps ``'mmquant'`` to another package.
     """
