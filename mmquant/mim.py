@@ -2,9 +2,9 @@
 
 Like every OpenMMLab package, mmquant ships ``configs/``, ``tools/`` and
 ``model-index.yml`` inside the package, under ``mmquant/.mim/`` (copied
-there when a wheel or sdist is built, symbolic links to the checkout's
-folders in an editable install; see ``setup.py``). This module finds them
-and connects them to mmengine:
+into a wheel when it is built, symbolic links to the checkout's folders in
+an editable install; see ``setup.py``). This module finds them and
+connects them to mmengine:
 
 * :func:`register_config_package` lets configs name mmquant's configs as
   ``_base_ = 'mmquant::_base_/quantizers/bitsplit_w4a8.py'``;

@@ -78,6 +78,22 @@ def test_every_package_folder_is_shipped():
 # ------------------------------------------- the tool entry point, in place
 
 
+def test_shipped_path_installed_checkout_or_error(tmp_path, monkeypatch):
+    package = tmp_path / 'mmquant'
+    package.mkdir()
+    monkeypatch.setattr(mim, '__file__', str(package / 'mim.py'))
+    with pytest.raises(FileNotFoundError, match=r"ships no 'tools'.*"
+                       r'not in a source checkout'):
+        mim.shipped_path('tools')
+    (tmp_path / 'tools').mkdir()
+    with pytest.raises(FileNotFoundError, match="ships no 'tools'"):
+        mim.shipped_path('tools')  # a 'tools' folder, but no checkout
+    (tmp_path / 'setup.py').write_text('')
+    assert mim.shipped_path('tools') == str(tmp_path / 'tools')
+    (package / '.mim' / 'tools').mkdir(parents=True)
+    assert mim.shipped_path('tools') == str(package / '.mim' / 'tools')
+
+
 def test_find_tool_by_path_or_unique_name():
     tools = mim.list_tools()
     assert {'ptq', 'test', 'deploy/export_onnx'} <= set(tools)
@@ -140,18 +156,49 @@ def test_register_config_package(monkeypatch):
         mim.register_config_package()
 
 
+def _copy_checkout(dst) -> None:
+    shutil.copytree(ROOT, dst, ignore=lambda d, names: [
+        n for n in names if n in NOT_COPIED or n.endswith('.egg-info')])
+
+
+def _site_packages(python: str) -> str:
+    out = _run([python, '-c', 'import sysconfig; '
+                'print(sysconfig.get_paths()["purelib"])'], ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip()
+
+
+def _fresh_env(env_dir) -> str:
+    """A virtual environment that sees this interpreter's site-packages
+    but not its ``.pth`` files (so no mmquant until one is installed into
+    it); returns its python."""
+    venv.EnvBuilder(symlinks=os.name != 'nt').create(env_dir)
+    python = str(env_dir / 'bin' / 'python')
+    stack = {sysconfig.get_paths()[k] for k in ('purelib', 'platlib')}
+    with open(osp.join(_site_packages(python), 'tested_stack.pth'),
+              'w') as f:
+        f.write('\n'.join(sorted(stack)) + '\n')
+    return python
+
+
+PIP = [sys.executable, '-m', 'pip', '--disable-pip-version-check']
+
+
 def test_editable_install_links_the_checkout(tmp_path):
     src = tmp_path / 'src'
-    shutil.copytree(ROOT, src, ignore=lambda d, names: [
-        n for n in names if n in NOT_COPIED or n.endswith('.egg-info')])
-    # `setup.py develop` is what `pip install -e .` runs here; --help
-    # stops before anything is installed.
-    out = _run([sys.executable, 'setup.py', 'develop', '--help'], str(src))
-    assert out.returncode == 0, out.stderr[-3000:]
+    _copy_checkout(src)
+    python = _fresh_env(tmp_path / 'venv')
+    out = _run(PIP + ['--python', python, 'install', '--no-deps',
+                      '--no-build-isolation', '--no-index', '-e', str(src)],
+               str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for name in ('configs', 'tools', 'model-index.yml'):
         link = src / 'mmquant' / '.mim' / name
         assert link.is_symlink(), name
         assert osp.realpath(link) == osp.realpath(src / name)
+    (src / 'tools' / 'hello.py').write_text("print('edited')\n")
+    out = _run([python, '-m', 'mmquant', 'hello'], str(tmp_path))
+    assert (out.returncode, out.stdout) == (0, 'edited\n'), out.stderr
 
 
 # ------------------------------------------- the wheel, installed elsewhere
@@ -162,27 +209,20 @@ def installed(tmp_path_factory) -> Dict[str, str]:
     """The wheel built from a copy of this checkout, installed into a
     fresh virtual environment outside it."""
     tmp = tmp_path_factory.mktemp('packaging')
-    src, dist, env_dir = tmp / 'src', tmp / 'dist', tmp / 'venv'
-    shutil.copytree(ROOT, src, ignore=lambda d, names: [
-        n for n in names if n in NOT_COPIED or n.endswith('.egg-info')])
-    pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check']
-    out = _run(pip + ['wheel', '--no-deps', '--no-build-isolation',
+    src, dist = tmp / 'src', tmp / 'dist'
+    _copy_checkout(src)
+    out = _run(PIP + ['wheel', '--no-deps', '--no-build-isolation',
                       '--no-index', '-w', str(dist), str(src)], str(tmp))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert not (src / 'mmquant' / '.mim').exists(), 'the build wrote there'
     wheel, = [str(p) for p in dist.glob('mmquant-*.whl')]
-
-    venv.EnvBuilder(symlinks=os.name != 'nt').create(env_dir)
-    python = str(env_dir / 'bin' / 'python')
-    site = _run([python, '-c', 'import sysconfig; '
-                 'print(sysconfig.get_paths()["purelib"])'], str(tmp))
-    stack = {sysconfig.get_paths()[k] for k in ('purelib', 'platlib')}
-    with open(osp.join(site.stdout.strip(), 'tested_stack.pth'), 'w') as f:
-        f.write('\n'.join(sorted(stack)) + '\n')
-    out = _run(pip + ['--python', python, 'install', '--no-deps',
+    python = _fresh_env(tmp / 'venv')
+    out = _run(PIP + ['--python', python, 'install', '--no-deps',
                       '--no-index', wheel], str(tmp))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return dict(wheel=wheel, python=python, site=site.stdout.strip(),
-                bin=str(env_dir / 'bin'))
+    site = _site_packages(python)
+    return dict(wheel=wheel, python=python, site=site,
+                bin=osp.dirname(python))
 
 
 def test_wheel_ships_every_module_config_and_tool(installed):
@@ -197,6 +237,23 @@ def test_wheel_ships_every_module_config_and_tool(installed):
     assert 'mmquant/.mim/configs/examples/fmnist_resnet_tiny.py' in shipped
     assert sorted(shipped - names) == []
     assert not [n for n in names if '__pycache__' in n or 'tests/' in n]
+
+
+def test_sdist_builds_the_same_wheel(installed, tmp_path):
+    src = tmp_path / 'src'
+    _copy_checkout(src)
+    out = _run([sys.executable, 'setup.py', '-q', 'sdist', '-d',
+                str(tmp_path / 'sdist')], str(src))
+    assert out.returncode == 0, out.stderr[-3000:]
+    sdist, = (tmp_path / 'sdist').glob('mmquant-*.tar.gz')
+    out = _run(PIP + ['wheel', '--no-deps', '--no-build-isolation',
+                      '--no-index', '-w', str(tmp_path / 'dist'),
+                      str(sdist)], str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    wheel, = (tmp_path / 'dist').glob('mmquant-*.whl')
+    with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(installed['wheel']) \
+            as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
 
 
 def test_installed_package_is_imported_from_the_environment(
