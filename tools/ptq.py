@@ -60,6 +60,8 @@ from mmquant.apis.ptq import (EvaluationError, PTQInputError,
 from mmquant.checkpoint.int_model import INT_SUFFIX
 from mmquant.fileio import write_text_atomic
 from mmquant.quantization.journal import FINGERPRINT
+from mmquant.quantization.methods import WEIGHT_METHODS
+from mmquant.quantizers import quantizer_for
 
 #: The name of the pointer to the last finished run in a work dir.
 LATEST = 'latest'
@@ -109,8 +111,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--a-bits', type=int, help='activation bits (2..8)')
     parser.add_argument('--no-act-quant', action='store_true',
                         help='keep activations float')
-    parser.add_argument('--method', choices=['bitsplit', 'rtn'],
-                        help='bitsplit (default) or the rtn baseline')
+    parser.add_argument('--method', choices=sorted(WEIGHT_METHODS),
+                        help='the weight method: bitsplit (default) or the '
+                        'rtn baseline (mmquant.quantization.methods)')
     parser.add_argument('--fast', action='store_true',
                         help='fast mode: one float pass instead of '
                         'error compensation')
@@ -350,9 +353,7 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
     if args.no_act_quant:
         overrides['a_bits'] = None
     if args.method is not None:
-        overrides['type'] = dict(
-            bitsplit='mmquant.BitSplitQuantizer',
-            rtn='mmquant.RTNQuantizer')[args.method]
+        overrides.update(quantizer_for(args.method))
     if args.fast:
         overrides['error_compensation'] = False
     if args.sensitivity:

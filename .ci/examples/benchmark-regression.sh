@@ -7,10 +7,10 @@
 # The committed values are your own baseline, measured once on the same
 # kind of runner and committed with the entry configs it writes:
 #
-#   python tools/benchmark.py configs/benchmarks/in1k_coco.py \
+#   python tools/analysis_tools/benchmark.py configs/benchmarks/in1k_coco.py \
 #       --models ResNet-18 --data-root "$IMAGENET_ROOT" --device cuda \
 #       --metafile ci/benchmarks/in1k/metafile.yml
-#   python tools/benchmark.py configs/benchmarks/in1k_coco.py \
+#   python tools/analysis_tools/benchmark.py configs/benchmarks/in1k_coco.py \
 #       --models 'RetinaNet R-50-FPN' 'Faster R-CNN R-50-FPN' \
 #       --data-root "$COCO_ROOT" --device cuda \
 #       --metafile ci/benchmarks/coco/metafile.yml
@@ -36,12 +36,12 @@ DEVICE="${DEVICE:-cuda}"
 PY="${MMQUANT_VENV:-.venv}/bin/python"
 
 status=0
-"$PY" tools/benchmark.py configs/benchmarks/in1k_coco.py \
+"$PY" tools/analysis_tools/benchmark.py configs/benchmarks/in1k_coco.py \
     --models ResNet-18 --data-root "$IMAGENET_ROOT" --device "$DEVICE" \
     --work-dir work_dirs/benchmark/ci_in1k \
     --check "$BASELINE_DIR/in1k/metafile.yml" \
     --tolerance "$TOLERANCE" --strict || status=$?
-"$PY" tools/benchmark.py configs/benchmarks/in1k_coco.py \
+"$PY" tools/analysis_tools/benchmark.py configs/benchmarks/in1k_coco.py \
     --models 'RetinaNet R-50-FPN' 'Faster R-CNN R-50-FPN' \
     --data-root "$COCO_ROOT" --device "$DEVICE" \
     --work-dir work_dirs/benchmark/ci_coco \

@@ -3,7 +3,8 @@
 # re-estimation and the treatment of the output layers, in both modes at
 # W4A8, W3A8 and W2A8. docs/solver.md explains each setting;
 #
-#   python tools/benchmark_ablation.py configs/benchmarks/fmnist_ablation.py \
+#   python tools/analysis_tools/benchmark_ablation.py \
+#       configs/benchmarks/fmnist_ablation.py \
 #       --baseline configs/bitsplit/results/fmnist_offline.json \
 #       --doc docs/solver.md configs/bitsplit/README.md
 #

@@ -4,7 +4,8 @@
 # tests/benchmarks/fmnist_ci/metafile.yml, were measured by this list
 # through the same code path the check re-runs:
 #
-#   python tools/benchmark.py configs/benchmarks/fmnist_ci.py \
+#   python tools/analysis_tools/benchmark.py \
+#       configs/benchmarks/fmnist_ci.py \
 #       --work-dir work_dirs/benchmark/fmnist_ci \
 #       --metafile tests/benchmarks/fmnist_ci/metafile.yml
 #   cp work_dirs/benchmark/fmnist_ci/results.json \
@@ -12,7 +13,8 @@
 #
 # and tests/benchmarks/test_benchmark_check.py checks them on every CI run:
 #
-#   python tools/benchmark.py configs/benchmarks/fmnist_ci.py \
+#   python tools/analysis_tools/benchmark.py \
+#       configs/benchmarks/fmnist_ci.py \
 #       --check tests/benchmarks/fmnist_ci/metafile.yml
 models = [
     dict(

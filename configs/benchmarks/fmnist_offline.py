@@ -2,7 +2,8 @@
 # each quantized by RTN, BitSplit fast mode and BitSplit with error
 # compensation at W8A8/W4A8/W3A8/W2A8 in one run:
 #
-#   python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
+#   python tools/analysis_tools/benchmark.py \
+#       configs/benchmarks/fmnist_offline.py \
 #       --readme configs/bitsplit/README.md \
 #       --metafile configs/bitsplit/metafile.yml
 #

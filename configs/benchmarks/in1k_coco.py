@@ -2,9 +2,11 @@
 # OpenMMLab's float checkpoints (neither is reachable from this project's
 # build machines, so no numbers for it are committed):
 #
-#   python tools/benchmark.py configs/benchmarks/in1k_coco.py \
+#   python tools/analysis_tools/benchmark.py \
+#       configs/benchmarks/in1k_coco.py \
 #       --models ResNet-18 --data-root /data/imagenet --device cuda
-#   python tools/benchmark.py configs/benchmarks/in1k_coco.py \
+#   python tools/analysis_tools/benchmark.py \
+#       configs/benchmarks/in1k_coco.py \
 #       --models 'RetinaNet R-50-FPN' --data-root /data/coco --device cuda
 #
 # The checkpoints are OpenMMLab's released files, downloaded by you to

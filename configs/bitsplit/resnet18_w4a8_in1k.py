@@ -4,6 +4,6 @@ _base_ = [
 ]
 
 # mmpretrain's ImageNet base writes its root inside each dataloader; the
-# top-level variable lets `tools/benchmark.py --data-root` find and move
-# every path under it.
+# top-level variable lets `tools/analysis_tools/benchmark.py --data-root`
+# find and move every path under it.
 data_root = 'data/imagenet'

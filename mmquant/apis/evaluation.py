@@ -1,4 +1,8 @@
-"""Evaluate a model with its config's test dataloader and evaluator."""
+"""Evaluate a model with its config's test dataloader and evaluator.
+
+:func:`evaluate` returns the evaluator's metrics; :func:`to_jsonable`
+turns them (tensors, numpy scalars) into values a JSON file can hold.
+"""
 import copy
 from typing import Any, Dict, List, Optional
 
@@ -81,6 +85,27 @@ def evaluate(model: nn.Module,
     print()
     model.train(was_training)
     return evaluator.evaluate(len(dataloader.dataset))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors and numpy scalars as Python numbers, recursively.
+
+    Args:
+        value (Any): Metrics as :func:`evaluate` returns them, or dicts and
+            lists of them.
+
+    Returns:
+        Any: ``value`` with dict keys as strings, tuples as lists and
+        every one-element tensor or numpy scalar as its Python number;
+        other values are returned unchanged.
+    """
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, 'item'):
+        return value.item()
+    return value
 
 
 def _image_ids(dataset: Any, count: int) -> Optional[List[Any]]:

@@ -46,7 +46,7 @@ from mmquant.registry import MODELS
 from .calibration import (build_calib_dataloader, build_dataset,
                           build_forward_fn, calib_dataloader_cfg,
                           describe_dataset, preprocess_batches)
-from .evaluation import evaluate
+from .evaluation import evaluate, to_jsonable
 
 #: Quantizer used when the config has no ``quantizer`` key.
 DEFAULT_QUANTIZER = dict(type='mmquant.BitSplitQuantizer')
@@ -855,7 +855,7 @@ def run_ptq(cfg: Config,
             text = ' '.join(f'{type(err).__name__}: {err}'.split())
             report.extra.update(evaluation='failed',
                                 evaluation_error=text,
-                                metrics=_jsonable(metrics))
+                                metrics=to_jsonable(metrics))
             report.save(report_path)
             message = (f'evaluation failed ({text}); the INT checkpoint '
                        f'{out_path} and the report {report_path} are kept: '
@@ -864,7 +864,7 @@ def run_ptq(cfg: Config,
             logger.error(f'mmquant: {message}')
             raise EvaluationError(message, report.to_dict()) from err
         report.timing['evaluation'] = round(time.perf_counter() - t1, 4)
-        report.extra.update(evaluation='done', metrics=_jsonable(metrics))
+        report.extra.update(evaluation='done', metrics=to_jsonable(metrics))
         report.save(report_path)
     logger.info('mmquant: summary\n' + summary_table(
         name, quantizer, report, metrics, report_path))
@@ -902,16 +902,6 @@ def _ready_config_text(cfg: Config, int_path: str, ready_path: str) -> str:
         f'#   python tools/test.py {ready_name} \\\n'
         f'#       {int_name}\n')
     return header + ready_config(cfg, int_name).pretty_text
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, 'item'):
-        return value.item()
-    return value
 
 
 def _table(rows: List[Tuple[str, ...]], header: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""The mmquant INT checkpoint container: atomic save and safe load.
+"""The mmquant INT checkpoint container: atomic save and verified load.
 
 An INT checkpoint is a file written by :func:`torch.save` whose payload is
 a plain ``dict`` holding only tensors, ``str``, ``int``, ``float``, ``bool``,
@@ -16,7 +16,9 @@ a plain ``dict`` holding only tensors, ``str``, ``int``, ``float``, ``bool``,
 
 The precise definition (checksums, versioning, safety model) is in
 ``docs/checkpoint_format.md``.  This module knows nothing about models or
-quantisers: it stores named tensors plus a JSON-able ``meta`` dict.
+quantisers: it stores named tensors plus a JSON-able ``meta`` dict.  The
+file is read by :func:`.safe_torch_load` (weights-only, no allowlist)
+and then verified here (:func:`verify_container`).
 """
 import ctypes
 import errno
@@ -25,17 +27,16 @@ import json
 import math
 import os
 import os.path as osp
-import pickle
 import re
-import stat
 import warnings
-import zipfile
-from typing import (IO, Any, Callable, Dict, Mapping, Optional, Tuple,
-                    Union)
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
 from mmquant.fileio import atomic_write
+from .errors import (CheckpointError, CheckpointNotFoundError,
+                     UnsafeCheckpointError)
+from .safe_load import MapLocation, PathLike, safe_torch_load
 
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'SUPPORTED_FORMAT_VERSIONS',
@@ -53,10 +54,6 @@ SUPPORTED_FORMAT_VERSIONS = (1, )
 #: (see :func:`save_container`).
 NOTICE_PREFIX = 'NOTICE: '
 
-PathLike = Union[str, 'os.PathLike[str]']
-MapLocation = Union[None, str, torch.device, Dict[str, str],
-                    Callable[..., Any]]
-
 #: Meta key holding :func:`tensors_digest` of the file's checksums. It is
 #: written by :func:`save_container`, covered by ``meta_sha256``, checked
 #: and removed from the meta :func:`load_container` returns; callers may
@@ -66,40 +63,14 @@ TENSORS_DIGEST_KEY = 'tensors_sha256'
 MAX_META_BYTES = 64 << 20
 #: Deepest nesting of lists/dicts in meta (the meta dict itself is 1).
 MAX_META_DEPTH = 64
-#: Zip members of a file may expand to at most
-#: ``max(_INFLATE_MIN_CAP, _INFLATE_RATIO * file size)`` bytes in all.
-_INFLATE_MIN_CAP = 64 << 20
-_INFLATE_RATIO = 8
 
 _TOP_LEVEL_KEYS = ('format', 'format_version', 'meta', 'tensors',
                    'checksums', 'meta_sha256')
 _HASH_BLOCK = 1 << 24
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupted, unsafe or of a wrong kind."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint file does not exist.
-
-    Also a :class:`FileNotFoundError`, so either can be caught.
-    """
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file holds pickled Python objects and is refused for safety."""
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
-    """Return the short name of a dtype, e.g. ``'float32'``.
-
-    Args:
-        dtype: A torch dtype.
-
-    Returns:
-        ``str(dtype)`` without the ``'torch.'`` prefix.
-    """
+    """Return the short name of a dtype, e.g. ``'float32'``."""
     return str(dtype).replace('torch.', '', 1)
 
 
@@ -112,10 +83,10 @@ def tensor_sha256(t: torch.Tensor) -> str:
     JSON list of the sizes, e.g. ``[64, 3, 3, 3]`` (``[]`` for a scalar).
 
     Args:
-        t: Any strided tensor, on any device.
+        t (Tensor): Any strided tensor, on any device.
 
     Returns:
-        The lowercase hexadecimal SHA-256 digest.
+        str: The lowercase hexadecimal SHA-256 digest.
 
     Raises:
         TypeError: If ``t`` is not a strided tensor with materialised data.
@@ -153,11 +124,11 @@ def tensors_digest(checksums: Mapping[str, str]) -> str:
     tensors swapped together with their checksums are detected.
 
     Args:
-        checksums: Mapping from tensor names to :func:`tensor_sha256`
+        checksums (dict): Mapping from tensor names to :func:`tensor_sha256`
             values.
 
     Returns:
-        The lowercase hexadecimal digest.
+        str: The lowercase hexadecimal digest.
     """
     pairs = [[name, checksums[name]] for name in sorted(checksums)]
     text = json.dumps(pairs, separators=(',', ':'))
@@ -168,9 +139,10 @@ def _check_json(value: Any, where: str, depth: int = 1) -> None:
     """Check that ``value`` round-trips exactly through strict JSON.
 
     Args:
-        value: The value to check.
-        where: Its location, used in error messages (e.g. ``"meta['a']"``).
-        depth: Nesting depth of ``value`` (the meta dict itself is 1).
+        value (Any): The value to check.
+        where (str): Its location, used in error messages (e.g.
+            ``"meta['a']"``).
+        depth (int): Nesting depth of ``value`` (the meta dict itself is 1).
 
     Raises:
         TypeError: If a value or key is not JSON-serialisable.
@@ -218,10 +190,10 @@ def _json_depth(text: str) -> int:
     depth exceeds :data:`MAX_META_DEPTH`, so the text need not be valid.
 
     Args:
-        text: JSON text.
+        text (str): JSON text.
 
     Returns:
-        The depth (0 for a scalar), or ``MAX_META_DEPTH + 1`` if deeper.
+        int: The depth (0 for a scalar), or ``MAX_META_DEPTH + 1`` if deeper.
     """
     depth = deepest = 0
     for match in _JSON_TOKEN_RE.finditer(text):
@@ -241,11 +213,12 @@ def _encode_meta(meta: Mapping[str, Any],
     """Validate ``meta`` and serialise it to canonical JSON text.
 
     Args:
-        meta: The metadata dict.
-        digest: If given, stored as ``meta[TENSORS_DIGEST_KEY]``.
+        meta (dict): The metadata dict.
+        digest (str, optional): If given, stored as
+            ``meta[TENSORS_DIGEST_KEY]``.
 
     Returns:
-        JSON text with sorted keys.
+        str: JSON text with sorted keys.
 
     Raises:
         TypeError: If ``meta`` is not a dict or holds non-JSON values.
@@ -277,10 +250,10 @@ def _prepare_tensors(
     """Validate tensors and make CPU, contiguous, storage-owning copies.
 
     Args:
-        tensors: Mapping from names to tensors.
+        tensors (dict): Mapping from names to tensors.
 
     Returns:
-        A new dict with the same names and order.
+        dict: A new dict with the same names and order.
 
     Raises:
         TypeError: If a name is not a str or a value is not a dense tensor.
@@ -328,19 +301,20 @@ def save_container(path: PathLike,
     is a symbolic link, the link itself is replaced by the new file.
 
     Args:
-        path: Destination file.
-        tensors: Mapping from str names to dense tensors (any device/dtype).
-            They are stored as contiguous CPU clones in the given order.
-        meta: JSON-able dict (str keys; dict, list, tuple, str, int, finite
-            float, bool, None values; at most :data:`MAX_META_DEPTH`
+        path (str or os.PathLike): Destination file.
+        tensors (dict): Mapping from str names to dense tensors (any
+            device/dtype). They are stored as contiguous CPU clones in the
+            given order.
+        meta (dict): JSON-able dict (str keys; dict, list, tuple, str, int,
+            finite float, bool, None values; at most :data:`MAX_META_DEPTH`
             levels deep and :data:`MAX_META_BYTES` as JSON; not the key
-            :data:`TENSORS_DIGEST_KEY`, which is added).  Tuples are read
-            back as lists.
-        notice: A one-line text for humans, stored as the *name* of the
-            first top-level key (``NOTICE_PREFIX + notice``, value
-            ``None``). mmengine's runner, given the file as the checkpoint
-            of a float model, prints the top-level keys it cannot load, so
-            the notice is what such a user reads. Readers ignore it.
+            :data:`TENSORS_DIGEST_KEY`, which is added).  Tuples are read back
+            as lists.
+        notice (str, optional): A one-line text for humans, stored as the
+            *name* of the first top-level key (``NOTICE_PREFIX + notice``,
+            value ``None``). mmengine's runner, given the file as the
+            checkpoint of a float model, prints the top-level keys it cannot
+            load, so the notice is what such a user reads. Readers ignore it.
 
     Raises:
         TypeError: If a tensor name is not a str, a value is not a tensor,
@@ -383,260 +357,6 @@ def save_container(path: PathLike,
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-_UNSAFE_GLOBAL_RE = re.compile(r'GLOBAL\s+([\w.]+)')
-_WEIGHTS_ERROR_RE = re.compile(r'WeightsUnpickler error:\s*(.*?)(?:\n\n|$)',
-                               re.S)
-#: Words of torch's advice to load unsafely; never passed on.
-_UNSAFE_ADVICE = ('safe_globals', 'weights_only', 'Please')
-_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'),
-               (stat.S_ISCHR, 'a character device'),
-               (stat.S_ISBLK, 'a block device'),
-               (stat.S_ISSOCK, 'a socket'))
-
-
-def _unsafe_globals(f: IO[bytes]) -> list:
-    """List the globals a checkpoint needs beyond torch's default allowlist.
-
-    Args:
-        f: The open checkpoint file.
-
-    Returns:
-        Fully qualified names; empty if they cannot be determined (e.g. a
-        legacy, non-zip file).
-    """
-    get = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint',
-                  None)
-    if get is None:
-        return []
-    try:
-        f.seek(0)
-        return list(get(f))
-    except Exception:  # noqa: BLE001 - best effort diagnostics only
-        return []
-
-
-def _torch_reason(message: str) -> str:
-    """Extract torch's diagnosis from a weights-only load error.
-
-    Only the first sentence of the ``WeightsUnpickler error`` is kept, and
-    nothing of torch's advice to allowlist globals or to load with
-    ``weights_only`` off, which would be unsafe for an untrusted file.
-
-    Args:
-        message: The text of torch's ``UnpicklingError``.
-
-    Returns:
-        E.g. ``' torch: Unsupported global: GLOBAL os.system was not an
-        allowed global by default.'``, or ``''``.
-    """
-    detail = _WEIGHTS_ERROR_RE.search(message)
-    if detail is None:
-        return ''
-    first = re.split(r'(?<=\.)\s', detail.group(1).strip(), maxsplit=1)[0]
-    if not first or any(word in first for word in _UNSAFE_ADVICE):
-        return ''
-    return f' torch: {first}' + ('' if first.endswith('.') else '.')
-
-
-def _open_regular(path: str, kind: str) -> Tuple[IO[bytes], int]:
-    """Open a checkpoint for reading, refusing anything but a regular file.
-
-    The file is opened without blocking and checked with ``fstat`` on the
-    open descriptor, so a FIFO, a device or a directory is refused at once
-    (a FIFO would otherwise block until a writer appears).
-
-    Args:
-        path: The file.
-        kind: Human-readable kind of file for messages.
-
-    Returns:
-        ``(file, size)``: the file opened in binary mode and its size.
-
-    Raises:
-        CheckpointNotFoundError: If ``path`` does not exist.
-        CheckpointError: If it is not a regular file or cannot be read.
-    """
-    flags = (os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)
-             | getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0))
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError as e:
-        raise CheckpointNotFoundError(
-            f'{kind} file not found: {path!r}') from e
-    except IsADirectoryError as e:
-        raise CheckpointError(f'{kind} path is a directory, not a file: '
-                              f'{path!r}') from e
-    except OSError as e:
-        raise CheckpointError(
-            f'cannot read {kind} {path!r}: {e.strerror or e}') from e
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise CheckpointError(f'{kind} path is a directory, not a file: '
-                                  f'{path!r}')
-        if not stat.S_ISREG(st.st_mode):
-            what = next((name for test, name in _FILE_KINDS
-                         if test(st.st_mode)), 'not a regular file')
-            raise CheckpointError(
-                f'{kind} path {path!r} is {what}, not a regular file; give '
-                'the path of a checkpoint file')
-        if hasattr(os, 'O_NONBLOCK'):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, 'rb'), st.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _check_zip_sizes(f: IO[bytes], size: int, path: str,
-                     kind: str) -> None:
-    """Refuse a zip archive whose members would expand too much.
-
-    ``torch.save`` stores its members uncompressed, but a zip member may be
-    deflate-compressed, and torch inflates such members into memory of the
-    size their directory entry declares.  The declared sizes of all members
-    together may not exceed ``max(64 MiB, 8 * size)``.  Only the central
-    directory is read; nothing is inflated.
-
-    Args:
-        f: The open file, at any position (left at 0).
-        size: Its size in bytes.
-        path: The file, for messages.
-        kind: Human-readable kind of file for messages.
-
-    Raises:
-        CheckpointError: If the zip directory cannot be read or the members
-            would expand beyond the limit.
-    """
-    f.seek(0)
-    if f.read(4) != b'PK\x03\x04':
-        f.seek(0)
-        return
-    try:
-        with zipfile.ZipFile(f) as archive:
-            infos = archive.infolist()
-    except Exception as e:  # noqa: BLE001 - zipfile raises many kinds
-        raise CheckpointError(
-            f'{kind} {path!r} is truncated or corrupted: its zip directory '
-            f'cannot be read ({type(e).__name__}: {e})') from e
-    f.seek(0)
-    expanded = sum(info.file_size for info in infos)
-    cap = max(_INFLATE_MIN_CAP, _INFLATE_RATIO * size)
-    if expanded > cap:
-        packed = sum(1 for info in infos
-                     if info.compress_type != zipfile.ZIP_STORED)
-        raise CheckpointError(
-            f'{kind} {path!r} is refused: its {len(infos)} zip members '
-            f'({packed} compressed) would expand to {expanded} bytes, more '
-            f'than the {cap} bytes allowed for a file of {size} bytes '
-            '(max(64 MiB, 8 x the file size)); torch.save never compresses '
-            'its members, so this file was not written by torch.save or '
-            'was tampered with')
-
-
-def _is_safetensors(f: IO[bytes], size: int) -> bool:
-    """Tell whether a file is in the safetensors format.
-
-    A safetensors file starts with the little-endian 64-bit length of the
-    JSON header that follows it, and the header starts with ``{``.
-
-    Args:
-        f: The open file (left at position 0).
-        size: Its size in bytes.
-
-    Returns:
-        True if the first bytes have that layout.
-    """
-    f.seek(0)
-    head = f.read(9)
-    f.seek(0)
-    if len(head) < 9:
-        return False
-    length = int.from_bytes(head[:8], 'little')
-    return head[8:9] == b'{' and 2 <= length <= size - 8
-
-
-def _torch_load_checked(
-        path: PathLike,
-        map_location: MapLocation = 'cpu',
-        kind: str = 'checkpoint',
-        unsafe_hint: str = '',
-        safetensors_loader: Optional[Callable[..., Any]] = None) -> Any:
-    """Run ``torch.load(weights_only=True)`` with clear error messages.
-
-    Only a regular file is read (a FIFO or a device is refused at once),
-    and a zip archive whose members would expand beyond
-    ``max(64 MiB, 8 x file size)`` is refused before anything is inflated.
-
-    Args:
-        path: File to load.
-        map_location: Passed to :func:`torch.load`.
-        kind: Human-readable kind of file for messages.
-        unsafe_hint: Extra advice appended to the message of an
-            :class:`UnsafeCheckpointError`.
-        safetensors_loader: Reads a file in the safetensors format:
-            ``loader(file, path, map_location)``. If None, such a file is
-            refused with an error that names the format.
-
-    Returns:
-        The unpickled object.
-
-    Raises:
-        CheckpointNotFoundError: If ``path`` does not exist.
-        UnsafeCheckpointError: If the file holds Python objects (or pickle
-            constructs) that weights-only loading refuses.
-        CheckpointError: If the file is a directory or not a regular file,
-            a zip bomb, a safetensors file nobody reads here, truncated or
-            corrupted.
-    """
-    path = os.fspath(path)
-    f, size = _open_regular(path, kind)
-    with f:
-        _check_zip_sizes(f, size, path, kind)
-        if _is_safetensors(f, size):
-            if safetensors_loader is None:
-                raise CheckpointError(
-                    f'{kind} {path!r} is in the safetensors format, not a '
-                    'torch.save file; mmquant INT checkpoints are torch.save '
-                    'files (tools/ptq.py writes them), and a float '
-                    'checkpoint in the safetensors format loads with '
-                    'mmquant.checkpoint.load_float_checkpoint')
-            return safetensors_loader(f, path, map_location)
-        try:
-            return torch.load(f, map_location=map_location,
-                              weights_only=True)
-        except pickle.UnpicklingError as e:
-            msg = str(e)
-            f.seek(0)
-            head = f.read(4)
-            looks_torch = (head.startswith(b'PK\x03\x04')
-                           or head[:1] == b'\x80')
-            if ('Weights only load failed' not in msg
-                    or ('Unsupported global' not in msg
-                        and not looks_torch)):
-                raise CheckpointError(
-                    f'{kind} {path!r} is truncated or corrupted: '
-                    f'{type(e).__name__}: {msg}') from e
-            names = sorted(set(_unsafe_globals(f)))
-            match = _UNSAFE_GLOBAL_RE.search(msg)
-            # torch names builtins without their module: getattr
-            if match and not {match.group(1), 'builtins.' + match.group(1)
-                              } & set(names):
-                names.insert(0, match.group(1))
-            found = (f' It references: {", ".join(names)}.'
-                     if names else '')
-            raise UnsafeCheckpointError(
-                f'{kind} {path!r} contains pickled Python objects (or '
-                'pickle constructs) that safe, weights-only loading does '
-                'not allow, so it is refused for safety: mmquant never '
-                f'runs code from a checkpoint file.{found}'
-                f'{_torch_reason(msg)}{unsafe_hint}') from e
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds
-            raise CheckpointError(
-                f'{kind} {path!r} is truncated or corrupted: '
-                f'{type(e).__name__}: {e}') from e
-
-
 def load_container(
         path: PathLike,
         map_location: MapLocation = 'cpu',
@@ -647,12 +367,6 @@ def load_container(
     The file is read with ``torch.load(weights_only=True)`` and no extra
     allowlist, so it can never execute code or build arbitrary objects.
 
-    Args:
-        path: Checkpoint file.
-        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
-        verify_checksums: Whether to verify every tensor checksum (the meta
-            checksum is always verified).
-
     Only a regular file is opened (a FIFO or a device is refused at
     once), a zip whose members would expand to more than ``max(64 MiB, 8 x
     the file size)`` is refused before anything is inflated, and a meta of
@@ -660,14 +374,15 @@ def load_container(
     :data:`MAX_META_DEPTH` is refused before it is parsed.
 
     Args:
-        path: Checkpoint file.
-        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
-        verify_checksums: Whether to verify every tensor checksum (the meta
-            checksum and the tensor-name digest are always verified).
+        path (str or os.PathLike): Checkpoint file.
+        map_location (str or torch.device or dict or callable): Passed to
+            :func:`torch.load` (default ``'cpu'``).
+        verify_checksums (bool): Whether to verify every tensor checksum (the
+            meta checksum and the tensor-name digest are always verified).
 
     Returns:
-        ``(tensors, meta)``: the named tensors in stored order and the
-        decoded meta dict (without :data:`TENSORS_DIGEST_KEY`).
+        tuple: ``(tensors, meta)``, the named tensors in stored order and
+        the decoded meta dict (without :data:`TENSORS_DIGEST_KEY`).
 
     Warns:
         UserWarning: If the file predates the tensor-name digest (its
@@ -685,7 +400,7 @@ def load_container(
             match the digest in the meta (a renamed or swapped tensor).
     """
     path = os.fspath(path)
-    obj = _torch_load_checked(
+    obj = safe_torch_load(
         path, map_location, 'INT checkpoint',
         ' An mmquant INT checkpoint never contains Python objects, so this '
         'file was not written by mmquant or was altered; if it is a float '
@@ -705,12 +420,12 @@ def verify_container(
     another loader (e.g. an mmengine runner's ``load_from``) has read.
 
     Args:
-        obj: The loaded object.
-        path: Where it came from (for messages).
-        verify_checksums: Whether to verify every tensor checksum.
+        obj (Any): The loaded object.
+        path (str): Where it came from (for messages).
+        verify_checksums (bool): Whether to verify every tensor checksum.
 
     Returns:
-        ``(tensors, meta)`` as :func:`load_container`.
+        tuple: ``(tensors, meta)`` as :func:`load_container`.
 
     Raises:
         CheckpointError: As :func:`load_container`.
@@ -799,9 +514,9 @@ def _check_digest(path: str, meta: Dict[str, Any],
     warning, as their tensor names are not covered.
 
     Args:
-        path: The file, for messages.
-        meta: The decoded meta; the digest is removed from it.
-        checksums: The file's checksums (names already checked).
+        path (str): The file, for messages.
+        meta (dict): The decoded meta; the digest is removed from it.
+        checksums (dict): The file's checksums (names already checked).
 
     Raises:
         CheckpointError: If the digest is malformed or does not match.

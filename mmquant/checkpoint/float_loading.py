@@ -22,8 +22,8 @@ from typing import IO, Any, Dict, Iterable, List, Mapping
 
 import torch
 
-from .container import (CheckpointError, MapLocation, PathLike,
-                        _torch_load_checked)
+from .errors import CheckpointError
+from .safe_load import MapLocation, PathLike, safe_torch_load
 
 __all__ = [
     'float_safe_globals', 'load_float_checkpoint_file', 'extract_state_dict',
@@ -47,10 +47,10 @@ def _import_attr(dotted: str) -> Any:
     """Import ``module.attr`` and return the attribute.
 
     Args:
-        dotted: Fully qualified name, e.g. ``'numpy.ndarray'``.
+        dotted (str): Fully qualified name, e.g. ``'numpy.ndarray'``.
 
     Returns:
-        The attribute.
+        Any: The attribute.
 
     Raises:
         ImportError: If the module cannot be imported.
@@ -70,7 +70,7 @@ def _numpy_globals() -> List[Any]:
     arrays unpickle their elements through the same restricted unpickler.
 
     Returns:
-        Classes/functions, and ``(object, name)`` pairs mapping the names
+        list: Classes/functions, and ``(object, name)`` pairs mapping the names
         used by numpy 1.x and 2.x pickles to the installed objects.
         Empty if numpy is not installed.
     """
@@ -110,7 +110,7 @@ def _history_buffer_globals() -> List[Any]:
     resolves plain functions defined on ``HistoryBuffer`` itself.
 
     Returns:
-        The entries; empty if mmengine is not installed.
+        list: The entries; empty if mmengine is not installed.
     """
     try:
         history_buffer = _import_attr(_HISTORY_BUFFER)
@@ -121,11 +121,11 @@ def _history_buffer_globals() -> List[Any]:
         """Resolve ``getattr(HistoryBuffer, name)`` for its own methods.
 
         Args:
-            obj: Must be the ``HistoryBuffer`` class.
-            name: Name of a public function defined on it.
+            obj (Any): Must be the ``HistoryBuffer`` class.
+            name (str): Name of a public function defined on it.
 
         Returns:
-            The function.
+            Any: The function.
 
         Raises:
             pickle.UnpicklingError: For any other object or attribute.
@@ -159,7 +159,7 @@ def float_safe_globals() -> List[Any]:
     here, lazily; missing packages just shorten the list.
 
     Returns:
-        Entries suitable for :func:`torch.serialization.safe_globals`.
+        list: Entries suitable for :func:`torch.serialization.safe_globals`.
     """
     return (_numpy_globals() + _history_buffer_globals() +
             [argparse.Namespace])
@@ -182,13 +182,14 @@ def load_float_checkpoint_file(
     ``max(64 MiB, 8 x file size)`` is refused before anything is inflated.
 
     Args:
-        path: Checkpoint file.
-        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
-        extra_safe_globals: Additional classes/functions (or
+        path (str or os.PathLike): Checkpoint file.
+        map_location (str or torch.device or dict or callable): Passed to
+            :func:`torch.load` (default ``'cpu'``).
+        extra_safe_globals (Iterable[Any]): Additional classes/functions (or
             ``(object, 'module.name')`` pairs) the caller trusts.
 
     Returns:
-        The unpickled checkpoint (usually a dict with ``state_dict``,
+        Any: The unpickled checkpoint (usually a dict with ``state_dict``,
         ``meta``, ``message_hub`` ... keys).
 
     Raises:
@@ -218,8 +219,8 @@ def load_float_checkpoint_file(
             already.add(key)
             new.append(g)
     with torch.serialization.safe_globals(new):
-        return _torch_load_checked(path, map_location, 'float checkpoint',
-                                   _UNSAFE_HINT, _load_safetensors)
+        return safe_torch_load(path, map_location, 'float checkpoint',
+                               _UNSAFE_HINT, _load_safetensors)
 
 
 def _load_safetensors(f: IO[bytes], path: str,
@@ -230,13 +231,14 @@ def _load_safetensors(f: IO[bytes], path: str,
     cannot run code.  It needs the ``safetensors`` package.
 
     Args:
-        f: The open file.
-        path: Its path, for messages.
-        map_location: A device (``str`` or ``torch.device``) to move the
-            tensors to; anything else leaves them on the CPU.
+        f (IO[bytes]): The open file.
+        path (str): Its path, for messages.
+        map_location (str or torch.device or dict or callable): A device
+            (``str`` or ``torch.device``) to move the tensors to; anything else
+            leaves them on the CPU.
 
     Returns:
-        ``{name: tensor}`` in the file's order.
+        dict: ``{name: tensor}`` in the file's order.
 
     Raises:
         CheckpointError: If ``safetensors`` is not installed or the file is
@@ -264,10 +266,11 @@ def _strip_module_prefix(state_dict: Mapping[str, Any]) -> 'OrderedDict':
     """Strip a ``module.`` prefix if every key has it.
 
     Args:
-        state_dict: A state dict, possibly with ``_metadata``.
+        state_dict (dict): A state dict, possibly with ``_metadata``.
 
     Returns:
-        A new ``OrderedDict`` (with adjusted ``_metadata`` if present).
+        OrderedDict: A new state dict (with adjusted ``_metadata`` if
+        present).
     """
     prefix = 'module.'
     metadata = getattr(state_dict, '_metadata', None)
@@ -298,12 +301,11 @@ def extract_state_dict(checkpoint: Any) -> 'OrderedDict[str, Any]':
     ``_metadata`` (module versions) is kept.
 
     Args:
-        checkpoint: The object returned by
+        checkpoint (Any): The object returned by
             :func:`load_float_checkpoint_file`.
 
     Returns:
-        The state dict as an ``OrderedDict`` of str names to values
-        (tensors).
+        OrderedDict: The state dict, str names to values (tensors).
 
     Raises:
         CheckpointError: If no state dict with str keys and at least one
@@ -342,13 +344,15 @@ def load_float_checkpoint(
     Equivalent to ``extract_state_dict(load_float_checkpoint_file(...))``.
 
     Args:
-        path: Checkpoint file (e.g. an mmengine ``epoch_N.pth`` or a
-            released mmpretrain/mmdet model).
-        map_location: Passed to :func:`torch.load` (default ``'cpu'``).
-        extra_safe_globals: Additional classes/functions the caller trusts.
+        path (str or os.PathLike): Checkpoint file (e.g. an mmengine
+            ``epoch_N.pth`` or a released mmpretrain/mmdet model).
+        map_location (str or torch.device or dict or callable): Passed to
+            :func:`torch.load` (default ``'cpu'``).
+        extra_safe_globals (Iterable[Any]): Additional classes/functions the
+            caller trusts.
 
     Returns:
-        The state dict (``OrderedDict`` of str names to tensors).
+        OrderedDict: The state dict, str names to tensors.
 
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
@@ -366,11 +370,11 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Return the SHA-256 of a file's bytes, reading it in chunks.
 
     Args:
-        path: The file.
-        chunk_size: Bytes read per step.
+        path (str or os.PathLike): The file.
+        chunk_size (int): Bytes read per step.
 
     Returns:
-        The lowercase hexadecimal digest.
+        str: The lowercase hexadecimal digest.
 
     Raises:
         OSError: If the file cannot be read.

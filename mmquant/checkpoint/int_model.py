@@ -1,20 +1,20 @@
-"""Save and load whole quantized models as INT checkpoints.
+"""Save, load and apply whole quantized models as INT checkpoints.
 
 A model whose ``nn.Conv2d``/``nn.Linear`` layers were replaced by
 :class:`~mmquant.nn.QuantizedLayer` is written with :func:`save_quantized`
 into an ``mmquant-int`` container (see :mod:`.container`): the integer
 weights of every quantized layer are bit-packed (:func:`.pack_int`), all
 other state-dict entries are stored unchanged, and ``meta['layers']``
-records what is needed to rebuild the layers.  :func:`load_quantized` turns
-a freshly built *float* model of the same architecture into the quantized
-model, after validating the whole file against the model.
-:func:`inspect_quantized` summarises a file without a model.
+records what is needed to rebuild the layers (see :mod:`.layer_records`).
+:func:`load_quantized` turns a freshly built *float* model of the same
+architecture into the quantized model, after validating the whole file
+against the model; :func:`apply_quantized` does the same for a container
+another loader has already read.
 
 The model-level layout is specified in ``docs/checkpoint_format.md``
 ("Model-level layout").
 """
 import difflib
-import math
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -23,41 +23,27 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .container import (CheckpointError, MapLocation, PathLike,
-                        load_container, save_container)
 from mmquant.nn.layer_kinds import QUANTIZABLE, out_channels, weight_name
 from mmquant.nn.module_utils import set_submodule
-from .packing import MAX_BITS, MIN_BITS, packed_nbytes, pack_int, unpack_int
+from mmquant.nn.quantized_layer import QuantizedLayer
+from .container import load_container, save_container
+from .errors import CheckpointError
+from .layer_records import (DTYPES, FLOAT32_BYTES, PACKED_SUFFIX,
+                            RESERVED_META_KEYS, is_packed_name,
+                            layer_record, nbytes, packed_name,
+                            parent_record, validate_file)
+from .packing import pack_int
+from .safe_load import MapLocation, PathLike
 
 __all__ = [
-    'RESERVED_META_KEYS', 'PACKED_SUFFIX', 'INT_SUFFIX',
-    'READY_CONFIG_SUFFIX', 'CheckpointMismatchError', 'int_file_notice',
-    'save_quantized', 'load_quantized', 'apply_quantized',
-    'inspect_quantized'
+    'INT_SUFFIX', 'READY_CONFIG_SUFFIX', 'CheckpointMismatchError',
+    'int_file_notice', 'save_quantized', 'load_quantized', 'apply_quantized'
 ]
-
-#: Suffix of the tensor holding a quantized layer's packed integers.
-PACKED_SUFFIX = 'qweight_packed'
 
 #: ``tools/ptq.py`` names its INT checkpoint ``<stem>_int.pth`` and writes
 #: the config that evaluates it next to it as ``<stem>_quantized.py``.
 INT_SUFFIX = '_int.pth'
 READY_CONFIG_SUFFIX = '_quantized.py'
-
-#: Meta keys written by :func:`save_quantized`; callers may not set them.
-RESERVED_META_KEYS = ('layers', 'mmquant_version', 'float_bytes',
-                      'packed_bytes')
-
-_LAYER_KEYS = ('name', 'w_bits', 'a_bits', 'act_signed', 'shape', 'numel',
-               'layer_type')
-_FLOAT32_BYTES = 4
-#: Compute dtypes a layer record may name (``dtype``); absent: float32.
-_DTYPES = {
-    'float16': torch.float16,
-    'bfloat16': torch.bfloat16,
-    'float32': torch.float32,
-    'float64': torch.float64,
-}
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -70,61 +56,8 @@ class CheckpointMismatchError(CheckpointError):
     """
 
 
-def _quantized_layer_cls() -> type:
-    """Return :class:`~mmquant.nn.QuantizedLayer`, imported on first use.
-
-    The import is deferred so that ``import mmquant.checkpoint`` does not
-    pull in the quantization modules.
-
-    Returns:
-        The ``QuantizedLayer`` class.
-    """
-    from mmquant.nn.quantized_layer import QuantizedLayer
-    return QuantizedLayer
-
-
-def _packed_name(layer: str) -> str:
-    """Return the tensor name of a layer's packed integers.
-
-    Args:
-        layer: Dotted module name of the quantized layer.
-
-    Returns:
-        ``f'{layer}.qweight_packed'``.
-    """
-    return f'{layer}.{PACKED_SUFFIX}'
-
-
-def _is_packed_name(key: str) -> bool:
-    """Tell whether a tensor name is that of a layer's packed integers.
-
-    Args:
-        key: A tensor name.
-
-    Returns:
-        True if ``key`` ends with ``'.qweight_packed'``.
-    """
-    return key.endswith(f'.{PACKED_SUFFIX}')
-
-
-def _nbytes(t: Tensor) -> int:
-    """Return the size of a tensor's data in bytes.
-
-    Args:
-        t: Any tensor.
-
-    Returns:
-        ``t.numel() * t.element_size()``.
-    """
-    return t.numel() * t.element_size()
-
-
 def _mmquant_version() -> str:
-    """Return the installed mmquant version string.
-
-    Returns:
-        ``mmquant.version.__version__``.
-    """
+    """Return ``mmquant.version.__version__``."""
     from mmquant.version import __version__
     return __version__
 
@@ -133,20 +66,19 @@ def _quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """List the quantized layers of a model in ``named_modules`` order.
 
     Args:
-        model: The model.
+        model (nn.Module): The model.
 
     Returns:
-        ``[(name, layer), ...]``.
+        list: ``[(name, layer), ...]``.
 
     Raises:
         ValueError: If the model itself is a ``QuantizedLayer`` or one
             ``QuantizedLayer`` is reachable under several names.
     """
-    qcls = _quantized_layer_cls()
     found: List[Tuple[str, nn.Module]] = []
     seen: Dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if not isinstance(module, qcls):
+        if not isinstance(module, QuantizedLayer):
             continue
         if not name:
             raise ValueError(
@@ -170,10 +102,10 @@ def int_file_notice(path: PathLike) -> str:
     ``tools/ptq.py`` writes next to it.
 
     Args:
-        path: The INT checkpoint.
+        path (str or os.PathLike): The INT checkpoint.
 
     Returns:
-        One line of text (without :data:`.NOTICE_PREFIX`).
+        str: One line of text (without :data:`.NOTICE_PREFIX`).
     """
     name = osp.basename(os.fspath(path))
     text = ('this is an mmquant INT checkpoint and not a float state dict; '
@@ -202,19 +134,18 @@ def save_quantized(model: nn.Module,
     written atomically by :func:`.save_container`.
 
     Args:
-        model: The quantized model.
-        path: Destination file; its directory must exist.
-        meta: Extra JSON-able metadata merged into the file's meta, e.g.
-            ``{'quantizer': qcfg.to_dict(), 'source_config':
-            cfg.pretty_text, 'float_checkpoint_sha256':
-            sha256_file(ckpt)}``.  It may not use the keys of
-            :data:`RESERVED_META_KEYS`.
-        notice: The text for humans who load the file as the checkpoint
-            of a float model (see :func:`.save_container`); default
+        model (nn.Module): The quantized model.
+        path (str or os.PathLike): Destination file; its directory must exist.
+        meta (dict, optional): Extra JSON-able metadata merged into the file's
+            meta, e.g. ``{'quantizer': qcfg.to_dict(), 'source_config':
+            cfg.pretty_text, 'float_checkpoint_sha256': sha256_file(ckpt)}``.
+            It may not use the keys of :data:`.RESERVED_META_KEYS`.
+        notice (str, optional): The text for humans who load the file as the
+            checkpoint of a float model (see :func:`.save_container`); default
             :func:`int_file_notice`; ``''`` for none.
 
     Returns:
-        A size summary: ``file_bytes`` (the file on disk),
+        dict: A size summary: ``file_bytes`` (the file on disk),
         ``packed_weight_bytes`` (all packed integer tensors),
         ``float_weight_bytes`` (what the quantized layers' weights take
         in float32), ``other_bytes`` (every other stored tensor: scales,
@@ -245,7 +176,7 @@ def save_quantized(model: nn.Module,
     state = model.state_dict()
     by_qweight = {f'{name}.qweight': (name, layer) for name, layer in layers}
     for key in state:
-        if _is_packed_name(key):
+        if is_packed_name(key):
             raise ValueError(f'state-dict key {key!r} ends like the packed '
                              f'weight of a quantized layer ({PACKED_SUFFIX!r})'
                              '; rename it')
@@ -255,32 +186,17 @@ def save_quantized(model: nn.Module,
     for key, value in state.items():
         if key not in by_qweight:
             tensors[key] = value
-            other_bytes += _nbytes(value)
+            other_bytes += nbytes(value)
             continue
         name, layer = by_qweight[key]
         try:
             packed = pack_int(layer.qweight, layer.w_bits)
         except ValueError as e:
             raise ValueError(f'cannot pack layer {name!r}: {e}') from e
-        tensors[_packed_name(name)] = packed
-        packed_bytes += _nbytes(packed)
-        float_bytes += layer.qweight.numel() * _FLOAT32_BYTES
-        record = {
-            'name': name,
-            'w_bits': int(layer.w_bits),
-            'a_bits': None if layer.a_bits is None else int(layer.a_bits),
-            'act_signed': bool(layer.act_signed),
-            'shape': [int(s) for s in layer.qweight.shape],
-            'numel': int(layer.qweight.numel()),
-            'layer_type': type(layer.layer).__name__,
-            'channels': int(layer.weight_scale.numel()),
-        }
-        dtype = _dtype_name(layer.compute_dtype, name)
-        if dtype != 'float32':
-            # absent means float32, so float32 models write the same
-            # files as before dtype support
-            record['dtype'] = dtype
-        records.append(record)
+        tensors[packed_name(name)] = packed
+        packed_bytes += nbytes(packed)
+        float_bytes += layer.qweight.numel() * FLOAT32_BYTES
+        records.append(layer_record(name, layer))
     missing = [name for name, _ in layers
                if f'{name}.qweight' not in state]
     if missing:
@@ -305,283 +221,8 @@ def save_quantized(model: nn.Module,
     }
 
 
-def _dtype_name(dtype: torch.dtype, name: str) -> str:
-    """The record name of a layer's compute dtype.
-
-    Args:
-        dtype: The layer's ``compute_dtype``.
-        name: The layer's name, for the message.
-
-    Returns:
-        str: ``'float16'``, ``'bfloat16'``, ``'float32'`` or ``'float64'``.
-
-    Raises:
-        ValueError: For any other dtype.
-    """
-    for key, value in _DTYPES.items():
-        if value == dtype:
-            return key
-    raise ValueError(f'layer {name!r} computes in {dtype}, which an INT '
-                     f'checkpoint cannot record (one of {sorted(_DTYPES)})')
-
-
-def _is_bits(value: Any) -> bool:
-    """Tell whether ``value`` is a valid bit width (an int, not a bool).
-
-    Args:
-        value: The value read from meta.
-
-    Returns:
-        True for an ``int`` in ``[MIN_BITS, MAX_BITS]``.
-    """
-    return (isinstance(value, int) and not isinstance(value, bool)
-            and MIN_BITS <= value <= MAX_BITS)
-
-
-def _check_record(where: str, rec: Any) -> Dict[str, Any]:
-    """Validate one ``meta['layers']`` record.
-
-    Args:
-        where: Location for messages, e.g. ``"'ckpt.pth': meta['layers'][3]"``.
-        rec: The record.
-
-    Returns:
-        The record with ``shape`` as a tuple.
-
-    Raises:
-        CheckpointError: If a key is missing or a value is invalid.
-    """
-    if not isinstance(rec, dict):
-        raise CheckpointError(f'{where} is not a dict')
-    missing = [k for k in _LAYER_KEYS if k not in rec]
-    if missing:
-        raise CheckpointError(f'{where} lacks the key(s) {missing}')
-    name = rec['name']
-    if not isinstance(name, str) or not name:
-        raise CheckpointError(f'{where} has an invalid name {name!r}')
-    where = f'{where} (layer {name!r})'
-    if not _is_bits(rec['w_bits']):
-        raise CheckpointError(
-            f'{where}: w_bits must be an int in [{MIN_BITS}, {MAX_BITS}], '
-            f'got {rec["w_bits"]!r}')
-    if rec['a_bits'] is not None and not _is_bits(rec['a_bits']):
-        raise CheckpointError(
-            f'{where}: a_bits must be null or an int in [{MIN_BITS}, '
-            f'{MAX_BITS}], got {rec["a_bits"]!r}')
-    if not isinstance(rec['act_signed'], bool):
-        raise CheckpointError(f'{where}: act_signed must be a bool, got '
-                              f'{rec["act_signed"]!r}')
-    shape = rec['shape']
-    if (not isinstance(shape, list) or not shape or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0
-            for s in shape)):
-        raise CheckpointError(f'{where}: shape must be a non-empty list of '
-                              f'non-negative ints, got {shape!r}')
-    numel = rec['numel']
-    if (not isinstance(numel, int) or isinstance(numel, bool)
-            or numel != math.prod(shape)):
-        raise CheckpointError(f'{where}: numel {numel!r} does not match '
-                              f'shape {shape}')
-    if not isinstance(rec['layer_type'], str):
-        raise CheckpointError(f'{where}: layer_type must be a str, got '
-                              f'{rec["layer_type"]!r}')
-    # files written before ConvTranspose2d support have no 'channels':
-    # their scales are along dim 0 of the weight
-    channels = rec.get('channels', shape[0])
-    if (not isinstance(channels, int) or isinstance(channels, bool)
-            or channels < 0):
-        raise CheckpointError(f'{where}: channels must be a non-negative '
-                              f'int, got {channels!r}')
-    # files written before dtype support have no 'dtype': float32
-    dtype = rec.get('dtype', 'float32')
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise CheckpointError(f'{where}: dtype must be one of '
-                              f'{sorted(_DTYPES)}, got {dtype!r}')
-    out = dict(rec)
-    out['shape'] = tuple(shape)
-    out['channels'] = channels
-    out['dtype'] = dtype
-    return out
-
-
-def _layer_records(path: str, meta: Mapping[str, Any]) -> List[dict]:
-    """Validate ``meta['layers']`` as a whole.
-
-    Args:
-        path: The file, for messages.
-        meta: The loaded meta.
-
-    Returns:
-        The validated records.
-
-    Raises:
-        CheckpointError: If ``meta['layers']`` is absent or invalid, names
-            a layer twice, or nests one layer inside another.
-    """
-    layers = meta.get('layers')
-    if not isinstance(layers, list):
-        raise CheckpointError(
-            f'{path!r} is an mmquant INT container but not a quantized '
-            "model checkpoint (meta['layers'] is missing or not a list)")
-    records = [
-        _check_record(f"{path!r}: meta['layers'][{i}]", rec)
-        for i, rec in enumerate(layers)
-    ]
-    names = set()
-    for rec in records:
-        if rec['name'] in names:
-            raise CheckpointError(f"{path!r}: meta['layers'] names layer "
-                                  f"{rec['name']!r} twice")
-        names.add(rec['name'])
-    for rec in records:
-        parts = rec['name'].split('.')
-        for i in range(1, len(parts)):
-            parent = '.'.join(parts[:i])
-            if parent in names and parts[i] != 'layer':
-                raise CheckpointError(
-                    f"{path!r}: meta['layers'] nests layer {rec['name']!r} "
-                    f'inside layer {parent!r}')
-    return records
-
-
-def _parent_record(name: str, names: Any) -> Optional[str]:
-    """The record a nested record lies in (``P.layer.<child>``: an
-    attention's ``out_proj`` inside the attention's QuantizedLayer
-    ``P``), or None for a top-level record."""
-    parts = name.split('.')
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i] == 'layer' and '.'.join(parts[:i]) in names:
-            return '.'.join(parts[:i])
-    return None
-
-
-def _scale_tensors(path: str, rec: dict,
-                   tensors: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
-    """Fetch and check a layer's ``weight_scale`` and ``act_scale``.
-
-    Args:
-        path: The file, for messages.
-        rec: The validated layer record.
-        tensors: All tensors of the file.
-
-    Returns:
-        ``(weight_scale, act_scale)``.
-
-    Raises:
-        CheckpointError: If a tensor is missing, mis-shaped, not floating
-            point, or a used scale is not finite and positive.
-    """
-    name = rec['name']
-    out = []
-    for attr, shape in (('weight_scale', (rec['channels'], )),
-                        ('act_scale', ())):
-        key = f'{name}.{attr}'
-        t = tensors.get(key)
-        if t is None:
-            raise CheckpointError(f'{path!r}: quantized layer {name!r} has '
-                                  f'no tensor {key!r}')
-        if tuple(t.shape) != shape or not t.is_floating_point():
-            raise CheckpointError(
-                f'{path!r}: {key!r} must be a floating tensor of shape '
-                f'{list(shape)}, got {t.dtype} of shape {list(t.shape)}')
-        used = attr == 'weight_scale' or rec['a_bits'] is not None
-        if used and t.numel() and not bool(
-            (torch.isfinite(t) & (t > 0)).all()):
-            raise CheckpointError(f'{path!r}: {key!r} must be finite and '
-                                  'positive')
-        out.append(t)
-    return out[0], out[1]
-
-
-def _unpack_layer(path: str, rec: dict,
-                  tensors: Mapping[str, Tensor]) -> Tensor:
-    """Unpack and check a layer's integer weights.
-
-    Args:
-        path: The file, for messages.
-        rec: The validated layer record.
-        tensors: All tensors of the file.
-
-    Returns:
-        The int8 weights, shaped ``rec['shape']``, on the CPU.
-
-    Raises:
-        CheckpointError: If the packed tensor is missing, has the wrong
-            dtype or size for the recorded bits, or decodes to values
-            outside the grid.
-    """
-    name, bits, numel = rec['name'], rec['w_bits'], rec['numel']
-    key = _packed_name(name)
-    packed = tensors.get(key)
-    if packed is None:
-        raise CheckpointError(f'{path!r}: quantized layer {name!r} has no '
-                              f'packed weight tensor {key!r}')
-    expected = packed_nbytes(numel, bits)
-    if packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise CheckpointError(
-            f'{path!r}: {key!r} must be a 1-D uint8 tensor, got '
-            f'{packed.dtype} of shape {list(packed.shape)}')
-    if packed.numel() != expected:
-        raise CheckpointError(
-            f'{path!r}: {key!r} holds {packed.numel()} bytes but '
-            f'{numel} {bits}-bit values need {expected}; w_bits or shape '
-            f'of layer {name!r} is wrong')
-    try:
-        q = unpack_int(packed, bits, numel)
-    except ValueError as e:
-        raise CheckpointError(f'{path!r}: the integer weights of layer '
-                              f'{name!r} are out of range: {e}') from e
-    return q.reshape(rec['shape'])
-
-
-def _validate_file(
-    path: str, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
-) -> Tuple[List[dict], Dict[str, Tensor], Dict[str, Tuple[Tensor,
-                                                          Tensor]]]:
-    """Check an INT checkpoint on its own, as loading and inspecting do.
-
-    The layer records must be well formed; each layer's packed tensor must
-    have exactly the size its ``w_bits`` and ``numel`` need and decode
-    without the reserved out-of-grid code; its scales must be well shaped,
-    finite and positive; and every packed tensor must belong to a record.
-
-    Args:
-        path: The file, for messages.
-        tensors: The container's verified tensors.
-        meta: The container's meta.
-
-    Returns:
-        ``(records, ints, scales)``: the validated records, the int8
-        weights and ``(weight_scale, act_scale)`` of each layer by name.
-
-    Raises:
-        CheckpointError: On the first problem found.
-    """
-    records = _layer_records(path, meta)
-    ints, scales = {}, {}
-    for rec in records:
-        scales[rec['name']] = _scale_tensors(path, rec, tensors)
-        ints[rec['name']] = _unpack_layer(path, rec, tensors)
-    recorded = {_packed_name(rec['name']) for rec in records}
-    for key in tensors:
-        if _is_packed_name(key) and key not in recorded:
-            raise CheckpointError(
-                f'{path!r}: tensor {key!r} holds the packed integers of a '
-                f"layer that meta['layers'] has no record for (was the "
-                'record removed?)')
-    return records, ints, scales
-
-
 def _suggest(name: str, candidates: List[str]) -> str:
-    """Return a ``'; did you mean ...?'`` hint, or ``''``.
-
-    Args:
-        name: The name that was not found.
-        candidates: Existing names.
-
-    Returns:
-        The hint text.
-    """
+    """Return a ``'; did you mean ...?'`` hint for ``name``, or ``''``."""
     close = difflib.get_close_matches(name, candidates, n=3)
     return f'; did you mean {", ".join(map(repr, close))}?' if close else ''
 
@@ -591,21 +232,22 @@ def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
     """Find the float conv/linear a record describes in the model.
 
     Args:
-        modules: ``dict(model.named_modules())`` of the model loaded into.
-        rec: The validated layer record.
-        strict: Whether the layer class name must match ``layer_type``.
-        errors: Problems are appended here.
+        modules (dict): ``dict(model.named_modules())`` of the model loaded
+            into.
+        rec (dict): The validated layer record.
+        strict (bool): Whether the layer class name must match ``layer_type``.
+        errors (list): Problems are appended here.
 
     Returns:
-        The ``nn.Conv2d``/``nn.Linear`` to wrap (the inner layer of an
-        existing ``QuantizedLayer``), or None if a problem was recorded.
+        nn.Module or None: The ``nn.Conv2d``/``nn.Linear`` to wrap (the
+        inner layer of an existing ``QuantizedLayer``), or None if a problem
+        was recorded.
     """
-    qcls = _quantized_layer_cls()
     name = rec['name']
     parts = name.split('.')
     for i in range(1, len(parts)):
         parent = modules.get('.'.join(parts[:i]))
-        if isinstance(parent, qcls):
+        if isinstance(parent, QuantizedLayer):
             errors.append(f'layer {name!r} lies inside the QuantizedLayer '
                           f'{".".join(parts[:i])!r} of the model')
             return None
@@ -614,7 +256,7 @@ def _base_layer(modules: Dict[str, nn.Module], rec: dict, strict: bool,
         errors.append(f'layer {name!r} of the checkpoint is not in the '
                       f'model{_suggest(name, list(modules))}')
         return None
-    base = module.layer if isinstance(module, qcls) else module
+    base = module.layer if isinstance(module, QuantizedLayer) else module
     if not isinstance(base, QUANTIZABLE + (nn.MultiheadAttention, )):
         errors.append(f'layer {name!r} is a {type(module).__name__} in the '
                       'model, not an nn.Conv2d/Conv1d/ConvTranspose2d/'
@@ -647,9 +289,9 @@ def _raise_mismatch(path: str, model: nn.Module, lines: List[str]) -> None:
     """Raise a :class:`CheckpointMismatchError` listing problems.
 
     Args:
-        path: The file.
-        model: The model.
-        lines: One line per problem; nothing is raised when empty.
+        path (str): The file.
+        model (nn.Module): The model.
+        lines (list): One line per problem; nothing is raised when empty.
 
     Raises:
         CheckpointMismatchError: If ``lines`` is not empty.
@@ -679,12 +321,13 @@ def load_quantized(model: nn.Module,
     model's parameters (as with ``load_state_dict``).
 
     Args:
-        model: A float model of the architecture the file was saved from
-            (e.g. built from the same config); modified in place.
-        path: The INT checkpoint.
-        map_location: Where :func:`torch.load` maps the file's tensors
-            before they are copied into the model.
-        strict: If True, the stored float tensors must match the model's
+        model (nn.Module): A float model of the architecture the file was saved
+            from (e.g. built from the same config); modified in place.
+        path (str or os.PathLike): The INT checkpoint.
+        map_location (str or torch.device or dict or callable): Where
+            :func:`torch.load` maps the file's tensors before they are copied
+            into the model.
+        strict (bool): If True, the stored float tensors must match the model's
             state dict exactly (no missing or unexpected keys) and each
             layer's class name must equal the recorded ``layer_type``.  If
             False, unexpected keys are ignored, missing ones keep the
@@ -692,7 +335,7 @@ def load_quantized(model: nn.Module,
             existence, type (conv/linear) and shapes are always checked.
 
     Returns:
-        ``model``, now holding ``QuantizedLayer``\\ s.
+        nn.Module: ``model``, now holding ``QuantizedLayer``\\ s.
 
     Raises:
         CheckpointNotFoundError: If ``path`` does not exist.
@@ -721,20 +364,20 @@ def apply_quantized(model: nn.Module,
     checks and the errors.
 
     Args:
-        model: A float model of the architecture; modified in place.
-        tensors: The container's tensors.
-        meta: The container's meta.
-        strict: See :func:`load_quantized`.
-        source: The file name, for messages.
+        model (nn.Module): A float model of the architecture; modified in
+            place.
+        tensors (dict): The container's tensors.
+        meta (dict): The container's meta.
+        strict (bool): See :func:`load_quantized`.
+        source (str): The file name, for messages.
 
     Returns:
-        ``model``, now holding ``QuantizedLayer``\\ s.
+        nn.Module: ``model``, now holding ``QuantizedLayer``\\ s.
     """
-    qcls = _quantized_layer_cls()
     path_str = source
 
     # 1. The file on its own: records, packed sizes, codes, scales.
-    records, ints, scales = _validate_file(path_str, tensors, meta)
+    records, ints, scales = validate_file(path_str, tensors, meta)
 
     # 2. The layers against the model (a record nested in another one,
     # P.layer.<child>, against the rebuilt P in step 3).
@@ -742,7 +385,7 @@ def apply_quantized(model: nn.Module,
     bases = {}
     modules = dict(model.named_modules())
     names = {rec['name'] for rec in records}
-    parents = {rec['name']: _parent_record(rec['name'], names)
+    parents = {rec['name']: parent_record(rec['name'], names)
                for rec in records}
     for rec in records:
         if parents[rec['name']] is not None:
@@ -772,11 +415,12 @@ def apply_quantized(model: nn.Module,
         weight_scale, act_scale = scales[name]
         device = getattr(base, weight_name(base)).device
         try:
-            layer = qcls(base, ints[name].to(device),
-                         weight_scale.to(device=device, dtype=torch.float32),
-                         rec['w_bits'], rec['a_bits'],
-                         None if rec['a_bits'] is None else float(act_scale),
-                         rec['act_signed'], _DTYPES[rec['dtype']])
+            layer = QuantizedLayer(
+                base, ints[name].to(device),
+                weight_scale.to(device=device, dtype=torch.float32),
+                rec['w_bits'], rec['a_bits'],
+                None if rec['a_bits'] is None else float(act_scale),
+                rec['act_signed'], DTYPES[rec['dtype']])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f'{path_str!r}: cannot rebuild layer '
                                   f'{name!r}: {e}') from e
@@ -794,7 +438,7 @@ def apply_quantized(model: nn.Module,
     for name, layer in new_layers.items():
         for k, v in layer.state_dict(keep_vars=True).items():
             expected[f'{name}.{k}'] = v
-    packed_keys = {_packed_name(n) for n in built}
+    packed_keys = {packed_name(n) for n in built}
     supplied = {f'{n}.qweight' for n in built}
     floats = OrderedDict(
         (k, v) for k, v in tensors.items() if k not in packed_keys)
@@ -826,98 +470,3 @@ def apply_quantized(model: nn.Module,
         state._metadata = metadata  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=strict)
     return model
-
-
-def inspect_quantized(path: PathLike) -> Dict[str, Any]:
-    """Verify and summarise an INT checkpoint without a model.
-
-    The file gets every check :func:`load_quantized` makes without a
-    model: :func:`.load_container` (checksums, tensor-name digest, meta),
-    then the layer records, the size of every packed tensor against its
-    ``w_bits`` and ``numel``, the decoding of every integer (no reserved
-    code), the scales, and that every packed tensor has a record.
-
-    Args:
-        path: The INT checkpoint.
-
-    Returns:
-        A JSON-able dict with
-
-        * ``path`` and ``file_bytes``;
-        * ``mmquant_version``: the version that wrote the file;
-        * ``meta``: the caller's meta (all non-reserved keys);
-        * ``layers``: one dict per quantized layer, in file order, with
-          ``name``, ``layer_type``, ``w_bits``, ``a_bits``, ``act_signed``,
-          ``shape``, ``numel``, ``dtype`` (the compute dtype's name,
-          ``'float32'`` for a record without it), ``packed_bytes``,
-          ``float_bytes`` (float32 size of the weight) and ``ratio``
-          (``float_bytes / packed_bytes``);
-        * ``totals``: ``layers``, ``packed_bytes``, ``float_bytes``,
-          ``ratio``, ``scale_bytes`` (weight and activation scales),
-          ``other_bytes`` (all non-packed tensors, scales included),
-          ``int_model_bytes`` (all tensors of the file),
-          ``float_model_bytes`` (the same model with float32 weights and
-          no scales), ``model_ratio`` (``float_model_bytes /
-          int_model_bytes``) and ``file_bytes``.
-
-    Raises:
-        CheckpointNotFoundError: If ``path`` does not exist.
-        CheckpointError: If the file is corrupted, unsafe, not a quantized
-            model checkpoint, or fails any check :func:`load_quantized`
-            makes on the file alone (the message is the same).
-    """
-    path_str = os.fspath(path)
-    tensors, meta = load_container(path_str)
-    records, _, _ = _validate_file(path_str, tensors, meta)
-    layers = []
-    packed_total = float_total = scale_total = 0
-    scale_keys = set()
-    for rec in records:
-        name = rec['name']
-        packed_bytes = _nbytes(tensors[_packed_name(name)])
-        float_bytes = rec['numel'] * _FLOAT32_BYTES
-        packed_total += packed_bytes
-        float_total += float_bytes
-        for attr in ('weight_scale', 'act_scale'):
-            scale_keys.add(f'{name}.{attr}')
-            scale_total += _nbytes(tensors[f'{name}.{attr}'])
-        layers.append({
-            'name': name,
-            'layer_type': rec['layer_type'],
-            'w_bits': rec['w_bits'],
-            'a_bits': rec['a_bits'],
-            'act_signed': rec['act_signed'],
-            'shape': list(rec['shape']),
-            'numel': rec['numel'],
-            'dtype': rec['dtype'],
-            'packed_bytes': packed_bytes,
-            'float_bytes': float_bytes,
-            'ratio': float_bytes / packed_bytes if packed_bytes else None,
-        })
-    packed_keys = {_packed_name(r['name']) for r in records}
-    other_total = sum(
-        _nbytes(t) for k, t in tensors.items() if k not in packed_keys)
-    int_model = packed_total + other_total
-    float_model = float_total + other_total - scale_total
-    return {
-        'path': path_str,
-        'file_bytes': osp.getsize(path_str),
-        'mmquant_version': meta.get('mmquant_version'),
-        'meta': {
-            k: v
-            for k, v in meta.items() if k not in RESERVED_META_KEYS
-        },
-        'layers': layers,
-        'totals': {
-            'layers': len(layers),
-            'packed_bytes': packed_total,
-            'float_bytes': float_total,
-            'ratio': float_total / packed_total if packed_total else None,
-            'scale_bytes': scale_total,
-            'other_bytes': other_total,
-            'int_model_bytes': int_model,
-            'float_model_bytes': float_model,
-            'model_ratio': float_model / int_model if int_model else None,
-            'file_bytes': osp.getsize(path_str),
-        },
-    }

@@ -46,10 +46,10 @@ def int_range(bits: int) -> Tuple[int, int]:
     """Return the narrow symmetric integer range of a bit width.
 
     Args:
-        bits: Bit width in ``[2, 8]``.
+        bits (int): Bit width in ``[2, 8]``.
 
     Returns:
-        ``(qmin, qmax)`` with ``qmax = 2**(bits-1) - 1`` and
+        tuple: ``(qmin, qmax)`` with ``qmax = 2**(bits-1) - 1`` and
         ``qmin = -qmax``.
 
     Raises:
@@ -63,11 +63,11 @@ def packed_nbytes(numel: int, bits: int) -> int:
     """Return the number of bytes ``numel`` packed ``bits``-bit values take.
 
     Args:
-        numel: Number of values (``>= 0``).
-        bits: Bit width in ``[2, 8]``.
+        numel (int): Number of values (``>= 0``).
+        bits (int): Bit width in ``[2, 8]``.
 
     Returns:
-        ``ceil(numel * bits / 8)``.
+        int: ``ceil(numel * bits / 8)``.
 
     Raises:
         ValueError: If ``numel`` is negative or not an int, or ``bits`` is
@@ -83,11 +83,11 @@ def _to_int64(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Flatten ``q`` to int64 on the CPU after validating it.
 
     Args:
-        q: Integer tensor, or floating tensor holding integral values.
-        bits: Bit width (already validated).
+        q (Tensor): Integer tensor, or floating tensor holding integral values.
+        bits (int): Bit width (already validated).
 
     Returns:
-        A 1-D int64 CPU tensor with the same values.
+        Tensor: A 1-D int64 CPU tensor with the same values.
 
     Raises:
         TypeError: If ``q`` is not a tensor or has an unsupported dtype.
@@ -122,11 +122,11 @@ def _pack_chunk(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack int64 values of the valid range into bytes (general path).
 
     Args:
-        q: 1-D int64 tensor whose length is a multiple of 8.
-        bits: Bit width in ``[2, 7]``.
+        q (Tensor): 1-D int64 tensor whose length is a multiple of 8.
+        bits (int): Bit width in ``[2, 7]``.
 
     Returns:
-        1-D uint8 tensor of ``len(q) // 8 * bits`` bytes.
+        Tensor: 1-D uint8 tensor of ``len(q) // 8 * bits`` bytes.
     """
     codes = (q & ((1 << bits) - 1)).view(-1, 8)
     shifts = torch.arange(8, dtype=torch.int64) * bits
@@ -140,11 +140,12 @@ def _unpack_chunk(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Unpack bytes into int64 codes (general path).
 
     Args:
-        packed: 1-D uint8 tensor whose length is a multiple of ``bits``.
-        bits: Bit width in ``[2, 7]``.
+        packed (Tensor): 1-D uint8 tensor whose length is a multiple of
+            ``bits``.
+        bits (int): Bit width in ``[2, 7]``.
 
     Returns:
-        1-D int64 tensor of ``len(packed) // bits * 8`` codes.
+        Tensor: 1-D int64 tensor of ``len(packed) // bits * 8`` codes.
     """
     groups = packed.to(torch.int64).view(-1, bits)
     byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
@@ -157,11 +158,11 @@ def _pack_fast(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack uint8 codes for widths that divide 8 (2 and 4 bits).
 
     Args:
-        codes: 1-D uint8 codes, length a multiple of ``8 // bits``.
-        bits: 2 or 4.
+        codes (Tensor): 1-D uint8 codes, length a multiple of ``8 // bits``.
+        bits (int): 2 or 4.
 
     Returns:
-        1-D uint8 packed bytes.
+        Tensor: 1-D uint8 packed bytes.
     """
     per_byte = 8 // bits
     codes = codes.view(-1, per_byte)
@@ -175,11 +176,11 @@ def _unpack_fast(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Unpack bytes into uint8 codes for 2 and 4 bits.
 
     Args:
-        packed: 1-D uint8 tensor.
-        bits: 2 or 4.
+        packed (Tensor): 1-D uint8 tensor.
+        bits (int): 2 or 4.
 
     Returns:
-        1-D uint8 codes, ``8 // bits`` per input byte.
+        Tensor: 1-D uint8 codes, ``8 // bits`` per input byte.
     """
     per_byte = 8 // bits
     mask = (1 << bits) - 1
@@ -196,14 +197,14 @@ def pack_int(q: torch.Tensor, bits: int) -> torch.Tensor:
     be recorded separately.
 
     Args:
-        q: Tensor of any shape holding integers in
+        q (Tensor): Tensor of any shape holding integers in
             ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``.  Integer dtypes are
             accepted, as are floating dtypes holding integral values.
-        bits: Bit width in ``[2, 8]``.
+        bits (int): Bit width in ``[2, 8]``.
 
     Returns:
-        1-D ``torch.uint8`` CPU tensor of ``packed_nbytes(q.numel(), bits)``
-        bytes.
+        Tensor: 1-D ``torch.uint8`` CPU tensor of
+        ``packed_nbytes(q.numel(), bits)`` bytes.
 
     Raises:
         ValueError: If ``bits`` is outside ``[2, 8]`` or a value lies outside
@@ -237,14 +238,14 @@ def unpack_int(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Unpack bytes written by :func:`pack_int`.
 
     Args:
-        packed: 1-D ``torch.uint8`` tensor of exactly
+        packed (Tensor): 1-D ``torch.uint8`` tensor of exactly
             ``packed_nbytes(numel, bits)`` bytes (any device; the work is
             done on the CPU).
-        bits: Bit width in ``[2, 8]`` used when packing.
-        numel: Number of values to decode.
+        bits (int): Bit width in ``[2, 8]`` used when packing.
+        numel (int): Number of values to decode.
 
     Returns:
-        1-D ``torch.int8`` CPU tensor of ``numel`` values in
+        Tensor: 1-D ``torch.int8`` CPU tensor of ``numel`` values in
         ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``.
 
     Raises:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_finite
 from .grid import check_bits
 from .rtn import _alternate_sorted
 
@@ -26,8 +27,8 @@ def activation_grid(bits: int, signed: bool) -> Tuple[int, int]:
     """Integer range of the activation grid.
 
     Args:
-        bits: Bit width, ``2..8``.
-        signed: Signed (narrow symmetric) or unsigned grid.
+        bits (int): Bit width, ``2..8``.
+        signed (bool): Signed (narrow symmetric) or unsigned grid.
 
     Returns:
         tuple[int, int]: ``(lo, hi)``: ``(-(2^(k-1)-1), 2^(k-1)-1)`` or
@@ -40,12 +41,6 @@ def activation_grid(bits: int, signed: bool) -> Tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def _check_finite(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f'{name} contains NaN or Inf; cannot fit an '
-                         'activation scale')
-
-
 def _sorted_mse(srt: Tensor, c1: Tensor, c2: Tensor, scales: Tensor,
                 top: int) -> Tensor:
     """Exact quantization MSE of sorted magnitudes for many scales.
@@ -56,11 +51,11 @@ def _sorted_mse(srt: Tensor, c1: Tensor, c2: Tensor, scales: Tensor,
     ``S2 - 2 k s S1 + k**2 s**2 n``: ``O(top log n)`` per scale.
 
     Args:
-        srt: Sorted non-negative magnitudes ``(n,)``, float64.
-        c1: ``(n + 1,)`` prefix sums of ``srt`` (leading zero).
-        c2: ``(n + 1,)`` prefix sums of ``srt**2`` (leading zero).
-        scales: ``(S,)`` positive candidate scales.
-        top: Largest grid level.
+        srt (Tensor): Sorted non-negative magnitudes ``(n,)``, float64.
+        c1 (Tensor): ``(n + 1,)`` prefix sums of ``srt`` (leading zero).
+        c2 (Tensor): ``(n + 1,)`` prefix sums of ``srt**2`` (leading zero).
+        scales (Tensor): ``(S,)`` positive candidate scales.
+        top (int): Largest grid level.
 
     Returns:
         Tensor: ``(S,)`` sums of squared errors.
@@ -91,10 +86,10 @@ def _fit_magnitudes(mag: Tensor, top: int, amax: float,
     only ever lowers the MSE.
 
     Args:
-        mag: Float64 magnitudes that the grid ``0..top`` represents.
-        top: Largest grid level.
-        amax: The largest magnitude (of all data seen).
-        max_iter: Iteration cap of the alternation.
+        mag (Tensor): Float64 magnitudes that the grid ``0..top`` represents.
+        top (int): Largest grid level.
+        amax (float): The largest magnitude (of all data seen).
+        max_iter (int): Iteration cap of the alternation.
 
     Returns:
         float: The scale; ``1.0`` for all-zero data.
@@ -122,10 +117,11 @@ def fit_activation_scale(x: Tensor,
     """MSE-optimal per-tensor activation scale (alternating fixed point).
 
     Args:
-        x: Sample of the activation (any shape).
-        bits: Bit width, ``2..8``.
-        signed: Grid choice; ``None`` picks unsigned iff ``x.min() >= 0``.
-        max_iter: Iteration cap of the alternation.
+        x (Tensor): Sample of the activation (any shape).
+        bits (int): Bit width, ``2..8``.
+        signed (bool, optional): Grid choice; ``None`` picks unsigned iff
+            ``x.min() >= 0``.
+        max_iter (int): Iteration cap of the alternation.
 
     Returns:
         tuple[float, bool]: The scale (finite, positive; ``1.0`` for an
@@ -139,7 +135,7 @@ def fit_activation_scale(x: Tensor,
     if x.numel() == 0:
         raise ValueError('cannot fit an activation scale on an empty tensor')
     v = x.detach().reshape(-1).to(torch.float64)
-    _check_finite(v, 'activation')
+    check_finite(v, 'activation', 'cannot fit an activation scale')
     if signed is None:
         signed = bool(v.min() < 0)
     return _fit(v, bits, bool(signed), None, max_iter), bool(signed)
@@ -147,6 +143,7 @@ def fit_activation_scale(x: Tensor,
 
 def _fit(v: Tensor, bits: int, signed: bool, amax: Optional[float],
          max_iter: int) -> float:
+    """The scale of :func:`fit_activation_scale` for values ``v``."""
     lo, hi = activation_grid(bits, signed)
     mag = v.abs() if signed else v.clamp(min=0)
     if amax is None:
@@ -159,10 +156,10 @@ def fake_quantize_activation(x: Tensor, scale: Union[float, Tensor],
     """Quantize-dequantize an activation with one per-tensor scale.
 
     Args:
-        x: Activation tensor.
-        scale: Positive finite scale (float or 0-d tensor).
-        bits: Bit width, ``2..8``.
-        signed: Signed (narrow symmetric) or unsigned grid.
+        x (Tensor): Activation tensor.
+        scale (float | Tensor): Positive finite scale (float or 0-d tensor).
+        bits (int): Bit width, ``2..8``.
+        signed (bool): Signed (narrow symmetric) or unsigned grid.
 
     Returns:
         Tensor: ``clip(round(x / s), lo, hi) * s`` in ``x``'s dtype.
@@ -183,9 +180,9 @@ class ActivationObserver:
     batch in proportion to the number of values each stands for.
 
     Args:
-        max_samples: Most values kept.
-        generator: CPU generator for the subsample (seed it for
-            reproducibility).
+        max_samples (int): Most values kept. Defaults to ``1 << 20``.
+        generator (torch.Generator, optional): CPU generator for the
+            subsample (seed it for reproducibility).
     """
 
     def __init__(self,
@@ -201,6 +198,7 @@ class ActivationObserver:
         self.max = float('-inf')
 
     def _take(self, v: Tensor, k: int) -> Tensor:
+        """A seeded random subset of ``k`` values of ``v`` (all if fewer)."""
         if k >= v.numel():
             return v
         idx = torch.randperm(v.numel(), generator=self.generator)[:k]
@@ -210,7 +208,7 @@ class ActivationObserver:
         """Add a batch of activations.
 
         Args:
-            x: Activation tensor (any shape, any device).
+            x (Tensor): Activation tensor (any shape, any device).
 
         Raises:
             ValueError: If ``x`` contains NaN or Inf.
@@ -218,7 +216,7 @@ class ActivationObserver:
         v = x.detach().reshape(-1)
         if v.numel() == 0:
             return
-        _check_finite(v, 'activation')
+        check_finite(v, 'activation', 'cannot fit an activation scale')
         self.min = min(self.min, float(v.min()))
         self.max = max(self.max, float(v.max()))
         # The kept samples live on the CPU (at most max_samples values;
@@ -246,9 +244,9 @@ class ActivationObserver:
         """Fit the scale on the kept sample (range from all data seen).
 
         Args:
-            bits: Bit width, ``2..8``.
-            signed: Grid choice; ``None``: unsigned iff the running min is
-                ``>= 0``.
+            bits (int): Bit width, ``2..8``.
+            signed (bool, optional): Grid choice; ``None``: unsigned iff the
+                running min is ``>= 0``.
 
         Returns:
             tuple[float, bool]: scale and signedness, as

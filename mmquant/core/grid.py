@@ -32,9 +32,9 @@ def check_bits(bits: int, name: str = 'bits') -> int:
     """Validate a bit width.
 
     Args:
-        bits: The bit width; an integer (``bool`` and ``float`` are
+        bits (int): The bit width; an integer (``bool`` and ``float`` are
             rejected) in ``2..8``.
-        name: The name used in the error message.
+        name (str): The name used in the error message.
 
     Returns:
         int: ``bits`` as a Python ``int``.
@@ -58,7 +58,7 @@ def qmax(bits: int) -> int:
     """Largest integer of the narrow symmetric ``bits``-bit grid.
 
     Args:
-        bits: The bit width, ``2..8``.
+        bits (int): The bit width, ``2..8``.
 
     Returns:
         int: ``2**(bits-1) - 1``.
@@ -71,7 +71,7 @@ def plane_weights(bits: int) -> list:
     """Integer weight of every bit plane, most significant first.
 
     Args:
-        bits: The bit width, ``2..8``.
+        bits (int): The bit width, ``2..8``.
 
     Returns:
         list[int]: ``[2**(bits-2), ..., 2, 1]`` (``bits - 1`` entries).
@@ -81,6 +81,7 @@ def plane_weights(bits: int) -> list:
 
 
 def _check_integer_tensor(q: Tensor, name: str) -> None:
+    """Refuse anything but an integer tensor (``TypeError``)."""
     if not isinstance(q, Tensor):
         raise TypeError(f'{name} must be a torch.Tensor, got {type(q)}')
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
@@ -91,8 +92,9 @@ def split_planes(q: Tensor, bits: int) -> Tensor:
     """Split integers into their canonical ternary bit planes.
 
     Args:
-        q: Integer tensor with values in ``[-qmax(bits), qmax(bits)]``.
-        bits: The bit width, ``2..8``.
+        q (Tensor): Integer tensor with values in
+            ``[-qmax(bits), qmax(bits)]``.
+        bits (int): The bit width, ``2..8``.
 
     Returns:
         Tensor: ``int8`` tensor of shape ``(bits - 1, *q.shape)`` with values
@@ -123,9 +125,9 @@ def stitch_planes(planes: Tensor, bits: int) -> Tensor:
     stitches to an integer in ``[-qmax(bits), qmax(bits)]``.
 
     Args:
-        planes: Integer tensor of shape ``(bits - 1, ...)`` with values in
-            ``{-1, 0, 1}``, plane 0 most significant.
-        bits: The bit width, ``2..8``.
+        planes (Tensor): Integer tensor of shape ``(bits - 1, ...)`` with
+            values in ``{-1, 0, 1}``, plane 0 most significant.
+        bits (int): The bit width, ``2..8``.
 
     Returns:
         Tensor: ``int32`` tensor of shape ``planes.shape[1:]``.
@@ -150,10 +152,12 @@ def stitch_planes(planes: Tensor, bits: int) -> Tensor:
 
 
 def _channel_view(scale: Tensor, ndim: int) -> Tensor:
+    """``(M,)`` scales viewed to broadcast over an ``ndim`` weight."""
     return scale.reshape((-1, ) + (1, ) * (ndim - 1))
 
 
 def _check_scale(scale: Tensor, channels: int) -> Tensor:
+    """Per-channel scales (a scalar expanded), checked positive, finite."""
     scale = torch.as_tensor(scale)
     if scale.dim() == 0:
         scale = scale.reshape(1).expand(channels)
@@ -169,9 +173,10 @@ def fake_quantize_weight(weight: Tensor, scale: Tensor, bits: int) -> Tensor:
     """Quantize and dequantize a weight per output channel (dim 0).
 
     Args:
-        weight: Float tensor ``(M, ...)``.
-        scale: Positive finite per-channel scales ``(M,)`` (or a scalar).
-        bits: The bit width, ``2..8``.
+        weight (Tensor): Float tensor ``(M, ...)``.
+        scale (Tensor): Positive finite per-channel scales ``(M,)`` (or a
+            scalar).
+        bits (int): The bit width, ``2..8``.
 
     Returns:
         Tensor: ``clip(round(weight / scale), -qmax, qmax) * scale`` with
@@ -187,8 +192,8 @@ def dequantize(qweight: Tensor, scale: Tensor) -> Tensor:
     """Turn per-channel integer weights back into floats.
 
     Args:
-        qweight: Integer tensor ``(M, ...)``.
-        scale: Per-channel scales ``(M,)``.
+        qweight (Tensor): Integer tensor ``(M, ...)``.
+        scale (Tensor): Per-channel scales ``(M,)``.
 
     Returns:
         Tensor: ``float32`` tensor ``qweight * scale`` (broadcast on dim 0).

@@ -25,14 +25,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .checks import check_finite
 from .grid import check_bits, qmax
 
 __all__ = ['mse_rtn', 'mse_rtn_float64']
-
-
-def _check_finite(t: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f'{name} contains NaN or Inf')
 
 
 def _alternate_sorted(aw: Tensor, scale: Tensor, top: int,
@@ -46,10 +42,10 @@ def _alternate_sorted(aw: Tensor, scale: Tensor, top: int,
     an iteration costs ``O(qmax log N)`` per row instead of ``O(N)``.
 
     Args:
-        aw: ``(M, N)`` float64 magnitudes.
-        scale: ``(M,)`` float64 starting scales.
-        top: ``qmax``.
-        max_iter: Iteration cap.
+        aw (Tensor): ``(M, N)`` float64 magnitudes.
+        scale (Tensor): ``(M,)`` float64 starting scales.
+        top (int): ``qmax``.
+        max_iter (int): Iteration cap.
 
     Returns:
         Tensor: ``(M,)`` scales after the alternation.
@@ -79,9 +75,9 @@ def mse_rtn_float64(w: Tensor, bits: int,
     """Float64 MSE-RTN on a 2-D weight matrix (the solver's initialiser).
 
     Args:
-        w: Float tensor ``(M, N)``, one row per output channel.
-        bits: The bit width, ``2..8``.
-        max_iter: Cap on the alternating iterations.
+        w (Tensor): Float tensor ``(M, N)``, one row per output channel.
+        bits (int): The bit width, ``2..8``.
+        max_iter (int): Cap on the alternating iterations.
 
     Returns:
         tuple[Tensor, Tensor]: ``q`` float64 ``(M, N)`` holding integers and
@@ -95,7 +91,7 @@ def mse_rtn_float64(w: Tensor, bits: int,
     if w.dim() != 2:
         raise ValueError(f'w must be 2-D (M, N), got {tuple(w.shape)}')
     w = w.to(torch.float64)
-    _check_finite(w, 'weight')
+    check_finite(w, 'weight')
     M, N = w.shape
     aw = w.abs()
     amax = aw.amax(dim=1) if N else w.new_zeros(M)
@@ -130,10 +126,10 @@ def mse_rtn(weight: Tensor,
     """MSE-optimal round-to-nearest quantization per output channel.
 
     Args:
-        weight: Float tensor ``(M, ...)``; dim 0 is the output channel, any
-            trailing dims are flattened per channel.
-        bits: The bit width, ``2..8``.
-        max_iter: Cap on the alternating scale/round iterations (the
+        weight (Tensor): Float tensor ``(M, ...)``; dim 0 is the output
+            channel, any trailing dims are flattened per channel.
+        bits (int): The bit width, ``2..8``.
+        max_iter (int): Cap on the alternating scale/round iterations (the
             fixed point is usually reached in a few).
 
     Returns:

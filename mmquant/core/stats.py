@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_finite, to_pair
+
 __all__ = [
     'LayerGeometry', 'StatsAccumulator', 'StatsMemoryError',
     'estimate_stats_bytes'
@@ -37,33 +39,22 @@ class StatsMemoryError(ValueError, MemoryError):
     """
 
 
-def _pair(v: Union[int, Tuple[int, ...]], name: str) -> Tuple[int, ...]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) == 1:
-        return (v[0], v[0])
-    if len(v) not in (2, 4):
-        raise ValueError(f'{name} must be an int or a 2-tuple, got {v}')
-    return v
-
-
 @dataclass
 class LayerGeometry:
     """Shape parameters of a conv2d or linear layer.
 
     Attributes:
-        kind: ``'conv'`` or ``'linear'``.
-        in_channels: Input channels (``in_features`` for linear).
-        out_channels: Output channels (``out_features`` for linear).
-        kernel_size: ``(kh, kw)`` (``(1, 1)`` for linear).
-        stride: ``(sh, sw)``.
-        padding: ``(ph, pw)`` (symmetric), or ``(left, right, top,
+        kind (str): ``'conv'`` or ``'linear'``.
+        in_channels (int): Input channels (``in_features`` for linear).
+        out_channels (int): Output channels (``out_features`` for linear).
+        kernel_size (tuple[int, int]): ``(kh, kw)`` (``(1, 1)`` for linear).
+        stride (tuple[int, int]): ``(sh, sw)``.
+        padding (tuple[int]): ``(ph, pw)`` (symmetric), or ``(left, right, top,
             bottom)`` for the asymmetric ``padding='same'`` of even
             kernels.
-        dilation: ``(dh, dw)``.
-        groups: Number of groups (``1`` for linear).
-        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or
+        dilation (tuple[int, int]): ``(dh, dw)``.
+        groups (int): Number of groups (``1`` for linear).
+        padding_mode (str): ``'zeros'``, ``'reflect'``, ``'replicate'`` or
             ``'circular'``.
     """
     kind: str
@@ -80,12 +71,12 @@ class LayerGeometry:
         if self.kind not in ('conv', 'linear'):
             raise ValueError(f"kind must be 'conv' or 'linear', "
                              f'got {self.kind!r}')
-        self.kernel_size = _pair(self.kernel_size, 'kernel_size')[:2]
-        self.stride = _pair(self.stride, 'stride')[:2]
-        self.dilation = _pair(self.dilation, 'dilation')[:2]
+        self.kernel_size = to_pair(self.kernel_size, 'kernel_size')[:2]
+        self.stride = to_pair(self.stride, 'stride')[:2]
+        self.dilation = to_pair(self.dilation, 'dilation')[:2]
         if isinstance(self.padding, str):
             self.padding = self._resolve_padding(self.padding)
-        self.padding = _pair(self.padding, 'padding')
+        self.padding = to_pair(self.padding, 'padding')
         if len(self.padding) == 4 and (self.padding[0] == self.padding[1]
                                        and self.padding[2]
                                        == self.padding[3]):
@@ -108,6 +99,7 @@ class LayerGeometry:
             raise ValueError('a linear layer has groups=1 and no kernel')
 
     def _resolve_padding(self, mode: str) -> Tuple[int, ...]:
+        """Explicit padding for ``padding='same'`` or ``'valid'``."""
         if mode == 'valid':
             return (0, 0)
         if mode != 'same':
@@ -127,7 +119,7 @@ class LayerGeometry:
         """Geometry of an ``nn.Conv2d`` (or subclass) or ``nn.Linear``.
 
         Args:
-            module: The layer.
+            module (nn.Module): The layer.
 
         Returns:
             LayerGeometry: Its geometry.
@@ -186,19 +178,13 @@ def estimate_stats_bytes(geom: LayerGeometry) -> int:
     """Bytes of ``A``, ``C`` and ``yy`` of a layer in float64.
 
     Args:
-        geom: The layer geometry.
+        geom (LayerGeometry): The layer geometry.
 
     Returns:
         int: ``8 * G * (N^2 + N * M/G + M/G)``.
     """
     G, N, Mg = geom.groups, geom.n_per_group, geom.m_per_group
     return 8 * G * (N * N + N * Mg + Mg)
-
-
-def _check_finite(t: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f'{name} contain NaN or Inf; cannot accumulate '
-                         'statistics')
 
 
 class StatsAccumulator:
@@ -210,24 +196,26 @@ class StatsAccumulator:
     im2col rows are materialised in chunks of at most ``2**23`` elements.
 
     Args:
-        geom: The layer geometry.
-        rows_per_batch: If set, keep a uniform random subset (without
-            replacement) of this many rows of every batch.
-        generator: CPU generator for the row subset (seed it for
-            reproducible statistics).
-        max_bytes: Memory budget of the statistics; a layer above it is
-            refused with :class:`StatsMemoryError`.
-        dtype: Accumulation (and product) dtype; float64 by default, which
-            the accuracy of W8 and of the objective bookkeeping needs.
-        device: Where ``A``, ``C`` and ``yy`` are allocated (default:
-            CPU); the first rows accumulated move them to their device
-            anyway, so passing it only avoids a CPU allocation and copy.
+        geom (LayerGeometry): The layer geometry.
+        rows_per_batch (int, optional): If set, keep a uniform random
+            subset (without replacement) of this many rows of every batch.
+        generator (torch.Generator, optional): CPU generator for the row
+            subset (seed it for reproducible statistics).
+        max_bytes (int, optional): Memory budget of the statistics; a
+            layer above it is refused with :class:`StatsMemoryError`.
+        dtype (torch.dtype): Accumulation (and product) dtype; float64 by
+            default, which the accuracy of W8 and of the objective
+            bookkeeping needs.
+        device (str | torch.device, optional): Where ``A``, ``C`` and
+            ``yy`` are allocated (default: CPU); the first rows accumulated
+            move them to their device anyway, so passing it only avoids a
+            CPU allocation and copy.
 
     Attributes:
-        A: ``(G, N, N)`` accumulated ``X^T X``.
-        C: ``(G, N, M/G)`` accumulated ``X^T Y``.
-        yy: ``(G, M/G)`` accumulated ``sum y^2``.
-        n_rows: Number of rows accumulated.
+        A (Tensor): ``(G, N, N)`` accumulated ``X^T X``.
+        C (Tensor): ``(G, N, M/G)`` accumulated ``X^T Y``.
+        yy (Tensor): ``(G, M/G)`` accumulated ``sum y^2``.
+        n_rows (int): Number of rows accumulated.
 
     Raises:
         StatsMemoryError: If the statistics exceed ``max_bytes``.
@@ -264,6 +252,7 @@ class StatsAccumulator:
 
     # -- helpers ---------------------------------------------------------
     def _to(self, device: torch.device) -> None:
+        """Move ``A``, ``C`` and ``yy`` to ``device``."""
         if self.A.device != device:
             self.A = self.A.to(device)
             self.C = self.C.to(device)
@@ -295,19 +284,21 @@ class StatsAccumulator:
         """Accumulate one batch.
 
         Args:
-            inputs: What the layer's conv/linear op sees: conv
+            inputs (Tensor): What the layer's conv/linear op sees: conv
                 ``(B, Cin, H, W)`` before padding (the geometry's padding,
                 including a non-zero ``padding_mode``, is applied here);
                 linear ``(..., in_features)``.
-            outputs: Target outputs without bias: conv
+            outputs (Tensor): Target outputs without bias: conv
                 ``(B, Cout, Ho, Wo)``, linear ``(..., out_features)``.
 
         Raises:
             ValueError: On shape mismatch or NaN/Inf in either tensor.
         """
         inputs, outputs = inputs.detach(), outputs.detach()
-        _check_finite(inputs, 'inputs')
-        _check_finite(outputs, 'outputs')
+        check_finite(inputs, 'inputs', 'cannot accumulate statistics',
+                     plural=True)
+        check_finite(outputs, 'outputs', 'cannot accumulate statistics',
+                     plural=True)
         if self.n_rows == 0:
             self._to(inputs.device)
         inputs = inputs.to(self.A.device)
@@ -328,9 +319,10 @@ class StatsAccumulator:
         element for element to ``input_rows(inputs)[index]``.
 
         Args:
-            inputs: As for :meth:`update`.
-            index: Optional 1-D integer tensor of row indices (any order,
-                repeats allowed) into the rows of the whole batch.
+            inputs (Tensor): As for :meth:`update`.
+            index (Tensor, optional): 1-D integer tensor of row indices
+                (any order, repeats allowed) into the rows of the whole
+                batch.
 
         Returns:
             Tensor: ``(K, G * N)`` rows (image-major, then output rows,
@@ -378,6 +370,7 @@ class StatsAccumulator:
     @staticmethod
     def _check_index(index: Tensor, total: int,
                      device: torch.device) -> Tensor:
+        """Check row indices into ``total`` rows; as int64 on ``device``."""
         if index.dim() != 1 or index.dtype.is_floating_point or (
                 index.dtype == torch.bool):
             raise ValueError('index must be a 1-D integer tensor, got '
@@ -419,7 +412,7 @@ class StatsAccumulator:
         """Output rows of a batch, in the order of :meth:`input_rows`.
 
         Args:
-            outputs: As for :meth:`update`.
+            outputs (Tensor): As for :meth:`update`.
 
         Returns:
             Tensor: ``(K, M)`` rows.
@@ -437,8 +430,8 @@ class StatsAccumulator:
         """Accumulate explicit rows (no subsampling is applied).
 
         Args:
-            x: ``(K, G * N)`` input rows (see :meth:`input_rows`).
-            y: ``(K, M)`` target rows without bias.
+            x (Tensor): ``(K, G * N)`` input rows (see :meth:`input_rows`).
+            y (Tensor): ``(K, M)`` target rows without bias.
 
         Raises:
             ValueError: On shape mismatch or NaN/Inf.
@@ -452,8 +445,10 @@ class StatsAccumulator:
         if y.dim() != 2 or y.shape != (x.shape[0], g.out_channels):
             raise ValueError(f'output rows must be ({x.shape[0]}, '
                              f'{g.out_channels}), got {tuple(y.shape)}')
-        _check_finite(x, 'inputs')
-        _check_finite(y, 'outputs')
+        check_finite(x, 'inputs', 'cannot accumulate statistics',
+                     plural=True)
+        check_finite(y, 'outputs', 'cannot accumulate statistics',
+                     plural=True)
         if self.n_rows == 0:
             self._to(x.device)
         x, y = x.to(self.A.device), y.to(self.A.device)
@@ -462,6 +457,7 @@ class StatsAccumulator:
             self._accumulate(x[r0:r0 + step], y[r0:r0 + step])
 
     def _pad(self, x: Tensor) -> Tensor:
+        """The layer's padding applied to conv inputs ``x``."""
         pad = self.geom.pad4
         if not any(pad):
             return x
@@ -470,6 +466,7 @@ class StatsAccumulator:
         return F.pad(x, pad, mode=self.geom.padding_mode)
 
     def _update_linear(self, x: Tensor, y: Tensor) -> None:
+        """Accumulate one batch of a linear layer."""
         g = self.geom
         if x.shape[-1] != g.in_channels or y.shape[-1] != g.out_channels:
             raise ValueError(
@@ -490,6 +487,7 @@ class StatsAccumulator:
             self._accumulate(x[r0:r0 + step], y[r0:r0 + step])
 
     def _update_conv(self, x: Tensor, y: Tensor) -> None:
+        """Accumulate one batch of a conv layer."""
         g = self.geom
         if x.dim() != 4 or x.shape[1] != g.in_channels:
             raise ValueError(f'conv inputs must be (B, {g.in_channels}, H, '
@@ -552,7 +550,8 @@ class StatsAccumulator:
         """Add another accumulator's statistics into this one.
 
         Args:
-            other: Accumulator of the same layer geometry.
+            other (StatsAccumulator): Accumulator of the same layer
+                geometry.
 
         Returns:
             StatsAccumulator: ``self``.
@@ -575,7 +574,7 @@ class StatsAccumulator:
         """View of a layer weight matching the im2col column order.
 
         Args:
-            weight: Conv ``(M, Cin/G, kh, kw)`` or linear ``(M, N)``.
+            weight (Tensor): Conv ``(M, Cin/G, kh, kw)`` or linear ``(M, N)``.
 
         Returns:
             Tensor: ``(G, M/G, N)`` view of ``weight``.

@@ -7,6 +7,7 @@ as the op sees it (after any padding the layer does inside ``forward``),
 its stride/padding/dilation/groups and its output.  No ``torch.fx``
 tracing, so any model works, including convs that override ``forward``.
 """
+import contextlib
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from mmquant.core.checks import to_pair
 from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
                                    layer_weight, weight_name)
 
 __all__ = [
     'QUANTIZABLE', 'NETWORK_INPUT', 'OpCall', 'StopForward', 'LayerCapture',
-    'FlowTracker', 'iter_tensors', 'conv2d_weight', 'layer_kind',
-    'layer_weight'
+    'FlowTracker', 'attached', 'iter_tensors', 'conv2d_weight',
+    'layer_kind', 'layer_weight'
 ]
 
 _FUNCS = {
@@ -68,13 +70,6 @@ class StopForward(BaseException):
     It derives from ``BaseException`` so that a model's own
     ``except Exception`` does not swallow it.
     """
-
-
-def _pair(value: Any) -> Tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    value = tuple(value)
-    return (value[0], value[0]) if len(value) == 1 else tuple(value[:2])
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str,
@@ -190,17 +185,17 @@ class LayerCapture:
                                     self.module)
         else:
             padding = _arg(args, kwargs, 4, 'padding', 0)
-            stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
-            dilation = _pair(_arg(args, kwargs, 5, 'dilation', 1))
+            stride = to_pair(_arg(args, kwargs, 3, 'stride', 1))
+            dilation = to_pair(_arg(args, kwargs, 5, 'dilation', 1))
             if kind == 'conv1d':
                 x, y = x.unsqueeze(2), y.unsqueeze(2)
                 stride, dilation = (1, stride[0]), (1, dilation[0])
                 if not isinstance(padding, str):
-                    padding = (0, _pair(padding)[0])
+                    padding = (0, to_pair(padding)[0])
             if isinstance(padding, str):
                 x, padding = _explicit_padding(x, padding, self.module,
                                                dilation)
-            call = OpCall(self._input, x, y, stride, _pair(padding),
+            call = OpCall(self._input, x, y, stride, to_pair(padding),
                           dilation, int(_arg(args, kwargs, 6, 'groups', 1)))
         self.on_call(call)
 
@@ -305,11 +300,11 @@ def _transposed_call(module_input: Tensor, x: Tensor, y: Tensor,
                      args: tuple, kwargs: dict,
                      module: nn.Module) -> OpCall:
     """A ``conv_transpose2d`` call as the equivalent ``conv2d`` call."""
-    stride = _pair(_arg(args, kwargs, 3, 'stride', 1))
-    padding = _pair(_arg(args, kwargs, 4, 'padding', 0))
-    out_pad = _pair(_arg(args, kwargs, 5, 'output_padding', 0))
+    stride = to_pair(_arg(args, kwargs, 3, 'stride', 1))
+    padding = to_pair(_arg(args, kwargs, 4, 'padding', 0))
+    out_pad = to_pair(_arg(args, kwargs, 5, 'output_padding', 0))
     groups = int(_arg(args, kwargs, 6, 'groups', 1))
-    dilation = _pair(_arg(args, kwargs, 7, 'dilation', 1))
+    dilation = to_pair(_arg(args, kwargs, 7, 'dilation', 1))
     kh, kw = module.weight.shape[-2:]
     B, C, H, W = x.shape
     sh, sw = stride
@@ -395,3 +390,16 @@ class FlowTracker(TorchFunctionMode):
         if tags:
             self.set_tags(out, tags)
         return out
+
+
+@contextlib.contextmanager
+def attached(captures: Iterable[LayerCapture]) -> Iterator[None]:
+    """Attach several :class:`LayerCapture` for the duration of a block.
+
+    Args:
+        captures (Iterable[LayerCapture]): The captures to attach.
+    """
+    with contextlib.ExitStack() as stack:
+        for cap in captures:
+            stack.enter_context(cap)
+        yield

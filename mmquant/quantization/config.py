@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from mmquant.core.grid import check_bits
-from mmquant.core.solver import check_schedule
+from .methods import WEIGHT_METHODS, foreign_options
 
 # Keys of earlier versions and what replaced them (named in the error).
 _REPLACED = {
@@ -20,9 +20,6 @@ _REPLACED = {
     "schedule='canonical-planes+integer', False was "
     "schedule='canonical-planes'"
 }
-
-#: Quantization methods for the weights.
-METHODS = ('bitsplit', 'rtn')
 
 
 @dataclass(frozen=True)
@@ -176,9 +173,14 @@ class QuantConfig:
             check_bits(self.a_bits, 'a_bits')
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, 'first_last_bits')
-        if self.method not in METHODS:
-            raise ValueError(f'method must be one of {METHODS}, '
-                             f'got {self.method!r}')
+        if self.method not in WEIGHT_METHODS:
+            raise ValueError(f'method must be one of {tuple(WEIGHT_METHODS)}'
+                             f', got {self.method!r}')
+        _refuse_foreign_options(self.method, [
+            f.name for f in dataclasses.fields(self)
+            if f.default is not dataclasses.MISSING
+            and getattr(self, f.name) != f.default
+        ])
         if not isinstance(self.overrides, Mapping):
             raise TypeError('overrides must be a dict {pattern: {w_bits, '
                             f'a_bits}}, got {type(self.overrides).__name__}')
@@ -201,11 +203,11 @@ class QuantConfig:
                              f'limit), got {self.replay_cache_bytes!r}')
         for name in ('max_rounds', 'act_samples'):
             _check_positive(name, getattr(self, name), optional=False)
-        check_schedule(self.schedule)
         if self.output_method is not None:
-            if self.output_method not in METHODS:
-                raise ValueError(f'output_method must be one of {METHODS} '
-                                 f'or None, got {self.output_method!r}')
+            if self.output_method not in WEIGHT_METHODS:
+                raise ValueError(
+                    f'output_method must be one of {tuple(WEIGHT_METHODS)} '
+                    f'or None, got {self.output_method!r}')
             if self.method == 'rtn' and self.output_method != 'rtn':
                 raise ValueError(
                     f'output_method={self.output_method!r} needs '
@@ -243,6 +245,10 @@ class QuantConfig:
         self.damping = float(self.damping)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f'seed must be an int, got {self.seed!r}')
+        # the method checks its own options (e.g. the schedule's name)
+        WEIGHT_METHODS[self.method].from_config(self)
+        if self.output_method is not None:
+            WEIGHT_METHODS[self.output_method].from_config(self)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any],
@@ -274,6 +280,9 @@ class QuantConfig:
             raise ValueError(
                 f'unknown quantizer config key(s): {", ".join(hints)}; '
                 f'valid keys: {", ".join(sorted(known))}')
+        method = cfg.get('method', cls.method)
+        if method in WEIGHT_METHODS:
+            _refuse_foreign_options(method, list(cfg))
         return cls(**dict(cfg))
 
     def to_dict(self) -> Dict[str, Any]:
@@ -326,6 +335,18 @@ class QuantConfig:
             for name in _match(pattern, names, 'skip'):
                 specs[name] = None
         return specs
+
+
+def _refuse_foreign_options(method: str, keys: Sequence[str]) -> None:
+    """Refuse options of other weight methods, naming their owner."""
+    foreign = foreign_options(method, keys)
+    if foreign:
+        listed = ', '.join(f'{key!r} (an option of method {owner!r})'
+                           for key, owner in sorted(foreign.items()))
+        raise ValueError(
+            f'method {method!r} does not use {listed}; remove '
+            f'{"it" if len(foreign) == 1 else "them"} or choose that '
+            'method')
 
 
 def _names(value: Union[str, Sequence[str], None]) -> List[str]:

@@ -1,32 +1,26 @@
-"""``mmquant.quantize``: BitSplit PTQ of any ``nn.Module``.
+"""``mmquant.quantize``: post-training quantization of any ``nn.Module``.
 
-The run, for a model and a few calibration batches:
+A run (:class:`Calibration`) goes through explicit phases:
 
-1. *Discovery*: one forward pass with hooks finds the ``nn.Conv2d``,
-   ``nn.Conv1d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` layers
-   (subclasses included) that run, their forward order and how often each
-   runs per pass, checks that each calls its own op with its own weight
-   (layers that do not, e.g. weight-standardised convs, stay float and the
-   report says why), and finds the input and output layers (a
-   :class:`~.capture.FlowTracker` follows which layers each tensor comes
-   from). Every other module with weights is reported with the reason it
-   stays float.
-2. *Statistics*: per layer ``A = X^T X``, ``C = X^T Y``, ``sum y^2`` from
-   the op's real inputs (im2col with the call's own geometry) and its float
-   outputs; rows are sampled with a seeded generator.
-   - fast mode: one float pass for all layers;
-   - error-compensated mode (the paper's Algorithm 1): float targets from
-     one float pass, then layer by layer, in forward order, inputs from the
-     network whose earlier layers are already quantized (weights and
-     activations, the layer's own input quantizer applied); each pass
-     starts at the nearest module boundary whose cached inputs are valid
-     (:mod:`.replay`; else at the network input) and stops as soon as the
-     layer has run.
-3. *Solve* (BitSplit from ``(A, C)``), swap in :class:`QuantizedLayer`.
-4. Optionally re-estimate BatchNorm statistics.
+1. *Plan* (:mod:`.plan`): one forward pass with hooks discovers the
+   quantizable layers, their forward order and calls per pass, the input
+   and output layers; the config resolves each layer's bits.
+2. *Calibrate* (:mod:`.passes`): gather what the weight method needs:
+   for methods with statistics, per layer ``A = X^T X``, ``C = X^T Y``,
+   ``sum y^2`` from the op's real inputs (im2col with the call's own
+   geometry, rows sampled with a seeded generator) and float outputs,
+   in fast mode (one float pass) or error-compensated mode (the paper's
+   Algorithm 1: layer by layer, inputs from the partly quantized
+   network); activation samples for the input quantizers.
+3. *Solve* (:mod:`.methods`): the weight method turns each layer's
+   weight (and statistics) into integers and scales.
+4. *Swap* (:mod:`.swap`): the layer becomes a
+   :class:`~mmquant.nn.QuantizedLayer`; optionally BatchNorm statistics
+   are re-estimated.
 
 A module that runs more than once per pass gets statistics from all its
-calls (one set of integers serves every call).
+calls (one set of integers serves every call). Time is booked per phase
+by one :class:`~.timing.PhaseTimer`.
 """
 import contextlib
 import copy
@@ -39,37 +33,23 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
 import torch
 from torch import Tensor, nn
 
-from mmquant.core.activation import (ActivationObserver,
-                                     fake_quantize_activation)
-from mmquant.core.rtn import mse_rtn, mse_rtn_float64
-from mmquant.core.solver import solve_layer
+from mmquant.core.activation import ActivationObserver
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 from mmquant.nn.layer_kinds import weight_name
-from mmquant.nn.module_utils import inside_quantized, set_submodule
 from mmquant.nn.quantized_layer import QuantizedLayer
-from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
-                      OpCall, StopForward, conv2d_weight, layer_kind,
-                      layer_weight)
-from .config import LayerSpec, QuantConfig
+from .capture import LayerCapture, OpCall, StopForward
+from .config import QuantConfig
 from .journal import LayerJournal
+from .methods import LayerJob, build_weight_method, relative_error
 from .mixed_precision import allocation_overrides, plan_mixed_precision
-from .progress import CostEta
-from .replay import Boundary, BoundaryReplay, CacheMiss
-from .report import LayerReport, QuantReport
+from .passes import ErrorCompensatedPass, run_activation_ranges, run_fast
+from .plan import LayerPlan, discover_layers, resolve_layers, runtime_name
+from .report import QuantReport
+from .swap import reestimate_bn, swap_layer
+from .timing import PhaseTimer
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 
-#: Exponents of the error-compensated ETA's cost model (see
-#: :class:`~.progress.CostEta`): a layer's seconds in a phase are taken as
-#: ``rate * work ** alpha`` (work: see ``_Run._ec_work``). Chosen on the
-#: per-layer, per-phase seconds of torchvision ResNet-18 (21 layers) and
-#: MobileNetV2 (53), 16 images at 112 and at 224 px, W4A8, measured on the
-#: 2-core CPU: statistics time follows the im2col size, solver time grows
-#: more slowly than ``M * N**2`` (fixed costs weigh on small layers). On
-#: those four runs the predicted time left was within a factor 1.5 of the
-#: true one after a quarter, half and three quarters of the layers, where
-#: the plain average was off by up to a factor 4.
-_ETA_EXPONENTS = dict(forward=1.0, statistics=1.0, solver=0.7)
 Logger = Callable[[str], None]
 
 
@@ -170,9 +150,8 @@ def quantize(model: nn.Module,
     if config.target_bits is not None:
         return _quantize_mixed(model, calib_data, config, forward_fn,
                                inplace, logger, journal)
-    run = _Run(model if inplace else copy.deepcopy(model), config,
-               forward_fn, logger)
-    run.journal = journal
+    run = Calibration(model if inplace else copy.deepcopy(model), config,
+                      forward_fn, logger, journal)
     return run.execute(calib_data)
 
 
@@ -223,7 +202,7 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
     then the configured run with the chosen per-layer widths."""
     # calib_data may be a one-shot iterator: both runs use one list
     batches, _ = _collect_batches(calib_data, config.calib_samples)
-    probe = _Run(copy.deepcopy(model), dataclasses.replace(
+    probe = Calibration(copy.deepcopy(model), dataclasses.replace(
         config, error_compensation=False, sensitivity=True,
         target_bits=None, bn_reestimation=False), forward_fn, logger)
     logger('mmquant: mixed precision: sensitivity pass (fast mode) at '
@@ -236,9 +215,8 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
            f'{sorted(plan.bits.items())}')
     final = dataclasses.replace(config, target_bits=None,
                                 overrides=allocation_overrides(plan, config))
-    run = _Run(model if inplace else copy.deepcopy(model), final,
-               forward_fn, logger)
-    run.journal = journal
+    run = Calibration(model if inplace else copy.deepcopy(model), final,
+                      forward_fn, logger, journal)
     qmodel, report = run.execute(batches)
     report.config = config.to_dict()
     report.extra['mixed_precision'] = plan.to_dict()
@@ -276,300 +254,216 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
-class _LayerState:
-    """Calibration state of one quantizable layer."""
+class Calibration:
+    """One quantization run: the phases, and the services the passes use.
 
-    def __init__(self, name: str, module: nn.Module, order: int,
-                 host: Optional[str] = None, part: str = 'in') -> None:
-        self.name = name
-        self.module = module
-        self.order = order
-        # attention: the nn.MultiheadAttention whose call is captured and
-        # which projection ('in': in_proj_weight, 'out': out_proj)
-        self.host = host
-        self.part = part
-        self.calls = 0  # per forward pass
-        self.missed = 0
-        self.spec: Optional[LayerSpec] = None
-        self.geometry: Optional[LayerGeometry] = None
-        self.acc: Optional[StatsAccumulator] = None
-        self.observer: Optional[ActivationObserver] = None
-        self.rows_per_call: Optional[int] = None
-        self.generator = torch.Generator()
-        # error-compensated mode: sampled row indices and float targets
-        self.indices: List[Optional[Tensor]] = []
-        self.targets: List[Tensor] = []
-        self.report = LayerReport(name=name, type=type(module).__name__)
+    :meth:`execute` plans the layers, runs the calibration pass that the
+    weight method and mode call for, solves and swaps every layer, and
+    returns the model and the report. The passes (:mod:`.passes`) use
+    :meth:`forward`, :meth:`run_passes`, :meth:`capture`,
+    :meth:`prepare`, :meth:`sample`, :meth:`observer`,
+    :meth:`fit_activation`, :meth:`solve_and_swap`,
+    :meth:`non_finite_where` and :attr:`timer`.
 
-    @property
-    def linear(self) -> bool:
-        return isinstance(self.module, nn.Linear)
+    Args:
+        model (nn.Module): The model to quantize (modified in place).
+        config (QuantConfig): The run's config.
+        forward_fn (callable): ``forward_fn(model, batch)``.
+        log (callable): Receives progress messages.
+        journal (LayerJournal, optional): Records solved layers and
+            restores those it holds (resume).
+    """
 
-    @property
-    def kind(self) -> str:
-        return layer_kind(self.module)
-
-    def weight2d(self) -> Tensor:
-        """The float weight of the layer's conv2d/linear problem."""
-        weight = getattr(self.module, weight_name(self.module))
-        return conv2d_weight(weight.detach(), self.kind,
-                             getattr(self.module, 'groups', 1))
-
-    def own_weight(self, weight2d: Tensor) -> Tensor:
-        """Integers of the conv2d/linear problem in the layer's layout."""
-        return layer_weight(weight2d, self.kind,
-                            getattr(self.module, 'groups', 1))
-
-
-class _Run:
-
-    def __init__(self, model: nn.Module, config: QuantConfig,
-                 forward_fn: ForwardFn, log: Logger) -> None:
+    def __init__(self,
+                 model: nn.Module,
+                 config: QuantConfig,
+                 forward_fn: ForwardFn,
+                 log: Logger,
+                 journal: Optional[LayerJournal] = None) -> None:
         self.model = model
         self.cfg = config
         self.forward_fn = forward_fn
         self.log = log
-        self.timing: Dict[str, float] = dict(
-            forward=0.0, statistics=0.0, solver=0.0, activations=0.0,
-            bn=0.0)
+        self.journal = journal
+        self.method = build_weight_method(config)
+        self.output_method = None if config.output_method is None else \
+            build_weight_method(dataclasses.replace(
+                config, method=config.output_method, output_method=None))
+        self.timer = PhaseTimer(('forward', 'statistics', 'solver',
+                                 'activations', 'bn'))
         self.batches: List[Any] = []
-        self.layers: List[_LayerState] = []
+        self.n_samples = 0
+        self.batch_index: Optional[int] = None
+        self._batch_ids: Dict[int, int] = {}
+        self.layers: List[LayerPlan] = []
         self.replay_info: Dict[str, Any] = {}
-        self.journal: Optional[LayerJournal] = None
 
-    # ----------------------------------------------------------------- run
+    @property
+    def layers_by_name(self) -> Dict[str, LayerPlan]:
+        """The planned layers by name."""
+        return {layer.name: layer for layer in self.layers}
+
+    # ------------------------------------------------------------ phases
     def execute(self, calib_data: Iterable[Any]
                 ) -> Tuple[nn.Module, QuantReport]:
+        """Run every phase on the calibration data.
+
+        Args:
+            calib_data (Iterable): Calibration batches.
+
+        Returns:
+            tuple: The quantized model and the :class:`QuantReport`.
+        """
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
-        self._collect_batches(calib_data)
+        self.batches, self.n_samples = _collect_batches(
+            calib_data, self.cfg.calib_samples)
+        self._batch_ids = {id(b): i for i, b in enumerate(self.batches)}
         with torch.no_grad():
-            self._discover()
-            self._resolve()
+            self._plan()
             active = [s for s in self.layers if s.spec is not None]
-            mode = self._mode()
+            mode = self.mode
             self.log(f'mmquant: {self.cfg.method} {mode} W{self.cfg.w_bits}'
                      f'A{self.cfg.a_bits or "-"} on {len(active)} layers, '
                      f'{self.n_samples} calibration samples in '
                      f'{len(self.batches)} batches')
-            if self.cfg.method == 'rtn':
-                self._run_rtn(active)
+            if not self.method.needs_statistics:
+                run_activation_ranges(self, active)
             elif self.cfg.error_compensation:
-                self._run_error_compensated(active)
+                self.replay_info = ErrorCompensatedPass(self, active)()
             else:
-                self._run_fast(active)
+                run_fast(self, active)
             if self.cfg.bn_reestimation:
-                self._reestimate_bn()
+                with self.timer('bn'):
+                    reestimate_bn(self.model, self.run_passes)
         self.model.train(was_training)
-        self.timing['total'] = time.perf_counter() - start
+        timing = dict(self.timer.seconds)
+        timing['total'] = time.perf_counter() - start
         report = QuantReport(
             config=self.cfg.to_dict(),
             mode=mode,
             layers=[s.report for s in self.layers],
-            timing={k: round(v, 4) for k, v in self.timing.items()},
+            timing={k: round(v, 4) for k, v in timing.items()},
             calib_samples=self.n_samples,
             replay=self.replay_info)
         return self.model, report
 
-    def _mode(self) -> str:
-        if self.cfg.method == 'rtn':
-            return 'rtn'
+    @property
+    def mode(self) -> str:
+        """``'rtn'`` (a method without statistics), ``'fast'`` or
+        ``'error_compensated'``."""
+        if not self.method.needs_statistics:
+            return self.cfg.method
         return 'error_compensated' if self.cfg.error_compensation \
             else 'fast'
 
-    def _collect_batches(self, calib_data: Iterable[Any]) -> None:
-        self.batches, self.n_samples = _collect_batches(
-            calib_data, self.cfg.calib_samples)
+    def _plan(self) -> None:
+        """Discover and resolve the layers; seed their row sampling."""
+        discovery = discover_layers(self.model, self.batches[0],
+                                    self.forward)
+        resolve_layers(discovery, self.cfg)
+        self.layers = discovery.layers
+        for i, layer in enumerate(self.layers):
+            layer.generator.manual_seed(self.cfg.seed * 1000003 + i)
 
-    def _forward(self, batch: Any) -> Any:
-        """One (possibly early-stopped) forward pass; the time spent in
-        the capture hooks is booked to statistics, not to forward.  Returns
-        the output (``None`` when stopped early)."""
+    # ---------------------------------------------------- forward passes
+    def forward(self, batch: Any) -> Any:
+        """One (possibly early-stopped) forward pass, booked to
+        ``forward`` (hooks book their own phases).
+
+        Args:
+            batch: A calibration batch.
+
+        Returns:
+            The model's output, ``None`` when a hook stopped the pass.
+        """
+        self.batch_index = self._batch_ids.get(id(batch))
+        with self.timer('forward'):
+            try:
+                return self.forward_fn(self.model, batch)
+            except StopForward:
+                return None
+
+    def run_passes(self, what: str,
+                   before_batch: Optional[Callable[[int], None]] = None
+                   ) -> None:
+        """Run the model over every calibration batch, logging progress.
+
+        Args:
+            what (str): What the pass is for (in the log lines).
+            before_batch (callable, optional): Called with each batch's
+                index before its pass.
+        """
         t0 = time.perf_counter()
-        hooks0 = self.timing['statistics'] + self.timing['activations']
-        if getattr(self, '_batch_ids', None) is None:
-            self._batch_ids = {id(b): i for i, b in enumerate(self.batches)}
-        self._batch_index = self._batch_ids.get(id(batch))
-        try:
-            return self.forward_fn(self.model, batch)
-        except StopForward:
-            return None
-        finally:
-            hooks = self.timing['statistics'] + self.timing[
-                'activations'] - hooks0
-            self.timing['forward'] += time.perf_counter() - t0 - hooks
+        n = len(self.batches)
+        for i, batch in enumerate(self.batches):
+            if before_batch is not None:
+                before_batch(i)
+            self.forward(batch)
+            if (i + 1) % max(1, n // 4) == 0 or i + 1 == n:
+                done = time.perf_counter() - t0
+                eta = done / (i + 1) * (n - i - 1)
+                self.log(f'mmquant: {what}: batch {i + 1}/{n}, '
+                         f'{done:.1f}s elapsed, ETA {eta:.1f}s')
 
-    # ----------------------------------------------------------- discovery
-    def _discover(self) -> None:
-        candidates = _candidates(self.model)
-        if not candidates:
-            raise ValueError(
-                f'{type(self.model).__name__} has no nn.Conv2d, nn.Conv1d, '
-                'nn.ConvTranspose2d, nn.Linear or nn.MultiheadAttention '
-                'layer to quantize')
-        others = _other_weighted(self.model)
-        other_calls = {name: 0 for name, _ in others}
-        seen: Dict[str, Tuple[int, int, int]] = {}
-        counter = [0]
-        captures = []
-        tracker = FlowTracker()
-        fed: set = set()
-        handles = []
-        for name, module in candidates:
-            def note(call: OpCall, name: str = name) -> None:
-                if name not in seen:
-                    seen[name] = (counter[0], 0, 0)
-                    counter[0] += 1
-            captures.append((name, LayerCapture(module, note)))
+    def non_finite_where(self, layer: str, batch: Optional[int]
+                         ) -> contextlib.AbstractContextManager:
+        """Name the layer and batch in a NaN/Inf error of the block.
 
-            def pre(module: nn.Module, args: tuple, kwargs: dict,
-                    name: str = name) -> None:
-                if NETWORK_INPUT in tracker.tags(_layer_inputs(
-                        module, args, kwargs)):
-                    fed.add(name)
+        Args:
+            layer (str): The layer's name.
+            batch (int, optional): The 0-based calibration batch.
 
-            def post(module: nn.Module, args: tuple, output: Any,
-                     name: str = name) -> None:
-                if isinstance(module, nn.MultiheadAttention):
-                    name = f'{name}.out_proj'  # makes the output
-                tracker.set_tags(output, (name, ))
-            handles += [module.register_forward_pre_hook(pre,
-                                                         with_kwargs=True),
-                        module.register_forward_hook(post)]
-        for name, module in others:
-            def count(module: nn.Module, args: tuple, output: Any,
-                      name: str = name) -> None:
-                other_calls[name] += 1
-            handles.append(module.register_forward_hook(count))
-        watched = {id(getattr(m, weight_name(m))): name
-                   for name, m in candidates}
-        for name, module in others:
-            for param in module.parameters(recurse=False):
-                watched.setdefault(id(param), name)
-        tracker.watch(watched)
-        try:
-            with _attached(cap for _, cap in captures), tracker:
-                tracker.set_tags(self.batches[0], (NETWORK_INPUT, ))
-                result = self._forward(self.batches[0])
-                produced = tracker.tags(result) - {NETWORK_INPUT}
-        finally:
-            for handle in handles:
-                handle.remove()
-        self._fed_by_input = fed
-        self._produce_output = set(produced)
-        states = []
-        late = []
-        for name, module in candidates:
-            cap = dict(captures)[name]
-            if name in seen:
-                state = _LayerState(name, module, seen[name][0])
-                state.calls = cap.calls
-                state.missed = cap.missed
-                states.append(state)
-                if isinstance(module, nn.MultiheadAttention):
-                    state.host = name
-                    out = _LayerState(f'{name}.out_proj', module.out_proj,
-                                      seen[name][0], host=name, part='out')
-                    out.calls, out.missed = cap.calls, cap.missed
-                    states.append(out)
-            else:
-                state = _LayerState(name, module, 10**9)
-                state.calls = cap.calls
-                if cap.calls:
-                    state.report.note = (
-                        'its forward never calls conv2d/linear with its own '
-                        'weight (e.g. a transformed weight): left float')
-                else:
-                    state.report.note = self._uncalled_note(
-                        name, tracker.used_by.get(name))
-                late.append(state)
-                if isinstance(module, nn.MultiheadAttention):
-                    if cap.calls:
-                        state.report.note = (
-                            'its forward never calls '
-                            'F.multi_head_attention_forward with its own '
-                            'in_proj_weight: left float')
-                    out = _LayerState(f'{name}.out_proj', module.out_proj,
-                                      10**9)
-                    out.calls = cap.calls
-                    out.report.note = (
-                        'quantized with its nn.MultiheadAttention '
-                        f'{name!r}, which was left float: left float')
-                    late.append(out)
-        states.sort(key=lambda s: (s.order, s.part == 'out'))
-        for state in states:
-            if state.missed:
-                state.report.note = (
-                    f'{state.missed} of {state.calls} calls did not run its '
-                    'op with its own weight: left float')
-        if not states:
-            raise ValueError(
-                'no nn.Conv2d/nn.Conv1d/nn.ConvTranspose2d/nn.Linear layer '
-                f'of {type(self.model).__name__} ran during the calibration '
-                'forward pass; check forward_fn')
-        for name, module in others:
-            state = _LayerState(name, module, 10**9)
-            state.calls = other_calls[name]
-            state.report.calls = other_calls[name]
-            state.report.note = _unsupported_note(
-                module, other_calls[name], tracker.used_by.get(name))
-            late.append(state)
-        self.layers = states + late
+        Returns:
+            A context manager (see :func:`_non_finite_where`).
+        """
+        return _non_finite_where(layer, batch, len(self.batches))
 
-    def _uncalled_note(self, name: str, ops: Optional[List[str]]) -> str:
-        """Why a quantizable layer that never ran itself stays float."""
-        if not ops:
-            return 'not called by the forward pass: left float'
-        parent_name = name.rpartition('.')[0]
-        parent = self.model.get_submodule(parent_name)
-        by = ', '.join(sorted(set(ops)))
-        if isinstance(parent, nn.MultiheadAttention):
-            return (f'never called itself: its weight is used by {by} of '
-                    f'the parent nn.MultiheadAttention {parent_name!r}, '
-                    'which mmquant leaves float (see its note): left float')
-        return (f'never called itself: its weight is used by {by} of '
-                'another module, which mmquant does not quantize: left '
-                'float')
+    # ------------------------------------------------ per-layer services
+    def capture(self, layer: LayerPlan,
+                on_call: Callable[[OpCall], None],
+                after_forward: Optional[Callable[[int], None]] = None
+                ) -> LayerCapture:
+        """A capture of the module that computes the layer now (an
+        attention's projections: the nn.MultiheadAttention that runs,
+        inside its QuantizedLayer once its in_proj is quantized).
 
-    def _resolve(self) -> None:
-        runnable = [s for s in self.layers
-                    if s.order < 10**9 and not s.missed]
-        names = [s.name for s in runnable]
-        inputs = [n for n in names if n in self._fed_by_input]
-        outputs = [n for n in names if n in self._produce_output]
-        if not inputs and names:
-            inputs = names[:1]
-        if not outputs and names:
-            outputs = names[-1:]
-        for state in runnable:
-            roles = [role for role, members in (('input', inputs),
-                                                ('output', outputs))
-                     if state.name in members]
-            state.report.role = '+'.join(roles) or None
-        specs = self.cfg.resolve(names, inputs, outputs)
-        for state in runnable:
-            state.spec = specs[state.name]
-            if state.spec is None:
-                state.report.note = 'skipped by config: left float'
-            elif state.part == 'out' and state.spec.a_bits is not None:
-                state.spec = LayerSpec(state.spec.w_bits, None)
-                state.report.note = (
-                    'input kept float: the attention output reaches '
-                    'out_proj inside F.multi_head_attention_forward')
-        for i, state in enumerate(self.layers):
-            state.generator.manual_seed(self.cfg.seed * 1000003 + i)
+        Args:
+            layer (LayerPlan): The layer.
+            on_call (callable): Receives each :class:`OpCall`.
+            after_forward (callable, optional): Called with the number of
+                calls so far after each of the module's forwards.
 
-    # ------------------------------------------------------------ sampling
-    def _prepare(self, state: _LayerState, call: OpCall) -> None:
-        """Create the layer's accumulator from its first call."""
-        if state.acc is not None:
+        Returns:
+            LayerCapture: The (unattached) capture.
+        """
+        module = layer.module
+        if layer.host is not None:
+            module = self.model.get_submodule(
+                runtime_name(self.model, layer.host))
+            if isinstance(module, QuantizedLayer):
+                module = module.layer
+        return LayerCapture(module, on_call, after_forward, part=layer.part)
+
+    def prepare(self, layer: LayerPlan, call: OpCall) -> None:
+        """Create the layer's accumulator and observer from its first call
+        (the conv geometry is the call's own) and its rows per call.
+
+        Args:
+            layer (LayerPlan): The layer.
+            call (OpCall): Its first call.
+
+        Raises:
+            ValueError: If its statistics exceed ``max_stats_bytes``.
+        """
+        if layer.acc is not None:
             return
-        module = state.module
-        if state.linear:
+        module = layer.module
+        if layer.linear:
             geom = LayerGeometry.from_module(module)
         else:
-            if state.kind == 'mha_in':
+            if layer.kind == 'mha_in':
                 # three groups (q, k, v); a row belongs to one group and
                 # is zero in the others, so n_rows (and the damping's
                 # N / rows) counts the rows of all three
@@ -581,443 +475,153 @@ class _Run:
                 kind='conv',
                 in_channels=in_channels,
                 out_channels=out_channels,
-                kernel_size=tuple(state.weight2d().shape[-2:]),
+                kernel_size=tuple(layer.weight2d().shape[-2:]),
                 stride=call.stride,
                 padding=call.padding,
                 dilation=call.dilation,
                 groups=call.groups)
-        state.geometry = geom
+        layer.geometry = geom
         try:
-            state.acc = StatsAccumulator(
+            layer.acc = StatsAccumulator(
                 geom, max_bytes=self.cfg.max_stats_bytes,
                 device=call.op_input.device)
         except ValueError as err:
-            raise ValueError(f'layer {state.name!r}: {err}') from None
-        state.observer = self._observer(state)
+            raise ValueError(f'layer {layer.name!r}: {err}') from None
+        layer.observer = self.observer(layer)
         rows = self.cfg.rows_per_layer
         if rows is not None:
-            state.rows_per_call = max(
-                1, math.ceil(rows / (len(self.batches) * state.calls)))
+            layer.rows_per_call = max(
+                1, math.ceil(rows / (len(self.batches) * layer.calls)))
 
-    def _sample(self, state: _LayerState, total: int) -> Optional[Tensor]:
-        if state.rows_per_call is None or state.rows_per_call >= total:
+    def sample(self, layer: LayerPlan, total: int) -> Optional[Tensor]:
+        """The sampled rows of one call (``None``: all ``total`` rows).
+
+        Args:
+            layer (LayerPlan): The layer.
+            total (int): The call's rows.
+
+        Returns:
+            Tensor, optional: Row indices, drawn from the layer's seeded
+            generator.
+        """
+        if layer.rows_per_call is None or layer.rows_per_call >= total:
             return None
-        return torch.randperm(total, generator=state.generator)[
-            :state.rows_per_call]
+        return torch.randperm(total, generator=layer.generator)[
+            :layer.rows_per_call]
 
-    # -------------------------------------------------------- fast mode
-    def _run_fast(self, active: List[_LayerState]) -> None:
-        def on_call(state: _LayerState) -> Callable[[OpCall], None]:
-            def handle(call: OpCall) -> None:
-                self._prepare(state, call)
-                t0 = time.perf_counter()
-                y = state.acc.output_rows(call.output)
-                idx = self._sample(state, y.shape[0])
-                # only the sampled rows are built (no full im2col)
-                x = state.acc.input_rows(call.op_input, idx)
-                if idx is not None:
-                    y = y[idx]
-                with _non_finite_where(state.name, self._batch_index,
-                                       len(self.batches)):
-                    state.acc.update_rows(x, y)
-                    if state.spec.a_bits is not None:
-                        state.observer.update(call.module_input)
-                self.timing['statistics'] += time.perf_counter() - t0
-            return handle
+    def observer(self, layer: LayerPlan) -> ActivationObserver:
+        """The seeded activation observer of one layer's input.
 
-        with _attached([self._capture(s, on_call(s)) for s in active]):
-            self._progress_passes('statistics (float pass)')
-        for state in active:
-            self._solve_and_swap(state)
+        Args:
+            layer (LayerPlan): The layer.
 
-    def _progress_passes(
-            self, what: str,
-            before_batch: Optional[Callable[[int], None]] = None) -> None:
-        t0 = time.perf_counter()
-        n = len(self.batches)
-        for i, batch in enumerate(self.batches):
-            if before_batch is not None:
-                before_batch(i)
-            self._forward(batch)
-            if (i + 1) % max(1, n // 4) == 0 or i + 1 == n:
-                done = time.perf_counter() - t0
-                eta = done / (i + 1) * (n - i - 1)
-                self.log(f'mmquant: {what}: batch {i + 1}/{n}, '
-                         f'{done:.1f}s elapsed, ETA {eta:.1f}s')
-
-    # ------------------------------------------- error-compensated mode
-    def _run_error_compensated(self, active: List[_LayerState]) -> None:
-        replay = BoundaryReplay(self.model, [s.name for s in active],
-                                self.cfg.replay_cache_bytes, self.log,
-                                clock=self._forward_clock)
-
-        # 1. float targets of every layer at its sampled rows; the replay
-        # hooks record the order of module calls and the first inputs
-        all_rows = [0] * len(active)  # rows before sampling, for the ETA
-
-        def on_float(k: int, state: _LayerState
-                     ) -> Callable[[OpCall], None]:
-            def handle(call: OpCall) -> None:
-                replay.layer_called(k)
-                self._prepare(state, call)
-                t0 = time.perf_counter()
-                y = state.acc.output_rows(call.output)
-                all_rows[k] += int(y.shape[0])
-                idx = self._sample(state, y.shape[0])
-                state.indices.append(idx)
-                state.targets.append(y if idx is None else y[idx].clone())
-                self.timing['statistics'] += time.perf_counter() - t0
-            return handle
-
-        with replay:
-            with _attached([self._capture(s, on_float(k, s))
-                            for k, s in enumerate(active)]):
-                self._progress_passes('float targets', replay.begin_batch)
-            replay.finish_structure(len(self.batches))
-            self._layer_by_layer(active, replay, all_rows)
-        if self.cfg.replay_cache_bytes != 0:
-            self.log(f'mmquant: replay cache peak '
-                     f'{replay.peak_bytes / 2**20:.1f} MiB'
-                     + (f', {replay.refused} entries refused over '
-                        'replay_cache_bytes' if replay.refused else ''))
-        self.replay_info = dict(
-            cache_budget_bytes=self.cfg.replay_cache_bytes,
-            cache_peak_bytes=int(replay.peak_bytes),
-            refused_entries=int(replay.refused),
-            boundaries=[b.name for b in replay.boundaries],
-            from_module=sum(s.report.replay_from not in (None,
-                                                         NETWORK_INPUT)
-                            for s in active),
-            from_input=sum(s.report.replay_from == NETWORK_INPUT
-                           for s in active))
-
-    def _forward_clock(self) -> float:
-        """Seconds, less the time spent in the capture hooks."""
-        return (time.perf_counter() - self.timing['statistics']
-                - self.timing['activations'])
-
-    def _layer_by_layer(self, active: List[_LayerState],
-                        replay: BoundaryReplay,
-                        all_rows: List[int]) -> None:
-        """Error-compensated step 2: layer by layer, inputs from the
-        partially quantized network, replayed from the nearest cached
-        module boundary (see :mod:`.replay`)."""
-        eta = CostEta(self._ec_work(active, replay, all_rows),
-                      _ETA_EXPONENTS)
-        t_start = time.perf_counter()
-        for k, state in enumerate(active):
-            t0 = time.perf_counter()
-            fwd0 = self.timing['forward']
-            stats0 = self.timing['statistics'] + self.timing['activations']
-            inputs = self._ec_inputs(k, state, replay)
-            replay.free(k)
-            t1 = time.perf_counter()
-            act = self._fit_activation(state)
-            for j, (x, y) in enumerate(zip(inputs, state.targets)):
-                if act is not None:
-                    x = fake_quantize_activation(x, act[0],
-                                                 state.spec.a_bits, act[1])
-                with _non_finite_where(state.name, j // state.calls,
-                                       len(self.batches)):
-                    state.acc.update_rows(x, y)
-            del inputs
-            state.targets, state.indices = [], []
-            self.timing['statistics'] += time.perf_counter() - t1
-            self._solve_and_swap(state, act)
-            fwd = self.timing['forward'] - fwd0
-            stats = (self.timing['statistics'] + self.timing['activations']
-                     - stats0)
-            eta.update(dict(forward=fwd, statistics=stats,
-                            solver=max(time.perf_counter() - t0 - fwd -
-                                       stats, 0.0)))
-            rep = state.report
-            where = ('the network input' if rep.replay_from == NETWORK_INPUT
-                     else repr(rep.replay_from))
-            self.log(
-                f'mmquant: [{k + 1}/{len(active)}] {state.name}: '
-                f'W{state.spec.w_bits}A{state.spec.a_bits or "-"} rel. err '
-                f'{rep.rel_error_rtn:.4f} (RTN) -> '
-                f'{rep.rel_error:.4f}, replayed from {where}, '
-                f'{time.perf_counter() - t_start:.1f}s elapsed, ETA '
-                f'{eta.eta():.1f}s')
-
-    def _ec_work(self, active: List[_LayerState], replay: BoundaryReplay,
-                 all_rows: List[int]) -> Dict[str, List[float]]:
-        """Work estimates per layer for the ETA (see
-        :data:`_ETA_EXPONENTS`): float-pass seconds of the forward stretch
-        a layer replays; ``all_rows * G * N`` for its statistics (the
-        im2col of every row of its calls, before the rows are sampled);
-        ``M * N**2`` for its solve (``N`` inputs per group, ``M`` outputs,
-        ``G`` groups)."""
-        work: Dict[str, List[float]] = dict(forward=[], statistics=[],
-                                            solver=[])
-        for k, state in enumerate(active):
-            groups, n_in = state.acc.A.shape[:2]
-            m_out = state.weight2d().shape[0]
-            work['forward'].append(replay.forward_cost(k))
-            work['statistics'].append(all_rows[k] * groups * n_in)
-            work['solver'].append(m_out * n_in * n_in)
-        return work
-
-    def _ec_inputs(self, k: int, state: _LayerState,
-                   replay: BoundaryReplay) -> List[Tensor]:
-        """Layer ``k``'s sampled input rows in the partially quantized
-        network: from the nearest boundary whose cached inputs are valid,
-        else from the network input."""
-        bnd, why = replay.plan(k, len(self.batches))
-        rep = state.report
-        if bnd is not None:
-            snapshot = _observer_state(state.observer)
-            try:
-                inputs = self._ec_pass(state, replay, bnd)
-                rep.replay_from, rep.replay_note = bnd.name, ''
-                return inputs
-            except CacheMiss as err:
-                why = f'replay from {bnd.name!r} abandoned: {err}'
-            except Exception as err:  # noqa: B902 - any model error
-                why = (f'replay from {bnd.name!r} raised '
-                       f'{type(err).__name__}: {err}')
-                replay.disable(f'module replays off since {state.name!r}: '
-                               f'{why}')
-                why += '; module replays are off for the rest of the run'
-            _restore_observer(state.observer, snapshot)
-            self.log(f'mmquant: {state.name}: {why}; replaying from the '
-                     'network input')
-            bnd = None
-        rep.replay_from, rep.replay_note = NETWORK_INPUT, why
-        return self._ec_pass(state, replay, None)
-
-    def _ec_pass(self, state: _LayerState, replay: BoundaryReplay,
-                 bnd: Optional[Boundary]) -> List[Tensor]:
-        """Run every batch up to the layer's last call, from ``bnd``'s
-        cached inputs or (``None``) from the network input, collecting
-        the layer's sampled input rows."""
-        inputs: List[Tensor] = []
-
-        def handle(call: OpCall) -> None:
-            t0 = time.perf_counter()
-            j = len(inputs)
-            inputs.append(state.acc.input_rows(call.op_input,
-                                               state.indices[j]))
-            if state.spec.a_bits is not None:
-                with _non_finite_where(state.name, j // state.calls,
-                                       len(self.batches)):
-                    state.observer.update(call.module_input)
-            self.timing['statistics'] += time.perf_counter() - t0
-
-        def stop(calls: int) -> None:
-            if calls % state.calls == 0:
-                raise StopForward
-
-        with self._capture(state, handle, stop):
-            replay.memoize(bnd, len(self.batches))
-            try:
-                for b, batch in enumerate(self.batches):
-                    replay.begin_batch(b)
-                    if bnd is None:
-                        self._forward(batch)
-                        continue
-                    args, kwargs = replay.inputs(bnd, b)
-                    if not self._forward_module(replay, bnd, args, kwargs):
-                        raise CacheMiss(
-                            f'{state.name!r} did not run its {state.calls} '
-                            f'call(s) inside {bnd.name!r} for batch {b}')
-            finally:
-                replay.unmemoize()
-        return inputs
-
-    def _forward_module(self, replay: BoundaryReplay, bnd: Boundary,
-                        args: tuple, kwargs: dict) -> bool:
-        """Run one boundary like :meth:`_forward` runs the model; returns
-        whether a hook stopped it (the layer ran all its calls)."""
-        t0 = time.perf_counter()
-        hooks0 = self.timing['statistics'] + self.timing['activations']
-        try:
-            replay.call(bnd, args, kwargs)
-            return False
-        except StopForward:
-            return True
-        finally:
-            hooks = self.timing['statistics'] + self.timing[
-                'activations'] - hooks0
-            self.timing['forward'] += time.perf_counter() - t0 - hooks
-
-    # ------------------------------------------------------------- RTN
-    def _run_rtn(self, active: List[_LayerState]) -> None:
-        with_acts = [s for s in active if s.spec.a_bits is not None]
-
-        def on_call(state: _LayerState) -> Callable[[OpCall], None]:
-            def handle(call: OpCall) -> None:
-                if state.observer is None:
-                    state.observer = self._observer(state)
-                with _non_finite_where(state.name, self._batch_index,
-                                       len(self.batches)):
-                    state.observer.update(call.module_input)
-            return handle
-
-        if with_acts:
-            with _attached([self._capture(s, on_call(s))
-                            for s in with_acts]):
-                self._progress_passes('activation ranges')
-        for state in active:
-            t0 = time.perf_counter()
-            q, scale = mse_rtn(state.weight2d(), state.spec.w_bits)
-            self.timing['solver'] += time.perf_counter() - t0
-            self._swap(state, state.own_weight(q), scale,
-                       self._fit_activation(state))
-            state.report.time_s = round(time.perf_counter() - t0, 4)
-
-    # ------------------------------------------------------------ common
-    def _capture(self, state: _LayerState,
-                 on_call: Callable[[OpCall], None],
-                 after_forward: Optional[Callable[[int], None]] = None
-                 ) -> LayerCapture:
-        """A capture of the module that computes the layer now (an
-        attention's projections: the nn.MultiheadAttention that runs,
-        inside its QuantizedLayer once its in_proj is quantized)."""
-        module = state.module
-        if state.host is not None:
-            module = self.model.get_submodule(
-                _runtime_name(self.model, state.host))
-            if isinstance(module, QuantizedLayer):
-                module = module.layer
-        return LayerCapture(module, on_call, after_forward, part=state.part)
-
-    def _observer(self, state: _LayerState) -> ActivationObserver:
-        """The seeded activation observer of one layer's input."""
+        Returns:
+            ActivationObserver: A new observer.
+        """
         return ActivationObserver(
             max_samples=self.cfg.act_samples,
             generator=torch.Generator().manual_seed(
-                self.cfg.seed + 7919 * state.order))
+                self.cfg.seed + 7919 * layer.order))
 
-    def _fit_activation(self, state: _LayerState
-                        ) -> Optional[Tuple[float, bool]]:
-        """Fit (once) and return the layer's input scale and grid."""
-        if state.spec.a_bits is None:
+    def fit_activation(self, layer: LayerPlan
+                       ) -> Optional[Tuple[float, bool]]:
+        """Fit (once) and return the layer's input scale and grid.
+
+        Args:
+            layer (LayerPlan): The layer.
+
+        Returns:
+            tuple, optional: ``(scale, signed)``; ``None`` for a float
+            input.
+        """
+        if layer.spec.a_bits is None:
             return None
-        if state.report.act_scale is not None:
-            return state.report.act_scale, state.report.act_signed
-        t0 = time.perf_counter()
-        scale, signed = state.observer.fit(state.spec.a_bits)
-        state.report.act_scale = float(scale)
-        state.report.act_signed = bool(signed)
-        self.timing['activations'] += time.perf_counter() - t0
+        if layer.report.act_scale is not None:
+            return layer.report.act_scale, layer.report.act_signed
+        with self.timer('activations'):
+            scale, signed = layer.observer.fit(layer.spec.a_bits)
+        layer.report.act_scale = float(scale)
+        layer.report.act_signed = bool(signed)
         return float(scale), bool(signed)
 
-    def _solve_and_swap(self, state: _LayerState,
-                        act: Optional[Tuple[float, bool]] = None) -> None:
-        if self._restore_journaled(state):
+    def solve_and_swap(self, layer: LayerPlan,
+                       act: Optional[Tuple[float, bool]] = None) -> None:
+        """Solve the layer with its weight method and swap it in (or swap
+        in the journal's integers of a layer solved before a resume).
+
+        Args:
+            layer (LayerPlan): The layer (its statistics are freed).
+            act (tuple, optional): Its input quantizer, if already fitted.
+        """
+        if self._restore_journaled(layer):
             return
         t0 = time.perf_counter()
-        weight = state.weight2d()
-        yy = float(state.acc.yy.sum())
-        # output_method='rtn': the output layers keep the MSE-RTN start
-        # (weight-only rounding); their statistics still give the error
-        weight_only = (self.cfg.output_method == 'rtn'
-                       and 'output' in (state.report.role or '').split('+'))
-        ridge = _damp(state.acc, weight,
-                      0.0 if weight_only else self.cfg.damping,
-                      self.cfg.damping_scales_with_rows)
-        result = solve_layer(
-            weight, state.acc, state.spec.w_bits,
-            max_rounds=0 if weight_only else self.cfg.max_rounds,
-            schedule=self.cfg.schedule)
-        if weight_only:
-            state.report.note = ("weight-only MSE rounding "
-                                 "(output_method='rtn')")
-        self.timing['solver'] += time.perf_counter() - t0
-        rep = state.report
-        rep.rows = int(state.acc.n_rows)
-        # the report gives the true output error, without the ridge term
-        q_rtn, s_rtn = mse_rtn_float64(
-            state.acc.weight_matrix(weight).reshape(weight.shape[0], -1)
-            .to(torch.float64), state.spec.w_bits)
-        rep.objective_rtn = float(result.objective_init.sum()) - ridge(
-            q_rtn, s_rtn)
-        rep.objective = float(result.objective.sum()) - ridge(
-            result.qweight, result.scale)
-        rep.rel_error_rtn = _rel(rep.objective_rtn, yy)
-        rep.rel_error = _rel(rep.objective, yy)
-        rep.rounds = int(result.rounds)
-        if self.cfg.sensitivity:
-            t1 = time.perf_counter()
-            rep.sensitivity = {}
-            for bits in self.cfg.candidate_bits:
-                res = result if bits == state.spec.w_bits else solve_layer(
-                    weight, state.acc, bits,
-                    max_rounds=0 if weight_only else self.cfg.max_rounds,
-                    schedule=self.cfg.schedule)
-                obj = float(res.objective.sum()) - ridge(res.qweight,
-                                                         res.scale)
-                rep.sensitivity[str(bits)] = _rel(obj, yy)
-            self.timing['solver'] += time.perf_counter() - t1
+        is_output = 'output' in (layer.report.role or '').split('+')
+        method = self.method
+        weight_only = False
+        if is_output and self.output_method is not None:
+            if self.output_method.needs_statistics or \
+                    not self.method.needs_statistics:
+                method = self.output_method
+            else:
+                # a statistics method still measures the output error of
+                # the weight-only rounding from the layer's statistics
+                weight_only = True
+        job = LayerJob(
+            name=layer.name, weight=layer.weight2d(),
+            bits=layer.spec.w_bits, stats=layer.acc,
+            weight_only=weight_only,
+            candidate_bits=(self.cfg.candidate_bits
+                            if self.cfg.sensitivity else ()))
+        with self.timer('solver'):
+            result = method.solve(job)
+        rep = layer.report
+        if result.note is not None:
+            rep.note = result.note
+        if result.objective is not None:
+            rep.rows = result.rows
+            rep.objective_rtn = result.objective_rtn
+            rep.objective = result.objective
+            rep.rel_error_rtn = relative_error(result.objective_rtn,
+                                               result.yy)
+            rep.rel_error = relative_error(result.objective, result.yy)
+            rep.rounds = result.rounds
+        if result.sensitivity is not None:
+            rep.sensitivity = result.sensitivity
         if act is None:
-            act = self._fit_activation(state)
-        self._swap(state, state.own_weight(result.qweight), result.scale,
-                   act)
-        state.acc = None  # free A and C
+            act = self.fit_activation(layer)
+        qweight = layer.own_weight(result.qweight)
+        swap_layer(self.model, layer, qweight, result.scale, act)
+        layer.acc = None  # free A and C
         rep.time_s = round(time.perf_counter() - t0, 4)
-        if self.journal is not None:
-            self.journal.record(state.name, state.own_weight(result.qweight),
-                                result.scale, act, state.spec.w_bits, rep)
+        if self.journal is not None and method.needs_statistics:
+            self.journal.record(layer.name, qweight, result.scale, act,
+                                layer.spec.w_bits, rep)
 
-    def _restore_journaled(self, state: _LayerState) -> bool:
+    def _restore_journaled(self, layer: LayerPlan) -> bool:
         """Swap in the journal's integers of a layer solved before an
         interruption (its statistics are dropped); False if the journal
         does not hold the layer."""
         entry = None if self.journal is None else self.journal.get(
-            state.name)
+            layer.name)
         if entry is None:
             return False
-        expected = tuple(getattr(state.module,
-                                 weight_name(state.module)).shape)
+        expected = tuple(getattr(layer.module,
+                                 weight_name(layer.module)).shape)
         if (tuple(entry.qweight.shape) != expected
-                or entry.w_bits != state.spec.w_bits
-                or (entry.act is None) != (state.spec.a_bits is None)):
+                or entry.w_bits != layer.spec.w_bits
+                or (entry.act is None) != (layer.spec.a_bits is None)):
             raise ValueError(
-                f'resume journal: layer {state.name!r} was recorded as '
+                f'resume journal: layer {layer.name!r} was recorded as '
                 f'W{entry.w_bits} {tuple(entry.qweight.shape)}, the run '
-                f'has W{state.spec.w_bits} {expected}; the journal is '
+                f'has W{layer.spec.w_bits} {expected}; the journal is '
                 'from another model or config')
-        entry.apply_report(state.report)
+        entry.apply_report(layer.report)
         if entry.act is not None:
-            state.report.act_scale, state.report.act_signed = entry.act
-        self._swap(state, entry.qweight, entry.scale, entry.act)
-        state.acc = None
+            layer.report.act_scale, layer.report.act_signed = entry.act
+        swap_layer(self.model, layer, entry.qweight, entry.scale, entry.act)
+        layer.acc = None
         return True
-
-    def _swap(self, state: _LayerState, qweight: Tensor, scale: Tensor,
-              act: Optional[Tuple[float, bool]]) -> None:
-        spec = state.spec
-        qlayer = QuantizedLayer(
-            state.module, qweight, scale, spec.w_bits,
-            spec.a_bits if act is not None else None,
-            act_scale=None if act is None else act[0],
-            act_signed=False if act is None else act[1])
-        set_submodule(self.model, _runtime_name(self.model, state.name),
-                       qlayer)
-        rep = state.report
-        rep.w_bits, rep.a_bits = spec.w_bits, qlayer.a_bits
-        rep.calls = state.calls
-
-    def _reestimate_bn(self) -> None:
-        t0 = time.perf_counter()
-        bns = [m for m in self.model.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            return
-        saved = [(m, m.momentum) for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches
-            m.train()
-        try:
-            self._progress_passes('BatchNorm re-estimation')
-        finally:
-            for m, momentum in saved:
-                m.momentum = momentum
-                m.eval()
-        self.timing['bn'] += time.perf_counter() - t0
 
 
 @contextlib.contextmanager
@@ -1045,190 +649,3 @@ def _non_finite_where(layer: str, batch: Optional[int],
         raise ValueError(
             f'{where}: {err} (check the float checkpoint and the '
             'calibration data)') from err
-
-
-@contextlib.contextmanager
-def _attached(captures: Iterable[LayerCapture]) -> Iterator[None]:
-    """Attach several :class:`LayerCapture` for the duration of a block."""
-    with contextlib.ExitStack() as stack:
-        for cap in captures:
-            stack.enter_context(cap)
-        yield
-
-
-def _damp(acc: StatsAccumulator, weight: Tensor, damping: float,
-          scales_with_rows: bool = True
-          ) -> Callable[[Tensor, Tensor], float]:
-    """Add a ridge pulling the weights towards the float weights.
-
-    ``A += lam I``, ``C += lam W^T``, ``yy += lam |w|^2`` per group, with
-    ``lam = damping * max(1, N / rows) * mean(diag A)`` (without the
-    ``max(1, N / rows)`` factor if ``scales_with_rows`` is False): the
-    objective becomes
-    ``|Y - X W_q^T|^2 + lam |W - W_q|^2``. Directions the calibration rows
-    do not see (fewer rows than inputs, dead inputs) then follow the float
-    weights instead of fitting the calibration set.
-
-    Args:
-        acc (StatsAccumulator): The layer's statistics (modified).
-        weight (Tensor): The float weight.
-        damping (float): Relative ridge strength; 0 disables it.
-        scales_with_rows (bool): Grow the ridge with ``N / rows`` when a
-            layer has fewer calibration rows than inputs.
-
-    Returns:
-        callable: ``ridge(q, scale)``, the ridge term's value summed over
-        channels, to subtract from the damped objective.
-    """
-    G, N = acc.A.shape[:2]
-    W = acc.weight_matrix(weight).to(acc.A)  # (G, Mg, N)
-    # fewer rows than inputs: the statistics see only part of the input
-    # space, so the ridge grows with N / rows
-    scale = damping
-    if scales_with_rows:
-        scale *= max(1.0, N / max(int(acc.n_rows), 1))
-    lam = scale * torch.diagonal(acc.A, dim1=1, dim2=2).mean(dim=1)
-    if damping > 0:
-        acc.A += lam[:, None, None] * torch.eye(
-            acc.A.shape[1], dtype=acc.A.dtype, device=acc.A.device)
-        acc.C += lam[:, None, None] * W.transpose(1, 2)
-        acc.yy += lam[:, None] * (W * W).sum(dim=2)
-
-    def ridge(q: Tensor, scale: Tensor) -> float:
-        if damping <= 0:
-            return 0.0
-        qw = q.reshape(G, W.shape[1], -1).to(W) * scale.reshape(
-            G, -1, 1).to(W)
-        return float((lam[:, None] * ((W - qw)**2).sum(dim=2)).sum())
-
-    return ridge
-
-
-def _observer_state(observer: Optional[ActivationObserver]) -> Any:
-    """A snapshot of an activation observer (samples and generator)."""
-    if observer is None:
-        return None
-    state = dict(vars(observer))
-    if observer.generator is not None:
-        state['_generator_state'] = observer.generator.get_state()
-    return state
-
-
-def _restore_observer(observer: Optional[ActivationObserver],
-                      state: Any) -> None:
-    """Undo the updates of an abandoned pass (see
-    :func:`_observer_state`)."""
-    if observer is None:
-        return
-    state = dict(state)
-    gen_state = state.pop('_generator_state', None)
-    vars(observer).clear()
-    vars(observer).update(state)
-    if gen_state is not None:
-        observer.generator.set_state(gen_state)
-
-
-def _rel(obj: float, yy: float) -> float:
-    if yy <= 0:
-        return 0.0 if obj <= 0 else float('inf')
-    return math.sqrt(max(obj, 0.0) / yy)
-
-
-def _supported_attention(module: nn.Module) -> bool:
-    return (isinstance(module, nn.MultiheadAttention)
-            and module._qkv_same_embed_dim
-            and module.in_proj_weight is not None
-            and isinstance(module.out_proj, nn.Linear))
-
-
-def _candidates(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """The quantizable layers of a model, outside QuantizedLayers: convs,
-    linears and the (supported) nn.MultiheadAttention, whose out_proj is
-    quantized with it."""
-    out = []
-    attention = set()
-    for name, module in model.named_modules():
-        if not name or inside_quantized(model, name):
-            continue
-        if _supported_attention(module):
-            attention.add(name)
-            out.append((name, module))
-        elif isinstance(module, QUANTIZABLE) and not (
-                name.rpartition('.')[0] in attention
-                and name.endswith('.out_proj')):
-            out.append((name, module))
-    return out
-
-
-def _layer_inputs(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-    """What a layer's input is: query/key/value of an attention, else the
-    first argument."""
-    if isinstance(module, nn.MultiheadAttention):
-        names = ('query', 'key', 'value')
-        return list(args[:3]) + [kwargs[k] for k in names if k in kwargs]
-    if args:
-        return args[0]
-    return next(iter(kwargs.values()), None)
-
-
-def _runtime_name(model: nn.Module, name: str) -> str:
-    """The dotted name of ``name`` now: through ``.layer`` of the
-    QuantizedLayers already swapped in on its way."""
-    parts = []
-    module = model
-    for part in name.split('.'):
-        if isinstance(module, QuantizedLayer):
-            parts.append('layer')
-            module = module.layer
-        parts.append(part)
-        module = getattr(module, part)
-    return '.'.join(parts)
-
-
-def _other_weighted(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Modules with weights mmquant does not quantize, to report.
-
-    A module *has weights* when it directly owns a floating-point parameter
-    of two or more dimensions (norm layers, whose parameters are 1-D
-    per-channel affine terms, and biases do not count). Quantizable layers
-    (:data:`QUANTIZABLE`), :class:`QuantizedLayer` and the modules inside
-    one are not listed.
-    """
-    out = []
-    for name, module in model.named_modules():
-        if (not name or isinstance(module, (QuantizedLayer, ) + QUANTIZABLE)
-                or _supported_attention(module)
-                or inside_quantized(model, name)):
-            continue
-        if any(p.is_floating_point() and p.dim() >= 2
-               for p in module.parameters(recurse=False)):
-            out.append((name, module))
-    return out
-
-
-_SUPPORTED = 'mmquant quantizes nn.Conv1d/Conv2d/ConvTranspose2d/Linear'
-
-
-def _unsupported_note(module: nn.Module, calls: int,
-                      used_by: Optional[List[str]] = None) -> str:
-    """Why a module with weights of an unsupported kind stays float."""
-    if calls:
-        ran = f'ran {calls} time(s) per pass'
-    elif used_by:
-        ran = ('never called itself; its weights are used by '
-               f'{", ".join(sorted(set(used_by)))}')
-    else:
-        ran = 'not called by the forward pass'
-    mro = {cls.__name__ for cls in type(module).__mro__}
-    if mro & {'DeformConv2d', 'ModulatedDeformConv2d'}:
-        why = ('deformable conv: its sampling offsets are data-dependent '
-               "and it runs mmcv's own C++ op; " + _SUPPORTED)
-    elif isinstance(module, nn.MultiheadAttention):
-        why = ('nn.MultiheadAttention with separate q/k/v projection '
-               'weights (kdim/vdim other than embed_dim): mmquant '
-               'quantizes only a packed in_proj_weight')
-    elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        why = f'{type(module).__name__}: a lookup table, not a matmul'
-    else:
-        why = f'{type(module).__name__}: {_SUPPORTED} weights only'
-    return f'{why} ({ran}): left float'

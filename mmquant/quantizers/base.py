@@ -1,9 +1,11 @@
 """Registered quantizers: typed configs over :func:`mmquant.quantize`."""
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from torch import nn
 
 from mmquant.quantization import QuantConfig, QuantReport, quantize
+from mmquant.quantization.methods import WEIGHT_METHODS
+from mmquant.registry import MODELS
 
 
 class BaseQuantizer:
@@ -13,14 +15,15 @@ class BaseQuantizer:
                          a_bits=8)
 
     The keyword arguments are those of :class:`~mmquant.QuantConfig`
-    except ``method``, which the class fixes; unknown keys fail with a
-    message naming them.
+    except ``method``, which the class fixes; unknown keys, and options
+    of another weight method, fail with a message naming them.
 
     Args:
         **kwargs: Fields of :class:`~mmquant.QuantConfig`.
     """
 
-    #: The weight method this quantizer runs.
+    #: The weight method this quantizer runs (a key of
+    #: :data:`~mmquant.quantization.methods.WEIGHT_METHODS`).
     method: str = ''
 
     def __init__(self, **kwargs: Any) -> None:
@@ -58,3 +61,54 @@ class BaseQuantizer:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.config})'
+
+
+@MODELS.register_module()
+class PTQQuantizer(BaseQuantizer):
+    """The quantizer of any registered weight method, named by ``method``.
+
+    Example::
+
+        quantizer = dict(type='mmquant.PTQQuantizer', method='rtn',
+                         w_bits=4, a_bits=8)
+
+    Args:
+        method (str): A key of
+            :data:`~mmquant.quantization.methods.WEIGHT_METHODS`.
+            Defaults to ``'bitsplit'``.
+        **kwargs: The other fields of :class:`~mmquant.QuantConfig`.
+    """
+
+    def __init__(self, method: str = 'bitsplit', **kwargs: Any) -> None:
+        if method not in WEIGHT_METHODS:
+            raise ValueError(f'method must be one of '
+                             f'{tuple(WEIGHT_METHODS)}, got {method!r}')
+        self.method = method
+        super().__init__(**kwargs)
+
+
+def quantizer_for(method: str) -> Dict[str, Any]:
+    """The quantizer config keys that select a weight method.
+
+    The registered quantizer class that fixes ``method`` when there is one
+    (``mmquant.BitSplitQuantizer``), else ``mmquant.PTQQuantizer`` with
+    ``method``.
+
+    Args:
+        method (str): A key of
+            :data:`~mmquant.quantization.methods.WEIGHT_METHODS`.
+
+    Returns:
+        dict: ``{'type': ...}`` (and ``'method'`` for the generic one).
+
+    Raises:
+        ValueError: For an unknown method.
+    """
+    if method not in WEIGHT_METHODS:
+        raise ValueError(f'method must be one of {tuple(WEIGHT_METHODS)}, '
+                         f'got {method!r}')
+    for name, cls in sorted(MODELS.module_dict.items()):
+        if (isinstance(cls, type) and issubclass(cls, BaseQuantizer)
+                and cls is not PTQQuantizer and cls.method == method):
+            return dict(type=f'mmquant.{name}')
+    return dict(type='mmquant.PTQQuantizer', method=method)

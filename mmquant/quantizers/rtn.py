@@ -7,7 +7,8 @@ from .base import BaseQuantizer
 class RTNQuantizer(BaseQuantizer):
     """Per-channel MSE-optimal round-to-nearest weights, BitSplit's
     activation handling: the obvious baseline, with the same INT
-    checkpoint. Options about statistics and the solver are ignored.
+    checkpoint. The solver's options (``schedule``, ``max_rounds``,
+    ``damping``, ...) belong to BitSplit and are refused.
     """
 
     method = 'rtn'

@@ -1,10 +1,10 @@
-"""``tools/benchmark.py --check``: the benchmark regression check.
+"""``tools/analysis_tools/benchmark.py --check``: the regression check.
 
 The CI subset (``configs/benchmarks/fmnist_ci.py``: ResNet-18 16 ch float
 and BitSplit EC W4A8, 64 calibration images, the first 1,000 real
 Fashion-MNIST test images) is re-run through the ``--check`` code path
-against its committed metafile, which ``tools/benchmark.py`` wrote from a
-run of the same list, so subset values are compared with subset values:
+against its committed metafile, which the same tool wrote from a run of
+the same list, so subset values are compared with subset values:
 
 * it passes against the committed values;
 * it fails (exit 1, the table shows the drop) when a committed value is
@@ -22,7 +22,8 @@ import yaml
 from mmengine.logging import MMLogger
 
 from mmquant.apis import benchmark as bm
-from mmquant.apis import benchmark_check as bc
+from mmquant.apis.benchmark import check as bc
+from mmquant.apis.benchmark import run as benchmark_run
 from .conftest import ROOT, load_tool
 
 CI_LIST = 'configs/benchmarks/fmnist_ci.py'
@@ -33,14 +34,14 @@ EC = 'resnet-18_16_ch_bitsplit_w4a8'
 
 @pytest.fixture
 def tool(monkeypatch):
-    """``main`` of tools/benchmark.py, run at the root: returns its exit
-    status for an argument list."""
+    """``main`` of tools/analysis_tools/benchmark.py, run at the root:
+    returns its exit status for an argument list."""
     monkeypatch.chdir(ROOT)
     # made here, before capsys replaces sys.stdout, the tool's logger keeps
     # writing to pytest's own capture (a handler on capsys' stream would
     # write to a closed file in later tests)
     MMLogger.get_instance('mmquant', log_level='INFO')
-    module = load_tool('benchmark.py')
+    module = load_tool('analysis_tools', 'benchmark.py')
 
     def run(*args: str) -> int:
         monkeypatch.setattr('sys.argv', ['benchmark.py', *args])
@@ -89,7 +90,7 @@ def test_ci_subset_passes_then_fails_when_raised(tool, tmp_path, capsys,
         raise AssertionError('--resume measured again')
 
     # the comparison only: the runs of the first check are kept
-    monkeypatch.setattr(bm, 'build_float_model', no_run)
+    monkeypatch.setattr(benchmark_run, 'build_float_model', no_run)
     assert tool(CI_LIST, '--check', str(raised), '--work-dir', work,
                 '--resume') == bc.CHECK_REGRESSION
     out = capsys.readouterr().out
@@ -142,8 +143,8 @@ def test_box_ap_is_compared_in_points():
     entry = dict(Name='d', Results=[dict(Metrics={
         'box AP': 68.0, 'box AP@0.5': 80.8, 'box AP@0.75': 70.0})])
     ap, ap50, ap75 = bc._compare(entry, row, 0.3)
-    assert (ap['measured'], ap['delta'], ap['failed']) == (67.7, -0.3,
-                                                          False)
+    assert (ap['measured'], ap['delta'], ap['failed']) == (
+        67.7, -0.3, False)
     assert (ap50['delta'], ap50['failed']) == (0.0, False)
     # a committed metric the run does not give fails
     assert (ap75['measured'], ap75['failed']) == (None, True)

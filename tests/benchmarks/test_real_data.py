@@ -1,12 +1,12 @@
 """The real-data path of the offline benchmark, on a few real images.
 
-``tools/benchmark.py``'s engine runs the committed Fashion-MNIST ResNet-18
-classifier (float, RTN and BitSplit at W4A8, 64 calibration images, the
-first 300 test images) and the committed RetinaNet (float and BitSplit
-fast mode at W4A8 on the first 48 held-out canvases), so that data
-loading, calibration, quantization, INT files and the evaluators cannot
-silently break on real data. The full benchmark stays out of CI
-(docs/benchmarks.md).
+The engine of ``tools/analysis_tools/benchmark.py`` runs the committed
+Fashion-MNIST ResNet-18 classifier (float, RTN and BitSplit at W4A8, 64
+calibration images, the first 300 test images) and the committed RetinaNet
+(float and BitSplit fast mode at W4A8 on the first 48 held-out canvases),
+so that data loading, calibration, quantization, INT files and the
+evaluators cannot silently break on real data. The full benchmark stays
+out of CI (docs/benchmarks.md).
 """
 import os.path as osp
 

@@ -9,7 +9,7 @@ from .conftest import load_tool
 
 
 def test_benchmark_schedules_rows_and_summary(tmp_path, capsys):
-    tool = load_tool('benchmark_schedules.py')
+    tool = load_tool('analysis_tools', 'benchmark_schedules.py')
     out = tmp_path / 'rows.json'
     assert tool.main(['--sizes', '16', '--seeds', '1', '--bits', '2', '3',
                       '--json', str(out)]) == 0
@@ -40,7 +40,28 @@ def test_benchmark_schedules_rows_and_summary(tmp_path, capsys):
 
 
 def test_benchmark_schedules_refuses_no_seeds(capsys):
-    tool = load_tool('benchmark_schedules.py')
+    tool = load_tool('analysis_tools', 'benchmark_schedules.py')
     with pytest.raises(SystemExit):
         tool.main(['--seeds', '0'])
     assert '--seeds must be >= 1' in capsys.readouterr().err
+
+
+def test_benchmark_solver_rows_and_table(capsys):
+    """The solver benchmark on a tiny layer: every schedule and the direct
+    port are scored from the same start; the table has one line each."""
+    tool = load_tool('analysis_tools', 'benchmark_solver.py')
+    rows = tool.run_problem('conv3x3 4->6', 4, 6, 256, (3, ), 3, False, 1,
+                            0)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row['N'], row['M'], row['K'], row['bits']) == (36, 6, 256, 3)
+    assert row['direct']['rounds'] == 3
+    assert not row['direct']['extrapolated']
+    for key in tool.SCHEDULE_RUNS:
+        # no schedule ends above the initialisation
+        assert row[key]['objective'] <= row['rtn']['objective']
+        assert len(row[key]['times_s']) == 1
+    text = tool.table(rows)
+    assert len(text.splitlines()) == 2 + 2 + len(tool.SCHEDULE_RUNS)
+    assert '| direct port | 3 |' in text
+    assert 'N = 36, M = 6, K = 256 rows' in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmquant import fileio
-from mmquant.checkpoint import container
+from mmquant.checkpoint import container, safe_load
 from mmquant.checkpoint.container import (CheckpointError,
                                           CheckpointNotFoundError,
                                           UnsafeCheckpointError,
@@ -426,8 +426,7 @@ def test_compressed_members(tmp_path, monkeypatch):
     assert meta == {'v': 1} and torch.equal(tensors['w'], torch.arange(10.))
     # A member that would inflate far beyond the file is refused before
     # anything is inflated (the floor is lowered from 64 MiB to 1 MiB).
-    monkeypatch.setattr(container, '_INFLATE_MIN_CAP', 1 << 20,
-                        raising=False)
+    monkeypatch.setattr(safe_load, '_INFLATE_MIN_CAP', 1 << 20)
     big, bomb = tmp_path / 'big.pth', tmp_path / 'bomb.pth'
     save_container(big, {'w': torch.zeros(1 << 20)}, {})
     _deflate(big, bomb)

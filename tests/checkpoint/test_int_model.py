@@ -1,4 +1,8 @@
-"""Tests for mmquant.checkpoint.int_model and tools/inspect_checkpoint.py."""
+"""Tests for saving, loading and inspecting whole quantized models.
+
+Covers :mod:`mmquant.checkpoint.int_model`, ``.layer_records``,
+``.inspection`` and ``tools/inspect_checkpoint.py``.
+"""
 import hashlib
 import json
 import os

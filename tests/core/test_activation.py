@@ -28,8 +28,8 @@ def check_fit(x, s, lo, hi, bits, signed):
     assert float((v * q).sum() / (q * q).sum()) == pytest.approx(s,
                                                                  rel=1e-9)
     naive = naive_fit(x, lo, hi)
-    assert mse(x, s, bits, signed) <= mse(x, naive, bits, signed) * (1 +
-                                                                    1e-12)
+    assert mse(x, s, bits, signed) <= mse(x, naive, bits,
+                                          signed) * (1 + 1e-12)
 
 
 def mse(x, s, bits, signed):

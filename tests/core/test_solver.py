@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-import mmquant.core.solver as solver_mod
+import mmquant.core.solver.sweep as sweep_mod
 from mmquant.core.grid import plane_weights, qmax, split_planes
 from mmquant.core.rtn import mse_rtn
-from mmquant.core.solver import (SCHEDULES, SolverResult, _plane_table,
-                                 bitsplit_solve, objective, solve_layer)
+from mmquant.core.solver import (SCHEDULES, SolverResult, bitsplit_solve,
+                                 objective, solve_layer)
+from mmquant.core.solver.rounds import _plane_table
 from mmquant.core.stats import LayerGeometry, StatsAccumulator
 
 # --------------------------------------------------------------- helpers
@@ -365,7 +366,6 @@ def test_block_sweep_equals_plain_gauss_seidel(bits, schedule, problem):
     assert torch.allclose(res.scale.double(), s_ref, rtol=1e-6)
 
 
-
 def paper_rounds(W, X, Y, bits, rounds, q_init=None):
     """The authors' update (``ofwa_rr``), explicit ``X``, float64.
 
@@ -505,6 +505,7 @@ def test_paper_schedule_grouped_equals_the_authors_update():
                     q_ref)
                 assert torch.allclose(res.scale[3 * g:3 * g + 3].double(),
                                       s_ref, rtol=1e-6)
+
 
 def _all_vectors(N, bits):
     top = qmax(bits)
@@ -786,7 +787,7 @@ def _solve_both_ways(monkeypatch, fn):
     """``fn()`` with the TorchScript sweep and with the Python one."""
     out = []
     for scripted in (True, False):
-        monkeypatch.setattr(solver_mod, 'USE_TORCHSCRIPT', scripted)
+        monkeypatch.setattr(sweep_mod, 'USE_TORCHSCRIPT', scripted)
         out.append(fn())
     return out
 
@@ -806,7 +807,7 @@ def test_torchscript_sweep_equals_python_sweep(bits, schedule, problem,
     """The block sweep runs through TorchScript by default; the scripted
     and the Python function give identical results (every path: dense and
     sparse block updates, non-contiguous blocks, dropped channels)."""
-    assert isinstance(solver_mod._kernel(), torch.jit.ScriptFunction)
+    assert isinstance(sweep_mod._kernel(), torch.jit.ScriptFunction)
     P = problem(300, 40, 600, seed=50 + bits)
     a, b = _solve_both_ways(
         monkeypatch, lambda: bitsplit_solve(
@@ -833,13 +834,13 @@ def test_sweep_falls_back_to_python_without_torchscript(problem,
         raise RuntimeError('TorchScript is not available')
 
     monkeypatch.setattr(torch.jit, 'script', no_script)
-    solver_mod._scripted_sweep.cache_clear()
+    sweep_mod._scripted_sweep.cache_clear()
     try:
         with pytest.warns(UserWarning, match='TorchScript could not compile'):
             got = bitsplit_solve(P['W'], P['A'], P['C'], 3, P['yy'])
-        assert solver_mod._kernel() is solver_mod._sweep_blocks
+        assert sweep_mod._kernel() is sweep_mod._sweep_blocks
     finally:
-        solver_mod._scripted_sweep.cache_clear()
+        sweep_mod._scripted_sweep.cache_clear()
     _assert_same_result(got, want)
 
 

@@ -1,4 +1,4 @@
-"""tools/benchmark_ablation.py's engine (:mod:`mmquant.apis.ablation`).
+"""The ablation runs of tools/analysis_tools/benchmark_ablation.py.
 
 * one run over a tiny classifier: each row's metric is that of the
   quantizer the variant describes, run and evaluated separately;
@@ -12,15 +12,15 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from mmquant.apis import ablation as ab
 from mmquant.apis import benchmark as bm
+from mmquant.apis.benchmark import ablation
 from mmquant.apis.evaluation import evaluate
 from mmquant.apis.ptq import (build_float_model, build_quantizer,
                               prepare_calibration)
 
-VARIANTS = [ab.Variant('default'),
-            ab.Variant('ridge-0', dict(damping=0.0), 'no ridge'),
-            ab.Variant('out-rtn', dict(output_method='rtn'))]
+VARIANTS = [bm.Variant('default'),
+            bm.Variant('ridge-0', dict(damping=0.0), 'no ridge'),
+            bm.Variant('out-rtn', dict(output_method='rtn'))]
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +31,7 @@ def abl(ws, tmp_path_factory):
     model = bm.BenchmarkModel(name='Tiny ResNet', config=config,
                               checkpoint=ws.float_ckpt('resnet'))
     work_dir = str(folder / 'work')
-    rows = ab.run_ablation([model], VARIANTS, ['bitsplit-fast'], ['w2a8'],
+    rows = bm.run_ablation([model], VARIANTS, ['bitsplit-fast'], ['w2a8'],
                            work_dir, calib_samples=12)
     return model, work_dir, rows
 
@@ -52,7 +52,7 @@ def test_rows_are_the_variants_runs(abl):
     qmodel, _ = quantizer.quantize(float_model, batches, forward_fn)
     assert rows[2].metrics == pytest.approx(evaluate(qmodel, cfg))
     assert all(r.ptq_seconds > 0 for r in rows[1:])
-    saved, info = ab.load_ablation(osp.join(work_dir, 'ablation.json'))
+    saved, info = bm.load_ablation(osp.join(work_dir, 'ablation.json'))
     assert saved == rows
     assert info['calib_samples'] == 12 and info['bits'] == ['w2a8']
     assert [v['name'] for v in info['variants']] == [
@@ -65,12 +65,12 @@ def test_resume_skips_finished_runs(abl, monkeypatch):
     def no_run(*args, **kwargs):
         raise AssertionError('a finished run was run again')
 
-    monkeypatch.setattr(ab, 'build_float_model', no_run)
-    again = ab.run_ablation([model], VARIANTS, ['bitsplit-fast'], ['w2a8'],
+    monkeypatch.setattr(ablation, 'build_float_model', no_run)
+    again = bm.run_ablation([model], VARIANTS, ['bitsplit-fast'], ['w2a8'],
                             work_dir, calib_samples=12, resume=True)
     assert again == rows
     with pytest.raises(ValueError, match='calib_samples=12, this run 13'):
-        ab.run_ablation([model], VARIANTS, ['bitsplit-fast'], ['w2a8'],
+        bm.run_ablation([model], VARIANTS, ['bitsplit-fast'], ['w2a8'],
                         work_dir, calib_samples=13, resume=True)
 
 
@@ -88,7 +88,7 @@ def test_baseline_takes_float_and_default_rows(tmp_path):
         _row('M', 'bitsplit', 'w4a8', 89.0),
         _row('M', 'bitsplit', 'w8a8', 89.5)],
         dict(calib_samples=256, eval_samples=None))
-    rows = ab.baseline_rows(path, 'default', ['bitsplit'], ['w4a8'], 256,
+    rows = bm.baseline_rows(path, 'default', ['bitsplit'], ['w4a8'], 256,
                             None)
     assert [r.key for r in rows] == [('M', 'float', 'float', 'fp32'),
                                      ('M', 'default', 'bitsplit', 'w4a8')]
@@ -96,12 +96,12 @@ def test_baseline_takes_float_and_default_rows(tmp_path):
     assert all(r.extra['source'] == path for r in rows)
     with pytest.raises(ValueError, match='calib_samples=256, the ablation '
                        'uses 128'):
-        ab.baseline_rows(path, 'default', ['bitsplit'], ['w4a8'], 128,
+        bm.baseline_rows(path, 'default', ['bitsplit'], ['w4a8'], 128,
                          None)
 
 
 def _arow(variant, mode, bits, top1):
-    return ab.AblationRow(model='M', task='Image Classification',
+    return bm.AblationRow(model='M', task='Image Classification',
                           variant=variant, mode=mode, bits=bits,
                           metrics={'accuracy/top1': top1})
 
@@ -115,7 +115,7 @@ def test_render_marks_the_best_and_averages_the_changes():
             _arow('ridge-0', 'bitsplit', 'w2a8', 60.0)]
     info = dict(modes=['bitsplit'], bits=['w2a8', 'w4a8'], calib_samples=8,
                 sessions=[dict(command='cmd', machine='box')])
-    text = ab.render_ablation(rows, VARIANTS, info)
+    text = bm.render_ablation(rows, VARIANTS, info)
     lines = text.splitlines()
     assert lines[0] == ('Measured on: box. Commands: `cmd`. 8 calibration '
                         'images, evaluated on the full test set.')
@@ -146,24 +146,24 @@ def test_render_marks_the_best_and_averages_the_changes():
 def test_bad_variants(variants, match):
     cfg = Config(dict(variants=variants))
     with pytest.raises(ValueError, match=match):
-        ab.load_variants(cfg)
+        bm.load_variants(cfg)
 
 
 def test_merge_refuses_other_sample_counts(tmp_path):
     a, b = str(tmp_path / 'a.json'), str(tmp_path / 'b.json')
-    ab.save_ablation(a, [_arow('default', 'bitsplit', 'w4a8', 1.0)],
+    bm.save_ablation(a, [_arow('default', 'bitsplit', 'w4a8', 1.0)],
                      dict(calib_samples=8, sessions=[dict(command='x')],
                           modes=['bitsplit'], bits=['w4a8']))
-    ab.save_ablation(b, [_arow('ridge-0', 'bitsplit', 'w4a8', 2.0)],
+    bm.save_ablation(b, [_arow('ridge-0', 'bitsplit', 'w4a8', 2.0)],
                      dict(calib_samples=8, sessions=[dict(command='y')],
                           modes=['bitsplit-fast', 'bitsplit'],
                           bits=['w4a8', 'w2a8']))
-    rows, info = ab.merge_ablations([a, b])
+    rows, info = bm.merge_ablations([a, b])
     assert [r.variant for r in rows] == ['default', 'ridge-0']
     assert [s['command'] for s in info['sessions']] == ['x', 'y']
     # a part that ran one mode or width does not hide the others
     assert info['modes'] == ['bitsplit', 'bitsplit-fast']
     assert info['bits'] == ['w4a8', 'w2a8']
-    ab.save_ablation(b, [], dict(calib_samples=9))
+    bm.save_ablation(b, [], dict(calib_samples=9))
     with pytest.raises(ValueError, match='calib_samples=9, the others'):
-        ab.merge_ablations([a, b])
+        bm.merge_ablations([a, b])

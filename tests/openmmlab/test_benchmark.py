@@ -1,14 +1,19 @@
-"""tools/benchmark.py's engine (:mod:`mmquant.apis.benchmark`).
+"""The engine of tools/analysis_tools/benchmark.py (mmquant.apis.benchmark).
 
 * one run over a tiny classifier with two methods: every row's metrics are
   those of the model it wrote (the INT file reloads to the same metric),
   file sizes are the files', float metrics those of ``evaluate``;
 * ``resume`` re-uses rows instead of running again;
 * Markdown, README section replacement and metafile contents;
-* MAC counting, bit tags, data-root rewriting and bad benchmark lists.
+* MAC counting, bit tags, data-root rewriting and bad benchmark lists;
+* metrics as JSON values, the package's floors and tools that import
+  only the installed package.
 """
+import ast
+import os
 import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,9 +21,12 @@ from mmengine.config import Config
 from torch import nn
 
 from mmquant.apis import benchmark as bm
-from mmquant.apis.evaluation import evaluate
+from mmquant.apis.benchmark import run as benchmark_run
+from mmquant.apis.evaluation import evaluate, to_jsonable
 from mmquant.apis.ptq import build_float_model
 from mmquant.checkpoint.int_model import load_quantized
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _write_config(cfg, folder, name):
@@ -75,7 +83,7 @@ def test_resume_skips_finished_runs(bench, monkeypatch):
     def no_run(*args, **kwargs):
         raise AssertionError('a finished run was run again')
 
-    monkeypatch.setattr(bm, 'build_float_model', no_run)
+    monkeypatch.setattr(benchmark_run, 'build_float_model', no_run)
     again = bm.run_benchmark([model], ['rtn', 'bitsplit'],
                              ['w4a8', 'w2a8'], work_dir, calib_samples=12,
                              resume=True, info=dict(command='second'))
@@ -222,7 +230,7 @@ def test_offline_list_is_valid():
     readme = osp.join(root, 'configs', 'bitsplit', 'README.md')
     with open(readme) as f:
         text = f.read()
-    # exactly one marked section for tools/benchmark.py --readme
+    # exactly one marked section for the benchmark tool's --readme
     assert text.count(bm.README_START) == text.count(bm.README_END) == 1
     assert text.index(bm.README_START) < text.index(bm.README_END)
 
@@ -235,7 +243,7 @@ def test_results_json_is_atomic(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('disk full')
 
-    monkeypatch.setattr(bm.os, 'fsync', broken)
+    monkeypatch.setattr(os, 'fsync', broken)
     with pytest.raises(RuntimeError, match='disk full'):
         bm.save_results(str(path), [], dict(a=2))
     assert path.read_text() == before
@@ -295,3 +303,66 @@ def test_select_models():
     with pytest.raises(ValueError, match=r"unknown model name\(s\) \['D'\]; "
                        r"the list has \['A', 'B', 'C'\]"):
         bm.select_models(models, ['A', 'D'])
+
+
+def test_metrics_as_json():
+    """Rows keep the evaluator's single values as Python numbers; the PTQ
+    report keeps everything, converted."""
+    metrics = {'accuracy/top1': torch.tensor(90.5), 'count': np.int64(3),
+               'ok': True, 'copypaste': '0.5 0.7', 'none': None,
+               'classwise': [torch.tensor(1.0), 2.0], 'table': {1: 2.0},
+               'object': object(), 7: 1.5}
+    plain = bm.scalar_metrics(metrics)
+    assert plain == {'accuracy/top1': 90.5, 'count': 3, 'ok': True,
+                     'copypaste': '0.5 0.7', 'none': None, '7': 1.5}
+    assert type(plain['accuracy/top1']) is float
+    assert type(plain['count']) is int
+    assert to_jsonable(dict(float=metrics)) == {'float': dict(
+        plain, classwise=[1.0, 2.0], table={'1': 2.0},
+        object=metrics['object'])}
+    assert to_jsonable((torch.tensor(2), 'a')) == [2, 'a']
+    # a list is left out whatever it holds
+    assert bm.scalar_metrics({'m': [torch.zeros(2)]}) == {}
+
+
+#: The benchmark package's modules from the bottom floor up: each may
+#: import only the ones before it.
+FLOORS = ('methods', 'lists', 'results', 'metafile', 'render', 'run',
+          'ablation', 'check')
+
+
+def test_package_floors():
+    """Storage and rendering never import the runs; no module imports one
+    above it (the package is layered like mmquant itself)."""
+    folder = osp.dirname(bm.__file__)
+    modules = sorted(name[:-3] for name in os.listdir(folder)
+                     if name.endswith('.py') and name != '__init__.py')
+    assert modules == sorted(FLOORS)
+    for floor, name in enumerate(FLOORS):
+        with open(osp.join(folder, f'{name}.py')) as f:
+            tree = ast.parse(f.read())
+        assert ast.get_docstring(tree), f'{name}.py has no docstring'
+        inside = {node.module for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert inside <= set(FLOORS[:floor]), (name, inside)
+
+
+@pytest.mark.parametrize(
+    'tool', ['benchmark.py', 'benchmark_ablation.py', 'benchmark_ptq.py'])
+def test_tools_import_mmquant_only(tool):
+    """The benchmark tools import the installed package: no sys.path
+    edits, no other tool."""
+    path = osp.join(ROOT, 'tools', 'analysis_tools', tool)
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    assert not [node for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and node.attr == 'path'
+                and isinstance(node.value, ast.Name)
+                and node.value.id == 'sys']
+    imported = {alias.name.split('.')[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split('.')[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    tools = {osp.splitext(n)[0] for _, _, files in os.walk(
+        osp.join(ROOT, 'tools')) for n in files if n.endswith('.py')}
+    assert not imported & tools, imported & tools

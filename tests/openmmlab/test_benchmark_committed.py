@@ -5,8 +5,8 @@
   every entry's ``Config`` exists, parses with mmengine and fixes the
   method, mode and bits its ``Metadata`` names; measured entries have
   results and nothing else has numbers;
-* the files ``tools/benchmark.py`` writes are what it writes from the
-  committed results JSON, byte for byte: the Results section of
+* the files ``tools/analysis_tools/benchmark.py`` writes are what it
+  writes from the committed results JSON, byte for byte: the Results section of
   ``configs/bitsplit/README.md``, ``configs/bitsplit/metafile.yml``, the
   entry configs in ``configs/bitsplit/fmnist/`` and the CI subset's
   metafile, so no number is edited by hand.
@@ -18,9 +18,7 @@ import pytest
 import yaml
 from mmengine.config import Config
 
-from mmquant.apis import ablation as ab
 from mmquant.apis import benchmark as bm
-from mmquant.apis.benchmark_check import load_model_index
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BITSPLIT = 'configs/bitsplit'
@@ -69,7 +67,7 @@ def test_model_index_imports_the_metafile():
 
 
 def test_every_entry_config_reproduces_its_metadata():
-    entries = load_model_index('model-index.yml')
+    entries = bm.load_model_index('model-index.yml')
     rows, _ = bm.load_results(RESULTS)
     # 3 float + 3 models x 3 methods x 4 widths + 3 models x 2 mixed
     # targets measured, 9 not measured
@@ -192,17 +190,18 @@ def test_regeneration_is_idempotent(tmp_path):
 
 def test_ablation_sections_are_generated(tmp_path):
     """The ablation tables of docs/solver.md and the configs README are
-    what tools/benchmark_ablation.py renders from the committed JSON, and
-    its first variant's rows are the benchmark's own rows."""
-    rows, info = ab.load_ablation(ABLATION)
+    what tools/analysis_tools/benchmark_ablation.py renders from the
+    committed JSON, and its first variant's rows are the benchmark's own
+    rows."""
+    rows, info = bm.load_ablation(ABLATION)
     _, lst = bm.load_benchmark_list('configs/benchmarks/fmnist_ablation.py')
-    variants = ab.load_variants(lst)
-    text = ab.render_ablation(rows, variants, info)
+    variants = bm.load_variants(lst)
+    text = bm.render_ablation(rows, variants, info)
     for page in ('docs/solver.md', f'{BITSPLIT}/README.md'):
         copy = tmp_path / 'page.md'
         copy.write_text(_read(page))
-        bm.update_readme(str(copy), text, ab.ABLATION_START,
-                         ab.ABLATION_END)
+        bm.update_readme(str(copy), text, bm.ABLATION_START,
+                         bm.ABLATION_END)
         assert copy.read_text() == _read(page), page
     bench = {r.key: r for r in bm.load_results(RESULTS)[0]}
     taken = [r for r in rows if r.extra.get('source') == RESULTS]

@@ -279,7 +279,7 @@ def test_quantize_with_partial_journal_is_identical(tmp_path, monkeypatch,
     sensitivity pass is not journaled) and every tensor of the result
     equals the uninterrupted run's."""
     import mmquant
-    from mmquant.quantization import engine
+    from mmquant.quantization.methods import bitsplit
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
@@ -300,12 +300,12 @@ def test_quantize_with_partial_journal_is_identical(tmp_path, monkeypatch,
         os.unlink(os.path.join(root, next(
             f for f in files if f.startswith(f'layer_{name}_'))))
     solved = []
-    real = engine.solve_layer
+    real = bitsplit.solve_layer
 
     def spy(weight, *args, **kwargs):
         solved.append(tuple(weight.shape))
         return real(weight, *args, **kwargs)
-    monkeypatch.setattr(engine, 'solve_layer', spy)
+    monkeypatch.setattr(bitsplit, 'solve_layer', spy)
     again = LayerJournal(root, _fingerprint(), resume=True)
     resumed, report2 = mmquant.quantize(model, batches, config,
                                         journal=again,

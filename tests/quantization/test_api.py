@@ -218,7 +218,7 @@ def test_ridge_strength(scales_with_rows, factor):
     """``lam = damping * mean(diag A)``, times ``N / rows`` when the layer
     saw fewer rows than it has inputs (here 8 rows, N = 32)."""
     from mmquant.core.stats import LayerGeometry, StatsAccumulator
-    from mmquant.quantization.engine import _damp
+    from mmquant.quantization.methods import damp as _damp
     gen = torch.Generator().manual_seed(0)
     layer = nn.Linear(32, 4)
     acc = StatsAccumulator(LayerGeometry.from_module(layer))

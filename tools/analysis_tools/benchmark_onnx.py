@@ -17,7 +17,7 @@ latency and top-1 of a QDQ model in each onnxruntime mode of
 :func:`mmquant.deploy.ort_session` (``exact``, ``ort-defaults``,
 ``folded``).
 
-Example (INT checkpoints from ``tools/benchmark.py
+Example (INT checkpoints from ``tools/analysis_tools/benchmark.py
 configs/benchmarks/fmnist_offline.py``)::
 
     python tools/analysis_tools/benchmark_onnx.py \\

@@ -9,32 +9,38 @@ optionally regenerates the Results section of an algorithm README and its
 Examples::
 
     # the offline Fashion-MNIST suite (see configs/benchmarks/)
-    python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
-        --readme configs/bitsplit/README.md \
+    python tools/analysis_tools/benchmark.py \\
+        configs/benchmarks/fmnist_offline.py \\
+        --readme configs/bitsplit/README.md \\
         --metafile configs/bitsplit/metafile.yml
 
     # ImageNet / COCO, for users who have the data and checkpoints
-    python tools/benchmark.py configs/benchmarks/in1k_coco.py \
+    python tools/analysis_tools/benchmark.py \\
+        configs/benchmarks/in1k_coco.py \\
         --data-root /data/imagenet --models ResNet-18 --device cuda
 
     # models run in parallel in their own work dirs, then one table
-    python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
+    python tools/analysis_tools/benchmark.py \\
+        configs/benchmarks/fmnist_offline.py \\
         --render-only --merge work_dirs/benchmark/resnet_only
 
     # re-render the tables from an earlier results.json, no runs
-    python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
+    python tools/analysis_tools/benchmark.py \\
+        configs/benchmarks/fmnist_offline.py \\
         --render-only --readme configs/bitsplit/README.md
 
     # regenerate the committed README section, metafile and entry configs
     # from the committed results (byte for byte)
-    python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
-        --results configs/bitsplit/results/fmnist_offline.json \
-        --readme configs/bitsplit/README.md \
+    python tools/analysis_tools/benchmark.py \\
+        configs/benchmarks/fmnist_offline.py \\
+        --results configs/bitsplit/results/fmnist_offline.json \\
+        --readme configs/bitsplit/README.md \\
         --metafile configs/bitsplit/metafile.yml
 
     # regression check: re-run the committed entries, exit 1 when a metric
     # fell more than 0.3 points (exit 3 when nothing could be checked)
-    python tools/benchmark.py configs/benchmarks/fmnist_offline.py \
+    python tools/analysis_tools/benchmark.py \\
+        configs/benchmarks/fmnist_offline.py \\
         --check configs/bitsplit/metafile.yml --tolerance 0.3
 """
 import argparse
@@ -45,16 +51,13 @@ import time
 
 from mmengine.logging import MMLogger
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmquant.apis.benchmark import (  # noqa: E402
-    DEFAULT_BITS, METHODS, check_methods, load_benchmark_list,
-    load_results, merge_results, parse_bits, render_header,
-    render_markdown, run_benchmark, save_results, select_models,
-    update_readme, write_entry_configs, write_metafile)
-from mmquant.apis.benchmark_check import (  # noqa: E402
-    check_benchmark, render_check)
-from mmquant.fileio import write_text_atomic  # noqa: E402
+from mmquant.apis.benchmark import (
+    DEFAULT_BITS, METHODS, check_benchmark, check_methods,
+    load_benchmark_list, load_results, merge_results, parse_bits,
+    render_check, render_header, render_markdown, run_benchmark,
+    save_results, select_models, update_readme, write_entry_configs,
+    write_metafile)
+from mmquant.fileio import write_text_atomic
 
 
 def parse_args() -> argparse.Namespace:
@@ -170,8 +173,8 @@ def main() -> None:
         models = select_models(models, args.models)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    methods = check_methods(args.methods or lst.get('methods',
-                                                     list(METHODS)))
+    methods = check_methods(args.methods
+                            or lst.get('methods', list(METHODS)))
     bits = args.bits or list(lst.get('bits', DEFAULT_BITS))
     for tag in bits:
         parse_bits(tag)
@@ -180,7 +183,7 @@ def main() -> None:
         'work_dirs', 'benchmark',
         list_name + ('_check' if args.check else ''))
     results = osp.join(work_dir, 'results.json')
-    command = 'python tools/benchmark.py ' + ' '.join(
+    command = 'python tools/analysis_tools/benchmark.py ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
     if args.check:
         sys.exit(run_check(args, models, methods, bits, lst, work_dir,

@@ -9,19 +9,22 @@ Markdown pages.
 Examples::
 
     # the committed ablation (docs/solver.md, configs/bitsplit/README.md)
-    python tools/benchmark_ablation.py \\
+    python tools/analysis_tools/benchmark_ablation.py \\
         configs/benchmarks/fmnist_ablation.py \\
         --baseline configs/bitsplit/results/fmnist_offline.json \\
         --doc docs/solver.md configs/bitsplit/README.md
 
     # models in parallel processes, then one table
-    python tools/benchmark_ablation.py configs/benchmarks/fmnist_ablation.py \\
+    python tools/analysis_tools/benchmark_ablation.py \\
+        configs/benchmarks/fmnist_ablation.py \\
         --models 'RetinaNet ResNet-18 (12 ch)' --work-dir work_dirs/abl_det
-    python tools/benchmark_ablation.py configs/benchmarks/fmnist_ablation.py \\
+    python tools/analysis_tools/benchmark_ablation.py \\
+        configs/benchmarks/fmnist_ablation.py \\
         --merge work_dirs/abl_det work_dirs/abl_cls --doc docs/solver.md
 
     # re-render the pages from the committed results, no runs
-    python tools/benchmark_ablation.py configs/benchmarks/fmnist_ablation.py \\
+    python tools/analysis_tools/benchmark_ablation.py \\
+        configs/benchmarks/fmnist_ablation.py \\
         --results configs/bitsplit/results/fmnist_ablation.json \\
         --doc docs/solver.md configs/bitsplit/README.md
 """
@@ -33,15 +36,11 @@ import time
 
 from mmengine.logging import MMLogger
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmquant.apis.ablation import (  # noqa: E402
+from mmquant.apis.benchmark import (
     ABLATION_END, ABLATION_MODES, ABLATION_START, load_ablation,
-    load_variants, merge_ablations, render_ablation, run_ablation,
-    save_ablation)
-from mmquant.apis.benchmark import (  # noqa: E402
-    load_benchmark_list, select_models, update_readme)
-from mmquant.fileio import write_text_atomic  # noqa: E402
+    load_benchmark_list, load_variants, merge_ablations, render_ablation,
+    run_ablation, save_ablation, select_models, update_readme)
+from mmquant.fileio import write_text_atomic
 
 
 def parse_args() -> argparse.Namespace:
@@ -116,8 +115,8 @@ def main() -> None:
     name = osp.splitext(osp.basename(args.ablation))[0]
     work_dir = args.work_dir or osp.join('work_dirs', 'ablation', name)
     path = osp.join(work_dir, 'ablation.json')
-    command = 'python tools/benchmark_ablation.py ' + ' '.join(
-        shlex.quote(a) for a in sys.argv[1:])
+    command = ('python tools/analysis_tools/benchmark_ablation.py '
+               + ' '.join(shlex.quote(a) for a in sys.argv[1:]))
     if args.results:
         rows, info = load_ablation(args.results)
     elif args.merge:

@@ -1,10 +1,11 @@
 """Benchmark regression check: re-run committed metafile entries.
 
-``tools/benchmark.py LIST --check METAFILE`` re-measures every entry of a
-metafile (or of a ``model-index.yml`` and its imports) that is a run of
-the benchmark list and has committed ``Results``, with the calibration
-images and test samples the entry records, and compares each metric with
-its committed value (docs/benchmarks.md, "Regression check").
+``tools/analysis_tools/benchmark.py LIST --check METAFILE`` re-measures
+every entry of a metafile (or of a ``model-index.yml`` and its imports)
+that is a run of the benchmark list and has committed ``Results``, with
+the calibration images and test samples the entry records, and compares
+each metric with its committed value (docs/benchmarks.md, "Regression
+check").
 """
 import os.path as osp
 from dataclasses import dataclass, field
@@ -12,11 +13,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
-from .benchmark import (_METAFILE_KEYS, DEFAULT_BITS, METHODS,
-                        TASK_METRICS, BenchmarkModel, BenchmarkRow, _fmt,
-                        _metric, _slug, check_methods, entry_name,
-                        parse_bits, replace_data_root, run_benchmark)
-from .calibration import calib_dataloader_cfg
+from ..calibration import calib_dataloader_cfg
+from .lists import BenchmarkModel, replace_data_root, slug
+from .metafile import METAFILE_METRICS, entry_name, load_model_index
+from .methods import DEFAULT_BITS, METHODS, check_methods, parse_bits
+from .render import format_value
+from .results import TASK_METRICS, BenchmarkRow, row_metric
+from .run import run_benchmark
+
 
 #: Exit status of a check with a metric below tolerance.
 CHECK_REGRESSION = 1
@@ -24,54 +28,6 @@ CHECK_REGRESSION = 1
 #: ``strict``).
 CHECK_NOT_ENOUGH = 3
 _NOT_MEASURED = 'not measured (no committed Results)'
-
-
-def load_model_index(path: str) -> Dict[str, Dict[str, Any]]:
-    """The model entries of a metafile or of a ``model-index.yml``.
-
-    ``Import`` lists are followed as mim's model-index loader does (paths
-    relative to the importing file's folder).
-
-    Args:
-        path (str): A ``metafile.yml`` or ``model-index.yml``.
-
-    Returns:
-        dict: ``Name`` -> the entry (with ``_metafile``, the file it came
-        from).
-
-    Raises:
-        FileNotFoundError: If the file or an imported one is missing.
-        ValueError: If a name occurs twice or a file is not a model index.
-    """
-    import yaml
-    entries: Dict[str, Dict[str, Any]] = {}
-
-    def visit(file: str, seen: Tuple[str, ...]) -> None:
-        if not osp.isfile(file):
-            raise FileNotFoundError(f'model index {file} not found'
-                                    + (f' (imported by {seen[-1]})'
-                                       if seen else ''))
-        if osp.abspath(file) in map(osp.abspath, seen):
-            raise ValueError(f'{file}: circular Import')
-        with open(file) as f:
-            data = yaml.safe_load(f)
-        if not isinstance(data, dict) or not ({'Import', 'Models'}
-                                              & set(data)):
-            raise ValueError(f'{file}: not a model index (no `Import` or '
-                             '`Models`)')
-        for sub in data.get('Import') or []:
-            visit(osp.join(osp.dirname(file), sub), seen + (file, ))
-        for model in data.get('Models') or []:
-            name = model.get('Name')
-            if not name:
-                raise ValueError(f'{file}: a model entry has no Name')
-            if name in entries:
-                raise ValueError(f'{file}: model {name!r} is also in '
-                                 f'{entries[name]["_metafile"]}')
-            entries[name] = dict(model, _metafile=file)
-
-    visit(path, ())
-    return entries
 
 
 @dataclass
@@ -214,7 +170,7 @@ def check_benchmark(models: Sequence[BenchmarkModel],
 
     Every entry of ``index`` (a metafile or a ``model-index.yml``) that is
     a run of ``models`` x ({float} + ``methods``) x ``bits`` and has
-    committed ``Results`` is measured again with :func:`run_benchmark`,
+    committed ``Results`` is measured again with :func:`~.run.run_benchmark`,
     with the calibration images and test samples its ``Metadata`` records
     (so a value committed from a subset is checked on the same subset),
     and each committed metric is compared with the new value rounded as
@@ -225,7 +181,7 @@ def check_benchmark(models: Sequence[BenchmarkModel],
 
     Args:
         models (Sequence[BenchmarkModel]): The benchmark list's models.
-        methods (Sequence[str]): Keys of :data:`METHODS` to check.
+        methods (Sequence[str]): Keys of :data:`~.methods.METHODS` to check.
         bits (Sequence[str]): Bit-width tags to check.
         index (str): The committed metafile or model index.
         work_dir (str): Output folder (one sub-folder per model).
@@ -257,8 +213,8 @@ def check_benchmark(models: Sequence[BenchmarkModel],
     runs = {}
     all_tags = list(dict.fromkeys([*DEFAULT_BITS, *tags]))
     for model in models:
-        runs[entry_name(model.name, 'float', 'fp32')] = (model, 'float',
-                                                          'fp32')
+        runs[entry_name(model.name, 'float', 'fp32')] = (
+            model, 'float', 'fp32')
         for method in METHODS:
             for tag in all_tags:
                 runs[entry_name(model.name, method, tag)] = (model, method,
@@ -298,7 +254,7 @@ def check_benchmark(models: Sequence[BenchmarkModel],
         need_bits = [t for t in tags if any(k[2] == t for k in keys)]
         rows = run_benchmark(
             [model], need_methods, need_bits if need_methods else [],
-            osp.join(work_dir, _slug(model.name)),
+            osp.join(work_dir, slug(model.name)),
             calib_samples=calib, eval_samples=evals, device=device,
             data_root=data_root, resume=resume, info=info)
         by_name = {entry_name(r.model, r.method, r.bits): r for r in rows}
@@ -310,13 +266,14 @@ def check_benchmark(models: Sequence[BenchmarkModel],
 
 def _compare(entry: Dict[str, Any], row: BenchmarkRow,
              tolerance: float) -> List[Dict[str, Any]]:
-    titles = {_METAFILE_KEYS.get(key, title): (key, scale)
+    """One comparison per committed metric of an entry."""
+    titles = {METAFILE_METRICS.get(key, title): (key, scale)
               for key, title, scale in TASK_METRICS[row.task]}
     out = []
     for title, committed in entry['Results'][0]['Metrics'].items():
         measured = None
         if title in titles:
-            measured = _metric(row, *titles[title])
+            measured = row_metric(row, *titles[title])
         if measured is not None:
             measured = round(measured, 2)
         delta = None if measured is None else round(measured - committed,
@@ -351,7 +308,8 @@ def render_check(report: CheckReport, min_checked: int = 1,
         for c in moved:
             lines.append(
                 f'| {c["entry"]} | {c["metric"]} | {c["committed"]:.2f} | '
-                f'{_fmt(c["measured"])} | {_fmt(c["delta"], signed=True)} '
+                f'{format_value(c["measured"])} | '
+                f'{format_value(c["delta"], signed=True)} '
                 f'| {"FAIL" if c["failed"] else "ok"} |')
     else:
         lines.append('No metric moved.')
@@ -382,10 +340,3 @@ def render_check(report: CheckReport, min_checked: int = 1,
         verdict = 'PASS'
     lines += ['', f'Result: {verdict} (exit status {code}).']
     return '\n'.join(lines) + '\n'
-
-
-__all__ = [
-    'CHECK_REGRESSION', 'CHECK_NOT_ENOUGH', 'CheckReport',
-    'load_model_index', 'missing_inputs', 'check_benchmark',
-    'render_check'
-]

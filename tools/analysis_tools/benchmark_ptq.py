@@ -17,16 +17,14 @@ boundaries) and ``ec-full`` (error-compensated with
 as before the replay cache). Each mode runs in its own process, so the
 peak resident memory printed is that run's. Run::
 
-    python tools/benchmark_ptq.py [--modes fast ec ec-full]
+    python tools/analysis_tools/benchmark_ptq.py [--modes fast ec ec-full]
         [--model resnet18] [--calib-samples 256] [--json out.json]
 """
 import argparse
 import json
 import multiprocessing
-import os.path as osp
 import platform
 import resource
-import sys
 import time
 from typing import Any, Dict
 
@@ -36,10 +34,8 @@ from mmengine.config import Config
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import init_default_scope
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import mmquant  # noqa: E402
-from mmquant.apis.ptq import float_model_cfg  # noqa: E402
+import mmquant
+from mmquant.apis.ptq import float_model_cfg
 
 
 def parse_args() -> argparse.Namespace:

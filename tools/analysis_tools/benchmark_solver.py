@@ -18,6 +18,9 @@ integers`` the ``'canonical-planes+integer'`` schedule.
 
 Both start from the same MSE round-to-nearest initialisation; both are
 scored with the same exact float64 objective ``sum_m ||y_m - s_m X q_m||^2``.
+The problems (:func:`mmquant.testing.make_layer_problem`) and the direct
+port (:func:`mmquant.testing.direct_port`) live in :mod:`mmquant.testing`,
+shared with the tests and ``benchmark_schedules.py``.
 
 Timing: the direct port's rounds are timed one by one; besides the total
 (or, for the large layer, the mean round extrapolated to 100 rounds), the
@@ -27,16 +30,15 @@ times, spread before and after the direct port; the median is reported.
 
 Usage::
 
-    python tools/benchmark_solver.py            # the full benchmark
-    python tools/benchmark_solver.py --quick    # a small smoke run
-    python tools/benchmark_solver.py --sizes 256  # the 256 -> 256 layer only
-    python tools/benchmark_solver.py --bits 2 8   # other bit widths
+    python tools/analysis_tools/benchmark_solver.py           # everything
+    python tools/analysis_tools/benchmark_solver.py --quick   # a smoke run
+    python tools/analysis_tools/benchmark_solver.py --sizes 256  # one layer
+    python tools/analysis_tools/benchmark_solver.py --bits 2 8   # widths
 """
 import argparse
 import json
 import math
 import os
-import os.path as osp
 import platform
 import statistics
 import sys
@@ -44,14 +46,11 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
-
-from mmquant.core.grid import split_planes, stitch_planes  # noqa: E402
-from mmquant.core.rtn import mse_rtn  # noqa: E402
-from mmquant.core.solver import bitsplit_solve, objective  # noqa: E402
-
+from mmquant.core.rtn import mse_rtn
+from mmquant.core.solver import bitsplit_solve, objective
+from mmquant.testing import (direct_port, make_layer_problem, statistics_f64,
+                             synchronize)
 
 # result key -> (the solver's schedule, its label in the table)
 SCHEDULE_RUNS = {
@@ -63,130 +62,8 @@ SCHEDULE_RUNS = {
 }
 
 
-def make_layer_problem(cin: int, cout: int, rows: int, seed: int) -> Dict:
-    """A 3x3 conv on post-ReLU-like, spatially and channel-correlated maps.
-
-    Feature maps are smoothed Gaussian noise plus a low-rank shared channel
-    component and a per-channel offset, then ReLU (about half the values
-    are exact zeros, neighbouring pixels and channels are correlated).
-    Weights are Kaiming-scaled Gaussians with a log-normal per-channel
-    spread. Targets are the float conv outputs.
-
-    Args:
-        cin: Input channels.
-        cout: Output channels.
-        rows: Number of im2col rows (output pixels) to generate.
-        seed: Random seed.
-
-    Returns:
-        dict: ``X (rows, 9 cin)`` float32, ``Y (rows, cout)`` float32 and
-        ``W (cout, 9 cin)`` float32.
-    """
-    g = torch.Generator().manual_seed(seed)
-    side = 64 if rows >= 4096 else 32
-    batch = max(1, rows // (side * side))
-    z = torch.randn(batch, cin, side + 2, side + 2, generator=g)
-    blur = torch.tensor([[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]]) / 16
-    z = F.conv2d(z, blur.expand(cin, 1, 3, 3).contiguous(), groups=cin)
-    rank = max(cin // 8, 1)
-    U = torch.randn(cin, rank, generator=g) / math.sqrt(rank)
-    shared = torch.randn(batch, rank, side, side, generator=g)
-    z = 0.6 * z + torch.einsum('cr,brhw->bchw', U, shared)
-    offset = 0.5 * torch.randn(cin, generator=g)
-    x = torch.relu(z + offset[None, :, None, None])
-    w = torch.randn(cout, cin, 3, 3, generator=g)
-    w = w * torch.exp(0.5 * torch.randn(cout, 1, 1, 1, generator=g))
-    w = w * math.sqrt(2.0 / (cin * 9))
-    y = F.conv2d(x, w, padding=1)
-    X = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, cin * 9)
-    Y = y.flatten(2).transpose(1, 2).reshape(-1, cout)
-    return dict(X=X[:rows].contiguous(), Y=Y[:rows].contiguous(),
-                W=w.reshape(cout, -1))
-
-
-def statistics_f64(X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096):
-    """``A = X^T X``, ``C = X^T Y``, ``yy`` in float64, streamed by rows."""
-    N, M = X.shape[1], Y.shape[1]
-    A = X.new_zeros(N, N, dtype=torch.float64)
-    C = X.new_zeros(N, M, dtype=torch.float64)
-    yy = X.new_zeros(M, dtype=torch.float64)
-    for r in range(0, X.shape[0], chunk):
-        x = X[r:r + chunk].double()
-        y = Y[r:r + chunk].double()
-        A.addmm_(x.t(), x)
-        C.addmm_(x.t(), y)
-        yy += (y * y).sum(0)
-    return A, C, yy
-
-
-def _sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings on CUDA)."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def direct_port(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor,
-                bits: int, rounds: int) -> Dict:
-    """The paper's output-reconstruction rounds, computed as its code does.
-
-    Fixed-point convention of the paper: ``w = alpha * sum_j 2^-j B_j``
-    with ternary planes ``B_j`` (plane 0 most significant) and
-    ``alpha = s * 2^(k-2)``. Per round: closed-form ``alpha`` from
-    ``X B^T``; then per plane ``j``: ``Y_res = Y - X (alpha B_others)^T``,
-    ``T = Y_res^T X`` and for every coordinate ``n`` (all channels at
-    once) ``lump = 2 (alpha_j (A[n] B^T) - T[:, n])`` with ``B[:, n] = 0``,
-    ``B[:, n] = -sign(lump)``, zeroed where ``|lump| < alpha_j A[n, n]``.
-
-    Args:
-        X: ``(K, N)`` float32 calibration rows.
-        Y: ``(K, M)`` float32 targets.
-        W: ``(M, N)`` float weights (for the initialisation).
-        bits: Bit width.
-        rounds: Number of rounds to run.
-
-    Returns:
-        dict: ``q`` (int, ``(M, N)``), ``scale`` ``(M,)``, ``init_s`` (the
-        initialisation time) and ``round_s`` (per-round times).
-    """
-    dev = X.device
-    _sync(dev)
-    t0 = time.perf_counter()
-    q0, s0 = mse_rtn(W, bits)  # the paper's weight-error step is a no-op
-    planes = list(split_planes(q0, bits).float().unbind(0))
-    frac = [2.0**-j for j in range(bits - 1)]
-    alpha = s0 * 2**(bits - 2)
-    A = X.t() @ X
-    _sync(dev)
-    init_s = time.perf_counter() - t0
-    round_s: List[float] = []
-    N = X.shape[1]
-    for _ in range(rounds):
-        t1 = time.perf_counter()
-        bsum = sum(p * f for p, f in zip(planes, frac))
-        XB = X @ bsum.t()
-        alpha = (Y * XB).sum(0) / (XB * XB).sum(0)
-        for j in range(bits - 1):
-            B = planes[j]
-            # (at W2 there is no other plane: zeros)
-            others = sum((p * f for i, (p, f) in enumerate(zip(planes, frac))
-                          if i != j), torch.zeros_like(B))
-            Yres = Y - X @ (others * alpha[:, None]).t()
-            T = Yres.t() @ X
-            sj = alpha * frac[j]
-            for n in range(N):
-                B[:, n] = 0
-                ABn = B @ A[n]
-                lump = 2 * (ABn * sj - T[:, n])
-                B[:, n] = -torch.sign(lump)
-                B[lump.abs() < sj * A[n, n], n] = 0
-        _sync(dev)
-        round_s.append(time.perf_counter() - t1)
-    q = stitch_planes(torch.stack(planes).to(torch.int8), bits)
-    scale = alpha / 2**(bits - 2)
-    return dict(q=q, scale=scale, init_s=init_s, round_s=round_s)
-
-
 def score(q, scale, A, C, yy) -> Dict:
+    """Objective and relative output error of ``(q, scale)``."""
     obj = float(objective(q, scale, A, C, yy).sum())
     return dict(objective=obj, rel_err=math.sqrt(max(obj, 0.0) /
                                                  float(yy.sum())))
@@ -200,10 +77,10 @@ def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
     dev = torch.device(device)
     P = make_layer_problem(cin, cout, rows, seed)
     X, Y, W = (P[k].to(dev) for k in ('X', 'Y', 'W'))
-    _sync(dev)
+    synchronize(dev)
     t = time.perf_counter()
     A, C, yy = statistics_f64(X, Y)
-    _sync(dev)
+    synchronize(dev)
     stats_s = time.perf_counter() - t
     N = X.shape[1]
     print(f'\n{name}: N = {N}, M = {cout}, K = {X.shape[0]} rows; '
@@ -219,10 +96,10 @@ def run_problem(name: str, cin: int, cout: int, rows: int, bits_list,
 
         def solve_all() -> None:
             for label, (schedule, _) in SCHEDULE_RUNS.items():
-                _sync(dev)
+                synchronize(dev)
                 t = time.perf_counter()
                 res = bitsplit_solve(W, A, C, bits, yy, schedule=schedule)
-                _sync(dev)
+                synchronize(dev)
                 runs[label].append(time.perf_counter() - t)
                 results[label] = res
 

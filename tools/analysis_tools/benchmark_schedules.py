@@ -1,7 +1,8 @@
 """Compare the solver's round schedules on many generated layer problems.
 
-For every problem (the generator of ``tools/benchmark_solver.py``:
-post-ReLU-like, correlated 3x3 conv inputs) and bit width, solves with each
+For every problem (the generator of ``benchmark_solver.py``,
+:func:`mmquant.testing.make_layer_problem`: post-ReLU-like, correlated 3x3
+conv inputs) and bit width, solves with each
 schedule of :data:`mmquant.core.solver.SCHEDULES` from the same MSE-RTN
 start and reports the objective relative to a reference schedule
 (``canonical-planes+integer`` by default; ``--reference paper``
@@ -11,12 +12,11 @@ problems it is lower than the reference and the mean rounds.
 
 Usage::
 
-    python tools/benchmark_schedules.py            # 60 problems, ~30 s
-    python tools/benchmark_schedules.py --json schedules.json
+    python tools/analysis_tools/benchmark_schedules.py   # 60 problems
+    python tools/analysis_tools/benchmark_schedules.py --json schedules.json
 """
 import argparse
 import json
-import os.path as osp
 import statistics
 import sys
 import time
@@ -24,13 +24,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-from benchmark_solver import make_layer_problem, statistics_f64  # noqa: E402
-
-from mmquant.core.solver import SCHEDULES, bitsplit_solve  # noqa: E402
-from mmquant.fileio import write_text_atomic  # noqa: E402
+from mmquant.core.solver import SCHEDULES, bitsplit_solve
+from mmquant.fileio import write_text_atomic
+from mmquant.testing import make_layer_problem, statistics_f64
 
 # (channels in, channels out, im2col rows)
 SIZES = {
