@@ -6,6 +6,7 @@ interpreter (a ``.pth`` file naming its site-packages; ``--no-deps
 --no-index``, so nothing is downloaded). Its tools then run from another
 directory with nothing of the checkout on ``sys.path``.
 """
+import ast
 import os
 import os.path as osp
 import shutil
@@ -73,6 +74,20 @@ def test_every_package_folder_is_shipped():
     folders = set(_package_folders())
     assert 'mmquant.apis' in folders
     assert folders <= shipped, sorted(folders - shipped)
+
+
+def test_no_tool_edits_sys_path():
+    """Tools import the installed package (an editable install in a
+    clone), so they run the same from the checkout and from ``.mim``."""
+    editing = []
+    for path in _files('tools', ('.py', )) + _files('tests', ('.py', )):
+        with open(osp.join(ROOT, path)) as f:
+            tree = ast.parse(f.read())
+        if any(isinstance(node, ast.Attribute) and node.attr == 'path'
+               and isinstance(node.value, ast.Name) and node.value.id == 'sys'
+               for node in ast.walk(tree)):
+            editing.append(path)
+    assert editing == []
 
 
 # ------------------------------------------- the tool entry point, in place
