@@ -16,6 +16,8 @@ Works from any directory on an installed package, like OpenMMLab's
 import sys
 from typing import List, Optional
 
+from mmquant.mim import find_tool, list_tools, run_tool
+
 USAGE = ('usage: python -m mmquant TOOL [ARGS...]  '
          '(python -m mmquant --list shows the tools)')
 
@@ -32,7 +34,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         missing or unknown tool; a tool that exits raises ``SystemExit``
         with its own status, and one that returns gives 0.
     """
-    from mmquant.mim import find_tool, list_tools, run_tool
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         print(USAGE, file=sys.stderr)

@@ -60,9 +60,8 @@ def shipped_path(name: str) -> str:
 def register_config_package() -> None:
     """Let configs reference mmquant's configs as ``'mmquant::path'``.
 
-    mmengine resolves ``_base_ = 'pkg::path'`` (and ``Config.fromfile``
-    of such a name) only for the packages in its
-    ``mmengine.config.utils.MODULE2PACKAGE`` table, and then reads
+    mmengine resolves ``_base_ = 'pkg::path'`` only for the packages in
+    its ``mmengine.config.utils.MODULE2PACKAGE`` table, and then reads
     ``<installed pkg>/.mim/configs/path``. This adds mmquant to that table
     (idempotent); mmquant's tools call it before they load a config, and
     Python code calls it once before :meth:`mmengine.config.Config.fromfile`::
