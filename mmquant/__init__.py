@@ -11,6 +11,10 @@ The Python API works on any ``nn.Module``::
 Importing mmquant defines its classes and nothing else; the OpenMMLab
 classes (``mmquant.QuantizedModel``, ``mmquant.BitSplitQuantizer``, ...)
 register themselves in :mod:`mmquant.registry` when a config names them.
+
+The installed package also ships mmquant's configs and tools
+(:mod:`mmquant.mim`): ``python -m mmquant ptq CONFIG CKPT`` runs
+``tools/ptq.py`` from any directory.
 """
 from .checkpoint.int_model import load_quantized as load
 from .checkpoint.int_model import save_quantized as save

@@ -30,7 +30,6 @@ import copy
 import json
 import os
 import os.path as osp
-import sys
 import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Optional
@@ -39,12 +38,10 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmquant.checkpoint.float_loading import (  # noqa: E402
+from mmquant.checkpoint.float_loading import (
     extract_state_dict, load_float_checkpoint, load_float_checkpoint_file,
     sha256_file)
-from mmquant.fileio import save_atomic  # noqa: E402
+from mmquant.fileio import save_atomic
 
 DEFAULT_OUT = 'checkpoints/fmnist_resnet_tiny.pth'
 

@@ -52,18 +52,16 @@ from typing import Any, Dict, List, NoReturn, Optional
 from mmengine.config import Config, DictAction
 from mmengine.logging import MMLogger
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmquant.apis.ptq import (EvaluationError, PTQInputError,  # noqa: E402
+from mmquant.apis.ptq import (EvaluationError, PTQInputError,
                               check_input_file, debug_requested,
                               load_config, prepare_work_dir,
                               remove_empty_dirs, run_ptq,
                               user_error_message)
-from mmquant.checkpoint.int_model import INT_SUFFIX  # noqa: E402
-from mmquant.fileio import write_text_atomic  # noqa: E402
-from mmquant.quantization.journal import FINGERPRINT  # noqa: E402
-from mmquant.quantization.methods import WEIGHT_METHODS  # noqa: E402
-from mmquant.quantizers import quantizer_for  # noqa: E402
+from mmquant.checkpoint.int_model import INT_SUFFIX
+from mmquant.fileio import write_text_atomic
+from mmquant.quantization.journal import FINGERPRINT
+from mmquant.quantization.methods import WEIGHT_METHODS
+from mmquant.quantizers import quantizer_for
 
 #: The name of the pointer to the last finished run in a work dir.
 LATEST = 'latest'

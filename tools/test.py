@@ -27,13 +27,11 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmquant.apis.ptq import (PTQInputError,  # noqa: E402
+from mmquant.apis.ptq import (PTQInputError,
                               check_input_file, debug_requested,
                               is_quantized_model_cfg, load_config,
                               load_dataset, user_error_message)
-from mmquant.checkpoint import load_container  # noqa: E402
+from mmquant.checkpoint import load_container
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,13 +11,10 @@ Example::
 """
 import argparse
 import os.path as osp
-import sys
 from typing import Optional
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args() -> argparse.Namespace:

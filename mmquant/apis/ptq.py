@@ -38,6 +38,7 @@ from mmquant.checkpoint.float_loading import (extract_state_dict,
 from mmquant.checkpoint.int_model import (INT_SUFFIX, READY_CONFIG_SUFFIX,
                                           save_quantized)
 from mmquant.fileio import write_text_atomic
+from mmquant.mim import register_config_package
 from mmquant.quantization.journal import (LayerJournal, calibration_sha256,
                                           run_fingerprint)
 from mmquant.quantization.methods import WEIGHT_METHODS, foreign_options
@@ -425,6 +426,9 @@ def load_config(path: str,
                 options: Optional[Dict[str, Any]] = None) -> Config:
     """Read a config file and apply ``--cfg-options``.
 
+    ``'mmquant::path'`` references to mmquant's shipped configs resolve
+    (:func:`mmquant.mim.register_config_package`).
+
     Args:
         path (str): The config file.
         options (dict, optional): ``--cfg-options``.
@@ -437,6 +441,7 @@ def load_config(path: str,
             options cannot be applied.
     """
     check_input_file(path, 'config')
+    register_config_package()
     try:
         cfg = Config.fromfile(path)
     except Exception as err:  # noqa: BLE001 - configs fail in many ways

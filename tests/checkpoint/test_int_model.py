@@ -4,6 +4,7 @@ Covers :mod:`mmquant.checkpoint.int_model`, ``.layer_records``,
 ``.inspection`` and ``tools/inspect_checkpoint.py``.
 """
 import hashlib
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -555,11 +556,7 @@ def test_inspect_tool(saved, capsys):
     assert f'packed weights:       {summary["packed_weight_bytes"]} ' in out
     assert 'float32 weights:' in out and 'file size:' in out
     # --json and the error path, in process.
-    sys.path.insert(0, osp.dirname(TOOL))
-    try:
-        import inspect_checkpoint as tool
-    finally:
-        sys.path.pop(0)
+    tool = _tool()
     assert tool.main([path, '--json']) == 0
     info = json.loads(capsys.readouterr().out)
     assert info['totals']['packed_bytes'] == summary['packed_weight_bytes']
@@ -687,12 +684,11 @@ def test_round_trip_conv1d_and_conv_transpose(tmp_path):
 
 
 def _tool():
-    sys.path.insert(0, osp.dirname(TOOL))
-    try:
-        import inspect_checkpoint
-    finally:
-        sys.path.pop(0)
-    return inspect_checkpoint
+    """``tools/inspect_checkpoint.py`` as a module."""
+    spec = importlib.util.spec_from_file_location('inspect_checkpoint', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def _run_tool(*args):

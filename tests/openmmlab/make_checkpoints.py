@@ -13,10 +13,13 @@ weights on every machine.
 """
 import importlib.util
 import os.path as osp
-import sys
 import tempfile
 
 import torch
+
+from mmquant.apis.evaluation import evaluate
+from mmquant.checkpoint.float_loading import sha256_file
+from mmquant.fileio import save_atomic
 
 HERE = osp.dirname(osp.abspath(__file__))
 
@@ -30,10 +33,6 @@ def _conftest():
 
 
 def main() -> None:
-    sys.path.insert(0, osp.dirname(osp.dirname(HERE)))
-    from mmquant.apis.evaluation import evaluate
-    from mmquant.checkpoint.float_loading import sha256_file
-    from mmquant.fileio import save_atomic
     cf = _conftest()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

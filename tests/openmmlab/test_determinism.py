@@ -36,9 +36,8 @@ def _other_capability() -> str:
 def _build_elsewhere(ws, kind: str, out: str) -> str:
     capability = _other_capability()
     script = textwrap.dedent(f'''
-        import importlib.util, sys
+        import importlib.util
         import torch
-        sys.path.insert(0, {ROOT!r})
         spec = importlib.util.spec_from_file_location(
             'cf', {osp.join(HERE, 'conftest.py')!r})
         cf = importlib.util.module_from_spec(spec)

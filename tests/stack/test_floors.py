@@ -14,9 +14,10 @@ FLOORS = {
     'nn': 1, 'testing': 1,
     'checkpoint': 2,
     'quantization': 3,
-    'registry': 4,
+    'registry': 4, 'mim': 4,
     'quantizers': 5, 'models': 5, 'deploy': 5, 'visualization': 5,
     'apis': 6,
+    '__main__': 7,
 }
 #: The floors that must run with torch alone.
 PURE_TORCH = 3

@@ -40,12 +40,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
+import numpy as np
+import torch
+from mmengine.config import Config
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

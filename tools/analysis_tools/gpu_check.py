@@ -19,20 +19,15 @@ A CPU dry run with tiny sizes checks the script itself::
 """
 import argparse
 import json
-import os.path as osp
 import platform
-import sys
 import time
 from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
-
-import mmquant  # noqa: E402
-from mmquant.nn import QuantizedLayer  # noqa: E402
+import mmquant
+from mmquant.nn import QuantizedLayer
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -12,10 +12,7 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
-
-from mmquant.visualization import plot_report  # noqa: E402
+from mmquant.visualization import plot_report
 
 
 def main() -> int:

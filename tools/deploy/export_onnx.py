@@ -23,11 +23,8 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
-
-import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+import torch
+from mmengine.config import Config, DictAction
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

