@@ -51,6 +51,7 @@ from .capture import (NETWORK_INPUT, QUANTIZABLE, FlowTracker, LayerCapture,
                       OpCall, StopForward, conv2d_weight, layer_kind,
                       layer_weight)
 from .config import LayerSpec, QuantConfig
+from .distributed import DistributedCalibration
 from .journal import LayerJournal
 from .mixed_precision import allocation_overrides, plan_mixed_precision
 from .progress import CostEta
@@ -336,10 +337,19 @@ class _Run:
         self.layers: List[_LayerState] = []
         self.replay_info: Dict[str, Any] = {}
         self.journal: Optional[LayerJournal] = None
+        # distributed: inside a process group of several ranks, the hooks
+        # marked 'distributed' call it (see .distributed); None alone
+        self.dist = DistributedCalibration.current()
 
     # ----------------------------------------------------------------- run
     def execute(self, calib_data: Iterable[Any]
                 ) -> Tuple[nn.Module, QuantReport]:
+        if self.dist is not None:  # distributed: one rank fails them all
+            return self.dist.guard(lambda: self._execute(calib_data))
+        return self._execute(calib_data)
+
+    def _execute(self, calib_data: Iterable[Any]
+                 ) -> Tuple[nn.Module, QuantReport]:
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
@@ -348,6 +358,8 @@ class _Run:
             self._discover()
             self._resolve()
             active = [s for s in self.layers if s.spec is not None]
+            if self.dist is not None:  # distributed: counts, shared draws
+                self._prepare_distributed(active)
             mode = self._mode()
             self.log(f'mmquant: {self.cfg.method} {mode} W{self.cfg.w_bits}'
                      f'A{self.cfg.a_bits or "-"} on {len(active)} layers, '
@@ -381,6 +393,21 @@ class _Run:
     def _collect_batches(self, calib_data: Iterable[Any]) -> None:
         self.batches, self.n_samples = _collect_batches(
             calib_data, self.cfg.calib_samples)
+        if self.dist is not None:  # distributed: calib_samples of all
+            self.batches, self.n_samples = self.dist.shard(
+                self.batches, [_batch_size(b) for b in self.batches],
+                self.cfg.calib_samples)
+
+    def _prepare_distributed(self, active: List['_LayerState']) -> None:
+        """Distributed: check the layers, count rows and values and share
+        the row draws and observers (see :mod:`.distributed`)."""
+        if self.journal is not None or self.cfg.bn_reestimation:
+            raise ValueError('a distributed calibration supports neither '
+                             'a resume journal nor bn_reestimation')
+        self.dist.check_layers([
+            (s.name, s.order, s.calls, s.missed, s.report.role, s.spec)
+            for s in self.layers])
+        self.dist.prepare(self, active, rows=self.cfg.method != 'rtn')
 
     def _forward(self, batch: Any) -> Any:
         """One (possibly early-stopped) forward pass; the time spent in
@@ -596,10 +623,14 @@ class _Run:
         state.observer = self._observer(state)
         rows = self.cfg.rows_per_layer
         if rows is not None:
+            n_batches = len(self.batches) if self.dist is None else \
+                self.dist.num_batches  # distributed: of all ranks
             state.rows_per_call = max(
-                1, math.ceil(rows / (len(self.batches) * state.calls)))
+                1, math.ceil(rows / (n_batches * state.calls)))
 
     def _sample(self, state: _LayerState, total: int) -> Optional[Tensor]:
+        if self.dist is not None:  # distributed: the shared draws
+            return self.dist.sample(state, total)
         if state.rows_per_call is None or state.rows_per_call >= total:
             return None
         return torch.randperm(total, generator=state.generator)[
@@ -627,6 +658,9 @@ class _Run:
 
         with _attached([self._capture(s, on_call(s)) for s in active]):
             self._progress_passes('statistics (float pass)')
+        if self.dist is not None:  # distributed: reduce, solve, share
+            self.dist.solve_fast(self, active)
+            return
         for state in active:
             self._solve_and_swap(state)
 
@@ -723,7 +757,10 @@ class _Run:
             del inputs
             state.targets, state.indices = [], []
             self.timing['statistics'] += time.perf_counter() - t1
-            self._solve_and_swap(state, act)
+            if self.dist is None:
+                self._solve_and_swap(state, act)
+            else:  # distributed: reduce, solve on rank 0, share
+                self.dist.solve_error_compensated(self, state, act)
             fwd = self.timing['forward'] - fwd0
             stats = (self.timing['statistics'] + self.timing['activations']
                      - stats0)
@@ -897,6 +934,8 @@ class _Run:
             return None
         if state.report.act_scale is not None:
             return state.report.act_scale, state.report.act_signed
+        if self.dist is not None:  # distributed: merge the observer
+            self.dist.finish_observer(state)
         t0 = time.perf_counter()
         scale, signed = state.observer.fit(state.spec.a_bits)
         state.report.act_scale = float(scale)
