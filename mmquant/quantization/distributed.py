@@ -241,6 +241,10 @@ class DistributedCalibration:
             default group.
     """
 
+    #: Distributed calibrations this process has started (see
+    #: :func:`mmquant.apis.distributed.rank_guard`).
+    runs = 0
+
     def __init__(self, group: Any = None) -> None:
         self.group = group
         self.rank = torch_dist.get_rank(group)
@@ -312,16 +316,26 @@ class DistributedCalibration:
         Raises:
             DistributedRunError: If another rank failed.
         """
+        DistributedCalibration.runs += 1
         try:
             result = body()
         except DistributedRunError:
             raise
         except BaseException as err:
-            text = f'{type(err).__name__}: {err}'
-            self._status(' '.join(text.split()))
+            self.fail_peers(err)
             raise
         self._status()
         return result
+
+    def fail_peers(self, err: BaseException) -> None:
+        """Join the next status exchange with this rank's error (the other
+        ranks then raise :class:`DistributedRunError` naming it).
+
+        Args:
+            err (BaseException): The error this rank is about to raise.
+        """
+        text = ' '.join(f'{type(err).__name__}: {err}'.split())
+        self._status(text)
 
     # ------------------------------------------------------------ setup
     def shard(self, batches: List[Any], sizes: List[int],
