@@ -55,6 +55,10 @@ def assert_same_model(ref: Dict[str, Any], got: Dict[str, Any],
                 assert have[key] == pytest.approx(want[key], rel=1e-9,
                                                   abs=1e-12)
     assert got['report']['calib_samples'] == ref['report']['calib_samples']
+    mixed = [r['report']['extra'].get('mixed_precision', {})
+             for r in (ref, got)]
+    for key in ('bits', 'fixed', 'average_bits'):
+        assert mixed[0].get(key) == mixed[1].get(key), key
 
 
 def run_case(spec: Dict[str, Any], world: int, tmp: str) -> None:
@@ -92,11 +96,14 @@ def test_reservoir_indices_match_the_observer(numels):
 
 
 # ------------------------------------------------------------ processes
-@pytest.mark.parametrize('mode', ['fast', 'ec'])
+@pytest.mark.parametrize('mode', ['fast', 'ec', 'mixed'])
 def test_tiny_two_ranks_equal_one(tmp_path, mode):
-    # calib_samples=20 of 24: the cut falls in rank 1's shard
+    # calib_samples=20 of 24: the cut falls in rank 1's shard; 'mixed':
+    # a fast sensitivity pass, the allocation, then an EC run
     config = dict(TINY_CONFIG, calib_samples=20,
-                  error_compensation=mode == 'ec')
+                  error_compensation=mode != 'fast')
+    if mode == 'mixed':
+        config['target_bits'] = 3.5
     run_case(dict(TINY, config_dict=config), 2, str(tmp_path))
 
 
