@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - torch built without it
 
 __all__ = [
     'DistributedCalibration', 'DistributedRunError', 'shard_range',
-    'reservoir_indices'
+    'reservoir_indices', 'row_draws'
 ]
 
 
@@ -112,24 +112,50 @@ def reservoir_indices(numels: Sequence[int], max_samples: int,
     kept = torch.empty(0, dtype=torch.long)
     count = 0
 
-    def take(v: Tensor, k: int) -> Tensor:
-        if k >= v.numel():
-            return v
-        return v[torch.randperm(v.numel(), generator=generator)[:k]]
+    def pick(n: int, k: int) -> Optional[Tensor]:
+        if k >= n:
+            return None
+        return torch.randperm(n, generator=generator)[:k]
 
     for n_new in numels:
         if n_new == 0:
             continue
-        new = torch.arange(count, count + n_new)
         n_old = count
         count += n_new
         if kept.numel() + n_new <= max_samples:
-            kept = torch.cat([kept, new])
+            kept = torch.cat([kept, torch.arange(n_old, count)])
             continue
         k_new = min(round(max_samples * n_new / (n_old + n_new)), n_new)
         k_old = min(max_samples - k_new, kept.numel())
-        kept = torch.cat([take(kept, k_old), take(new, k_new)])
+        old = pick(kept.numel(), k_old)  # the observer's draw order
+        new = pick(n_new, k_new)
+        kept = torch.cat([
+            kept if old is None else kept.index_select(0, old),
+            torch.arange(n_old, count) if new is None else new + n_old
+        ])
     return kept
+
+
+def row_draws(totals: Sequence[int], rows_per_call: Optional[int],
+              generator: torch.Generator) -> List[Optional[Tensor]]:
+    """The engine's row sampling (``_Run._sample``) over several calls.
+
+    Args:
+        totals (Sequence[int]): Rows of each call, in order.
+        rows_per_call (int, optional): Rows kept per call; None keeps all.
+        generator (torch.Generator): The layer's generator in its state
+            before the first call (it is advanced).
+
+    Returns:
+        list: Per call, the sampled row indices, or None for all rows.
+    """
+    draws: List[Optional[Tensor]] = []
+    for total in totals:
+        pick = None
+        if rows_per_call is not None and rows_per_call < total:
+            pick = torch.randperm(total, generator=generator)[:rows_per_call]
+        draws.append(pick)
+    return draws
 
 
 class _ShardObserver:
@@ -146,16 +172,15 @@ class _ShardObserver:
         numels (list[int]): Values per call of all ranks, global order.
         first_call (int): Global index of the rank's first call.
         own_calls (int): Number of the rank's calls.
+        kept (Tensor): :func:`reservoir_indices` of ``numels``.
     """
 
     def __init__(self, observer: ActivationObserver, numels: List[int],
-                 first_call: int, own_calls: int) -> None:
+                 first_call: int, own_calls: int, kept: Tensor) -> None:
         self.observer = observer
         self.generator = None  # the engine's snapshot skips it
         self.numels = numels[first_call:first_call + own_calls]
         self.count = sum(numels)
-        kept = reservoir_indices(numels, observer.max_samples,
-                                 observer.generator)
         self.order = kept
         lo = sum(numels[:first_call])
         mine = kept[(kept >= lo) & (kept < lo + sum(self.numels))].sort()
@@ -424,35 +449,44 @@ class DistributedCalibration:
         with _attached(captures):
             run._progress_passes('distributed calibration: row counts')
         everyone = self._gather(counts)
+        # per layer: counts of every call in global order, and where the
+        # rank's calls start
+        totals, numels, first = {}, {}, {}
         for state in active:
             parts = [c[state.name] for c in everyone]
-            first = sum(len(p[0]) for p in parts[:self.rank])
-            own = len(parts[self.rank][0])
-            self._draws[state.name] = self._replay_draws(
-                state, [n for p in parts for n in p[0]], first, own)
-            if state.spec.a_bits is None:
+            totals[state.name] = [n for p in parts for n in p[0]]
+            numels[state.name] = [n for p in parts for n in p[1]]
+            first[state.name] = (
+                sum(len(p[0]) for p in parts[:self.rank]),
+                sum(len(p[1]) for p in parts[:self.rank]))
+        # the generators' replays: each layer on one rank, then shared
+        owners = _balance({s.name: sum(totals[s.name]) + sum(numels[s.name])
+                           for s in active}, self.world_size)
+        plans = {}
+        for state in active:
+            if owners[state.name] != self.rank:
                 continue
-            first = sum(len(p[1]) for p in parts[:self.rank])
-            observer = run._observer(state)
-            state.observer = _ShardObserver(
-                observer, [n for p in parts for n in p[1]], first,
-                len(parts[self.rank][1]))
-
-    def _replay_draws(self, state: Any, totals: List[int], first: int,
-                      own: int) -> List[Optional[Tensor]]:
-        """The row draws of the rank's calls, the generator run over every
-        call in global order."""
-        self._counts[state.name] = totals[first:first + own]
-        k = state.rows_per_call
-        draws: List[Optional[Tensor]] = []
-        for j, total in enumerate(totals):
-            pick = None
-            if k is not None and k < total:
-                pick = torch.randperm(total,
-                                      generator=state.generator)[:k]
-            if first <= j < first + own:
-                draws.append(pick)
-        return draws
+            draws = row_draws(totals[state.name], state.rows_per_call,
+                              state.generator)
+            kept = None
+            if state.spec.a_bits is not None:
+                seeded = run._observer(state)
+                kept = reservoir_indices(numels[state.name],
+                                         seeded.max_samples,
+                                         seeded.generator)
+            plans[state.name] = (draws, kept)
+        for part in self._gather(plans):
+            plans.update(part)
+        for state in active:
+            draws, kept = plans[state.name]
+            row0, value0 = first[state.name]
+            own = len(everyone[self.rank][state.name][0])
+            self._draws[state.name] = draws[row0:row0 + own]
+            self._counts[state.name] = totals[state.name][row0:row0 + own]
+            if kept is not None:
+                state.observer = _ShardObserver(
+                    run._observer(state), numels[state.name], value0,
+                    len(everyone[self.rank][state.name][1]), kept)
 
     # --------------------------------------------------------- per call
     def sample(self, state: Any, total: int) -> Optional[Tensor]:
@@ -557,19 +591,24 @@ class DistributedCalibration:
         self._solve_on(run, state, 0)
 
     def _owners(self, active: List[Any]) -> Dict[str, int]:
-        """Each layer's solving rank: largest ``M * N^2`` first, to the
-        least loaded rank (ties: lower rank)."""
-        load = [(0.0, r) for r in range(self.world_size)]
+        """Each layer's solving rank, balancing ``M * N^2``."""
         cost = {}
         for state in active:
-            groups, n_in = state.acc.A.shape[:2]
+            n_in = state.acc.A.shape[1]
             cost[state.name] = float(state.weight2d().shape[0]) * n_in**2
-        owners = {}
-        for name in sorted(cost, key=lambda n: (-cost[n], n)):
-            total, rank = heapq.heappop(load)
-            owners[name] = rank
-            heapq.heappush(load, (total + cost[name], rank))
-        return owners
+        return _balance(cost, self.world_size)
+
+
+def _balance(costs: Dict[str, float], world_size: int) -> Dict[str, int]:
+    """Assign every job to a rank: largest first, each to the least
+    loaded rank (ties: the lower rank); the same on every rank."""
+    load = [(0.0, r) for r in range(world_size)]
+    owners = {}
+    for name in sorted(costs, key=lambda n: (-costs[n], n)):
+        total, rank = heapq.heappop(load)
+        owners[name] = rank
+        heapq.heappush(load, (total + costs[name], rank))
+    return owners
 
 
 @contextlib.contextmanager
