@@ -197,6 +197,8 @@ def other_rank(args: argparse.Namespace) -> int:
         int: 0 on success, 2 on a user error, 1 on another error (rank 0
         writes the outputs and reports the run).
     """
+    import torch.distributed as dist
+
     from mmquant.apis.distributed import calibrate_shard, rank_guard
     try:
         with rank_guard():
@@ -208,7 +210,7 @@ def other_rank(args: argparse.Namespace) -> int:
         message = user_error_message(err)
         if debug_requested(args.debug) or message is None:
             traceback.print_exc()
-        print(f'ptq.py (rank {os.environ.get("RANK", "?")}): error: '
+        print(f'ptq.py (rank {dist.get_rank()}): error: '
               f'{message or err}', file=sys.stderr)
         return 1 if message is None else 2
     return 0

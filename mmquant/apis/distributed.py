@@ -13,10 +13,13 @@ calibration itself is :mod:`mmquant.quantization.distributed`. Here:
 * :func:`calibrate_shard`: what a rank other than 0 runs: the same model,
   quantizer and calibration set as rank 0, its shard only, nothing
   written;
-* :func:`rank_guard`: a rank that fails before the calibration starts
-  tells the other ranks, which then fail naming it instead of waiting.
+* :func:`rank_guard` and :func:`sync_ranks`: a rank that fails before
+  the calibration starts tells the other ranks (at the next status
+  exchange: before the datasets are built, or the calibration's first),
+  which then fail naming it instead of waiting.
 """
 import contextlib
+import datetime
 import os
 import subprocess
 from typing import Any, Dict, Iterator, Optional
@@ -28,11 +31,12 @@ from mmengine.registry import init_default_scope
 from torch.utils.data import DataLoader, Subset
 
 from mmquant.quantization.distributed import (DistributedCalibration,
+                                              DistributedRunError,
                                               shard_range)
 
 __all__ = [
     'LAUNCHERS', 'init_distributed', 'shard_calib_loader',
-    'calibrate_shard', 'rank_guard'
+    'calibrate_shard', 'rank_guard', 'sync_ranks'
 ]
 
 #: The ``--launcher`` choices of the tools.
@@ -88,7 +92,6 @@ def init_distributed(launcher: str, backend: Optional[str] = None,
         env['RANK'] = env['OMPI_COMM_WORLD_RANK']
         env['WORLD_SIZE'] = env['OMPI_COMM_WORLD_SIZE']
         env['LOCAL_RANK'] = env.get('OMPI_COMM_WORLD_LOCAL_RANK', '0')
-    import datetime
     dist.init_process_group(
         backend or 'gloo', rank=int(env['RANK']),
         world_size=int(env['WORLD_SIZE']),
@@ -125,6 +128,23 @@ def shard_calib_loader(loader: DataLoader) -> DataLoader:
         collate_fn=loader.collate_fn)
 
 
+def sync_ranks() -> None:
+    """Wait until every rank reaches this point; raise if one failed.
+
+    The tools call it before building the calibration dataset, whose
+    construction may run collectives of its own (mmpretrain's MNIST
+    datasets call ``dist.barrier()``): a rank that failed its checks is
+    reported here instead of leaving the others in that barrier. Outside
+    a process group it does nothing.
+
+    Raises:
+        DistributedRunError: If another rank failed before this point.
+    """
+    group = DistributedCalibration.current()
+    if group is not None:
+        group.sync()
+
+
 @contextlib.contextmanager
 def rank_guard() -> Iterator[None]:
     """Tell the other ranks of an error raised before the calibration.
@@ -141,6 +161,8 @@ def rank_guard() -> Iterator[None]:
     """
     try:
         yield
+    except DistributedRunError:
+        raise  # another rank failed: every rank knows
     except BaseException as err:
         group = DistributedCalibration.current()
         if group is not None and not DistributedCalibration.runs:
@@ -174,6 +196,7 @@ def calibrate_shard(cfg: Config, checkpoint: Optional[str],
                       load_strict, read_float_checkpoint, resolve_device)
     quantizer = build_quantizer(cfg, quantizer_overrides)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
+    sync_ranks()  # rank 0's checks passed: build the data with it
     calib_cfg, _ = build_datasets(cfg, False)
     model = build_float_model(cfg)
     if checkpoint is not None:

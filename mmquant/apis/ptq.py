@@ -46,7 +46,7 @@ from mmquant.registry import MODELS
 from .calibration import (build_calib_dataloader, build_dataset,
                           build_forward_fn, calib_dataloader_cfg,
                           describe_dataset, preprocess_batches)
-from .distributed import shard_calib_loader
+from .distributed import shard_calib_loader, sync_ranks
 from .evaluation import evaluate
 
 #: Quantizer used when the config has no ``quantizer`` key.
@@ -773,6 +773,7 @@ def run_ptq(cfg: Config,
             raise PTQInputError('resume is not supported in a distributed '
                                 'run; rerun it without --resume')
         journal_dir, do_eval = None, False
+        sync_ranks()  # every rank's checks passed: build the data
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     calib_cfg, test_dataset = build_datasets(cfg, do_eval)
     try:

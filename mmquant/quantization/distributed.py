@@ -245,7 +245,8 @@ class _ShardObserver:
 
         Returns:
             ActivationObserver: ``observer`` with the merged samples,
-            count and range (its generator in the final state).
+            count and range (its generator is not advanced: nothing draws
+            from it after the merge).
         """
         obs = self.observer
         by_index = torch.cat([p[0] for p in parts])
@@ -351,6 +352,15 @@ class DistributedCalibration:
             raise
         self._status()
         return result
+
+    def sync(self) -> None:
+        """A status exchange outside the calibration (e.g. before
+        building datasets, whose loaders may call their own collectives).
+
+        Raises:
+            DistributedRunError: If another rank failed.
+        """
+        self._status()
 
     def fail_peers(self, err: BaseException) -> None:
         """Join the next status exchange with this rank's error (the other

@@ -92,6 +92,20 @@ def test_crash_on_rank_1_stops_rank_0_and_writes_no_int_file(tmp_path):
     assert not osp.exists(osp.join(work, 'latest'))
 
 
+def test_user_error_on_rank_0_before_calibration_stops_rank_1(tmp_path):
+    # rank 0 cannot make its work dir (a file is in the way); rank 1,
+    # which writes nothing, must not wait for it in the calibration
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    res = run(['bash', 'tools/dist_ptq.sh', CONFIG, CKPT, '2',
+               '--work-dir', str(blocker / 'work'), '--fast'] + ARGS)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert 'ptq.py: error: ' in out, out[-3000:]
+    assert ('ptq.py (rank 1): error: distributed calibration stopped on '
+            'rank 1: rank 0 failed: ') in out, out[-3000:]
+
+
 def test_dist_test_two_processes_give_the_single_process_metrics(tmp_path):
     work = str(tmp_path / 'ptq')
     res = run([sys.executable, 'tools/ptq.py', CONFIG, CKPT, '--work-dir',
