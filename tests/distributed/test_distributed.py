@@ -133,3 +133,12 @@ def test_crash_on_rank_1_fails_rank_0_naming_it(tmp_path):
                                      'failure'), rank0['error']
     assert 'layers' not in rank0
     assert osp.isfile(osp.join(str(tmp_path), 'world2_rank0.pt'))
+
+
+def test_bn_reestimation_is_refused_on_every_rank(tmp_path):
+    spec = dict(TINY, config_dict=dict(TINY_CONFIG, bn_reestimation=True))
+    for result in spawn(spec, 2, str(tmp_path)):
+        assert result['rc'] == 1
+        assert result['error'] == (
+            'ValueError: a distributed calibration supports neither a '
+            'resume journal nor bn_reestimation')
