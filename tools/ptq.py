@@ -145,7 +145,74 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--debug', action='store_true',
                         help='show the traceback of user errors (also '
                         'MMQUANT_DEBUG=1)')
-    return parser.parse_args(argv)
+    # distributed (docs/distributed.md): imported here, not in the header
+    from mmquant.apis.distributed import LAUNCHERS
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='calibrate on several processes '
+                        '(tools/dist_ptq.sh, tools/slurm_ptq.sh; '
+                        'docs/distributed.md)')
+    parser.add_argument('--local_rank', '--local-rank', type=int,
+                        default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.launcher != 'none' and args.resume is not None:
+        parser.error('--resume is not supported with --launcher')
+    return args
+
+
+def quantizer_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The quantizer settings the command line overrides.
+
+    Args:
+        args (argparse.Namespace): The parsed arguments.
+
+    Returns:
+        dict: For :func:`~mmquant.apis.ptq.build_quantizer`.
+    """
+    overrides: Dict[str, Any] = {}
+    if args.w_bits is not None:
+        overrides['w_bits'] = args.w_bits
+    if args.a_bits is not None:
+        overrides['a_bits'] = args.a_bits
+    if args.no_act_quant:
+        overrides['a_bits'] = None
+    if args.method is not None:
+        overrides.update(quantizer_for(args.method))
+    if args.fast:
+        overrides['error_compensation'] = False
+    if args.sensitivity:
+        overrides['sensitivity'] = True
+    if args.target_bits is not None:
+        overrides['target_bits'] = args.target_bits
+    return overrides
+
+
+def other_rank(args: argparse.Namespace) -> int:
+    """A rank other than 0 of a distributed run: calibrate its shard.
+
+    Args:
+        args (argparse.Namespace): The parsed arguments.
+
+    Returns:
+        int: 0 on success, 2 on a user error, 1 on another error (rank 0
+        writes the outputs and reports the run).
+    """
+    import torch.distributed as dist
+
+    from mmquant.apis.distributed import calibrate_shard, rank_guard
+    try:
+        with rank_guard():
+            calibrate_shard(load_config(args.config, args.cfg_options),
+                            args.checkpoint, quantizer_overrides(args),
+                            args.calib_samples, args.calib_batch_size,
+                            args.device)
+    except Exception as err:  # noqa: BLE001 - one line per rank
+        message = user_error_message(err)
+        if debug_requested(args.debug) or message is None:
+            traceback.print_exc()
+        print(f'ptq.py (rank {dist.get_rank()}): error: '
+              f'{message or err}', file=sys.stderr)
+        return 1 if message is None else 2
+    return 0
 
 
 def resolve_work_dir(cfg: Config, work_dir: Optional[str],
@@ -345,21 +412,7 @@ def run(args: argparse.Namespace, state: Dict[str, Any]) -> Dict[str, Any]:
         write_text_atomic(dumped, cfg.pretty_text)
     logger.info(f'mmquant: config {args.config} (as run: {dumped}), log '
                 f'{log_file}, run folder {run_dir}')
-    overrides: Dict[str, Any] = {}
-    if args.w_bits is not None:
-        overrides['w_bits'] = args.w_bits
-    if args.a_bits is not None:
-        overrides['a_bits'] = args.a_bits
-    if args.no_act_quant:
-        overrides['a_bits'] = None
-    if args.method is not None:
-        overrides.update(quantizer_for(args.method))
-    if args.fast:
-        overrides['error_compensation'] = False
-    if args.sensitivity:
-        overrides['sensitivity'] = True
-    if args.target_bits is not None:
-        overrides['target_bits'] = args.target_bits
+    overrides = quantizer_overrides(args)
     try:
         report = run_ptq(cfg, args.checkpoint, run_dir, overrides,
                          args.calib_samples, args.calib_batch_size,
@@ -390,12 +443,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         int: 0 on success, 1 if the evaluation failed (the INT checkpoint
         is kept), 2 on a user error.
     """
+    from mmquant.apis.distributed import init_distributed, rank_guard
     args = parse_args(argv)
+    if args.launcher != 'none':  # distributed: rank 0 runs the tool
+        os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+        if init_distributed(args.launcher) != 0:
+            return other_rank(args)
     debug = debug_requested(args.debug)
     prog = osp.basename(sys.argv[0]) if argv is None else 'ptq.py'
     state: Dict[str, Any] = {}
     try:
-        run(args, state)
+        with rank_guard():  # distributed: an early error stops all ranks
+            run(args, state)
     except EvaluationError as err:
         if debug:
             traceback.print_exc()

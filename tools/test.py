@@ -60,6 +60,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--debug', action='store_true',
                         help='show the traceback of user errors (also '
                         'MMQUANT_DEBUG=1)')
+    # distributed (docs/distributed.md): imported here, not in the header
+    from mmquant.apis.distributed import LAUNCHERS
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='evaluate on several processes '
+                        '(tools/dist_test.sh, tools/slurm_test.sh)')
+    parser.add_argument('--local_rank', '--local-rank', type=int,
+                        default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -117,6 +124,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     cfg.work_dir = args.work_dir or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg = build_test_config(cfg, args.checkpoint)
+    if args.launcher != 'none':  # distributed: mmengine's test loop
+        import os
+
+        import torch
+
+        from mmquant.apis.distributed import init_distributed
+        os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+        init_distributed(args.launcher)  # gloo without CUDA
+        cfg.launcher = args.launcher
+        if not torch.cuda.is_available() and not cfg.get(
+                'model_wrapper_cfg'):  # CPU: no device ids for DDP
+            cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
+                                         device_ids=None,
+                                         broadcast_buffers=False)
     runner = Runner.from_cfg(cfg)
     return runner.test()
 

@@ -39,6 +39,7 @@ from mmquant.checkpoint.int_model import (INT_SUFFIX, READY_CONFIG_SUFFIX,
                                           save_quantized)
 from mmquant.fileio import write_text_atomic
 from mmquant.mim import register_config_package
+from mmquant.quantization.distributed import DistributedCalibration
 from mmquant.quantization.journal import (LayerJournal, calibration_sha256,
                                           run_fingerprint)
 from mmquant.quantization.methods import WEIGHT_METHODS, foreign_options
@@ -47,6 +48,7 @@ from mmquant.registry import MODELS
 from .calibration import (build_calib_dataloader, build_dataset,
                           build_forward_fn, calib_dataloader_cfg,
                           describe_dataset, preprocess_batches)
+from .distributed import shard_calib_loader, sync_ranks
 from .evaluation import evaluate, to_jsonable
 
 #: Quantizer used when the config has no ``quantizer`` key.
@@ -806,6 +808,14 @@ def run_ptq(cfg: Config,
     ready_text = _ready_config_text(cfg, out_path, ready_path)
     if checkpoint is not None:
         check_input_file(checkpoint, 'float checkpoint')
+    if DistributedCalibration.current() is not None:
+        # distributed (docs/distributed.md): no resume journal, and the
+        # evaluation is tools/dist_test.sh's
+        if resume:
+            raise PTQInputError('resume is not supported in a distributed '
+                                'run; rerun it without --resume')
+        journal_dir, do_eval = None, False
+        sync_ranks()  # every rank's checks passed: build the data
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     calib_cfg, test_dataset = build_datasets(cfg, do_eval)
     try:
@@ -832,6 +842,7 @@ def run_ptq(cfg: Config,
         t_checks = t0 - t_start
         loader = build_calib_dataloader(calib_cfg, calib_samples, qc.seed,
                                         calib_batch_size)
+        loader = shard_calib_loader(loader)  # distributed: rank's block
         batches = preprocess_batches(model, loader)
         forward_fn = build_forward_fn(model, batches)
         t_data = time.perf_counter() - t0

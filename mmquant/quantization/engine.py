@@ -39,6 +39,7 @@ from mmquant.nn.layer_kinds import weight_name
 from mmquant.nn.quantized_layer import QuantizedLayer
 from .capture import LayerCapture, OpCall, StopForward
 from .config import QuantConfig
+from .distributed import DistributedCalibration
 from .journal import LayerJournal
 from .methods import (WEIGHT_METHODS, LayerJob, build_weight_method,
                       relative_error)
@@ -297,6 +298,9 @@ class Calibration:
         self._batch_ids: Dict[int, int] = {}
         self.layers: List[LayerPlan] = []
         self.replay_info: Dict[str, Any] = {}
+        # inside a process group of several ranks: the statistics, draws
+        # and solves are shared (see .distributed); None in one process
+        self.dist = DistributedCalibration.current()
 
     @property
     def layers_by_name(self) -> Dict[str, LayerPlan]:
@@ -314,15 +318,27 @@ class Calibration:
         Returns:
             tuple: The quantized model and the :class:`QuantReport`.
         """
+        if self.dist is not None:  # one rank's error fails them all
+            return self.dist.guard(lambda: self._execute(calib_data))
+        return self._execute(calib_data)
+
+    def _execute(self, calib_data: Iterable[Any]
+                 ) -> Tuple[nn.Module, QuantReport]:
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         self.batches, self.n_samples = _collect_batches(
             calib_data, self.cfg.calib_samples)
+        if self.dist is not None:  # this rank's block of the batches
+            self.batches, self.n_samples = self.dist.shard(
+                self.batches, [_batch_size(b) for b in self.batches],
+                self.cfg.calib_samples)
         self._batch_ids = {id(b): i for i, b in enumerate(self.batches)}
         with torch.no_grad():
             self._plan()
             active = [s for s in self.layers if s.spec is not None]
+            if self.dist is not None:  # counts, shared draws, observers
+                self._prepare_distributed(active)
             mode = self.mode
             self.log(f'mmquant: {self.cfg.method} {mode} W{self.cfg.w_bits}'
                      f'A{self.cfg.a_bits or "-"} on {len(active)} layers, '
@@ -366,6 +382,18 @@ class Calibration:
         self.layers = discovery.layers
         for i, layer in enumerate(self.layers):
             layer.generator.manual_seed(self.cfg.seed * 1000003 + i)
+
+    def _prepare_distributed(self, active: List[LayerPlan]) -> None:
+        """Distributed: check that every rank found the same layers, count
+        rows and values and share the row draws and observers (see
+        :mod:`.distributed`)."""
+        if self.journal is not None or self.cfg.bn_reestimation:
+            raise ValueError('a distributed calibration supports neither '
+                             'a resume journal nor bn_reestimation')
+        self.dist.check_layers([
+            (s.name, s.order, s.calls, s.missed, s.report.role, s.spec)
+            for s in self.layers])
+        self.dist.prepare(self, active, rows=self.method.needs_statistics)
 
     # ---------------------------------------------------- forward passes
     def forward(self, batch: Any) -> Any:
@@ -490,8 +518,10 @@ class Calibration:
         layer.observer = self.observer(layer)
         rows = self.cfg.rows_per_layer
         if rows is not None:
+            n_batches = len(self.batches) if self.dist is None else \
+                self.dist.num_batches  # distributed: of all ranks
             layer.rows_per_call = max(
-                1, math.ceil(rows / (len(self.batches) * layer.calls)))
+                1, math.ceil(rows / (n_batches * layer.calls)))
 
     def sample(self, layer: LayerPlan, total: int) -> Optional[Tensor]:
         """The sampled rows of one call (``None``: all ``total`` rows).
@@ -504,6 +534,8 @@ class Calibration:
             Tensor, optional: Row indices, drawn from the layer's seeded
             generator.
         """
+        if self.dist is not None:  # the draws shared over the ranks
+            return self.dist.sample(layer, total)
         if layer.rows_per_call is None or layer.rows_per_call >= total:
             return None
         return torch.randperm(total, generator=layer.generator)[
@@ -538,6 +570,8 @@ class Calibration:
             return None
         if layer.report.act_scale is not None:
             return layer.report.act_scale, layer.report.act_signed
+        if self.dist is not None:  # merge the ranks' observers
+            self.dist.finish_observer(layer)
         with self.timer('activations'):
             scale, signed = layer.observer.fit(layer.spec.a_bits)
         layer.report.act_scale = float(scale)

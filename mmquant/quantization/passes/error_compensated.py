@@ -129,7 +129,10 @@ class ErrorCompensatedPass:
                         layer.acc.update_rows(x, y)
                 del inputs
                 layer.targets, layer.indices = [], []
-            run.solve_and_swap(layer, act)
+            if run.dist is None:
+                run.solve_and_swap(layer, act)
+            else:  # reduce, solve on rank 0, share
+                run.dist.solve_error_compensated(run, layer, act)
             fwd = timer.total('forward') - fwd0
             stats = timer.total('statistics', 'activations') - stats0
             eta.update(dict(forward=fwd, statistics=stats,

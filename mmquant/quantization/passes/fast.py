@@ -36,5 +36,8 @@ def run_fast(run: 'Calibration', active: List[LayerPlan]) -> None:
 
     with attached([run.capture(s, on_call(s)) for s in active]):
         run.run_passes('statistics (float pass)')
+    if run.dist is not None:  # reduce, solve spread over ranks, share
+        run.dist.solve_fast(run, active)
+        return
     for layer in active:
         run.solve_and_swap(layer)

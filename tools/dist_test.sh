@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Distributed evaluation of an INT checkpoint (docs/distributed.md):
+#   bash tools/dist_test.sh READY_CONFIG INT_CHECKPOINT NUM_PROCS [args]
+# with the same NNODES, NODE_RANK, MASTER_ADDR, PORT and PYTHON as
+# tools/dist_ptq.sh.
+
+CONFIG=$1
+CHECKPOINT=$2
+GPUS=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+
+PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
+${PYTHON:-python} -m torch.distributed.run \
+    --nnodes=$NNODES \
+    --node_rank=$NODE_RANK \
+    --master_addr=$MASTER_ADDR \
+    --nproc_per_node=$GPUS \
+    --master_port=$PORT \
+    $(dirname "$0")/test.py \
+    $CONFIG \
+    $CHECKPOINT \
+    --launcher pytorch \
+    "${@:4}"
