@@ -25,6 +25,7 @@ by one :class:`~.timing.PhaseTimer`.
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
@@ -351,8 +352,8 @@ class Calibration:
             else:
                 run_fast(self, active)
             if self.cfg.bn_reestimation:
-                with self.timer('bn'):
-                    reestimate_bn(self.model, self.run_passes)
+                reestimate_bn(self.model, functools.partial(
+                    self.run_passes, phase='bn'))
         self.model.train(was_training)
         timing = dict(self.timer.seconds)
         timing['total'] = time.perf_counter() - start
@@ -396,39 +397,43 @@ class Calibration:
         self.dist.prepare(self, active, rows=self.method.needs_statistics)
 
     # ---------------------------------------------------- forward passes
-    def forward(self, batch: Any) -> Any:
-        """One (possibly early-stopped) forward pass, booked to
-        ``forward`` (hooks book their own phases).
+    def forward(self, batch: Any, phase: str = 'forward') -> Any:
+        """One (possibly early-stopped) forward pass, booked to ``phase``
+        (hooks book their own phases).
 
         Args:
             batch: A calibration batch.
+            phase (str): The phase the pass's time is booked to.
+                Defaults to ``'forward'``.
 
         Returns:
             The model's output, ``None`` when a hook stopped the pass.
         """
         self.batch_index = self._batch_ids.get(id(batch))
-        with self.timer('forward'):
+        with self.timer(phase):
             try:
                 return self.forward_fn(self.model, batch)
             except StopForward:
                 return None
 
     def run_passes(self, what: str,
-                   before_batch: Optional[Callable[[int], None]] = None
-                   ) -> None:
+                   before_batch: Optional[Callable[[int], None]] = None,
+                   phase: str = 'forward') -> None:
         """Run the model over every calibration batch, logging progress.
 
         Args:
             what (str): What the pass is for (in the log lines).
             before_batch (callable, optional): Called with each batch's
                 index before its pass.
+            phase (str): The phase the passes are booked to (``'bn'``
+                for BatchNorm re-estimation). Defaults to ``'forward'``.
         """
         t0 = time.perf_counter()
         n = len(self.batches)
         for i, batch in enumerate(self.batches):
             if before_batch is not None:
                 before_batch(i)
-            self.forward(batch)
+            self.forward(batch, phase)
             if (i + 1) % max(1, n // 4) == 0 or i + 1 == n:
                 done = time.perf_counter() - t0
                 eta = done / (i + 1) * (n - i - 1)

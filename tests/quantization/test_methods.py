@@ -208,3 +208,25 @@ def test_output_rtn_with_bitsplit_options():
     assert head.note == "weight-only MSE rounding (output_method='rtn')"
     q, scale = mse_rtn(model.head.weight.detach(), 8)
     assert torch.equal(qweights(qmodel)['head'][0], q)
+
+
+def test_bn_reestimation_passes_are_booked_to_bn(monkeypatch):
+    """A clock that moves only while the model runs (one second per
+    forward): 1 discovery pass + 2 statistics passes are ``forward``, the
+    2 BatchNorm passes ``bn``."""
+    now = [0.0]
+    monkeypatch.setattr('time.perf_counter', lambda: now[0])
+    model = init_model(TinyNet())
+
+    def tick(module, args, output):
+        now[0] += 1.0
+    model.register_forward_hook(tick)
+    cfg = dict(w_bits=4, error_compensation=False, rows_per_layer=256)
+    _, plain = mmquant.quantize(model, calib(), QuantConfig(**cfg),
+                                logger=lambda msg: None)
+    _, bn = mmquant.quantize(model, calib(),
+                             QuantConfig(bn_reestimation=True, **cfg),
+                             logger=lambda msg: None)
+    assert (plain.timing['forward'], plain.timing['bn']) == (3.0, 0.0)
+    assert (bn.timing['forward'], bn.timing['bn']) == (3.0, 2.0)
+    assert bn.timing['total'] == 5.0
