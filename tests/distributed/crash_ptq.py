@@ -8,7 +8,6 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 if __name__ == '__main__':
-    sys.path.insert(0, ROOT)
     if os.environ.get('RANK') == '1':
         from mmquant.core.stats import StatsAccumulator
         update = StatsAccumulator.update_rows

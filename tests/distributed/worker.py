@@ -8,6 +8,7 @@ the quantized layers' integers and scales, the report and the activation
 observers' samples (or the error, for a run that fails).
 """
 import datetime
+import importlib.util
 import json
 import os.path as osp
 import sys
@@ -21,10 +22,12 @@ HERE = osp.dirname(osp.abspath(__file__))
 
 def tiny_case(spec: Dict[str, Any]) -> Tuple[Any, List[Any], Any]:
     """TinyNet of tests/quantization on smooth random images."""
-    sys.path.insert(0, osp.join(osp.dirname(HERE), 'quantization'))
-    from models import TinyNet, init_model, smooth_images
-    model = init_model(TinyNet())
-    images = smooth_images(spec['samples'], size=16)
+    path = osp.join(osp.dirname(HERE), 'quantization', 'models.py')
+    module_spec = importlib.util.spec_from_file_location('models', path)
+    models = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(models)
+    model = models.init_model(models.TinyNet())
+    images = models.smooth_images(spec['samples'], size=16)
     bs = spec['batch_size']
     return model, list(images.split(bs)), None
 
