@@ -303,11 +303,6 @@ class Calibration:
         # and solves are shared (see .distributed); None in one process
         self.dist = DistributedCalibration.current()
 
-    @property
-    def layers_by_name(self) -> Dict[str, LayerPlan]:
-        """The planned layers by name."""
-        return {layer.name: layer for layer in self.layers}
-
     # ------------------------------------------------------------ phases
     def execute(self, calib_data: Iterable[Any]
                 ) -> Tuple[nn.Module, QuantReport]:
