@@ -59,6 +59,7 @@ from mmquant.apis.ptq import (EvaluationError, PTQInputError,
                               user_error_message)
 from mmquant.checkpoint.int_model import INT_SUFFIX
 from mmquant.fileio import write_text_atomic
+from mmquant.quantization.config import ALLOCATION_METRICS
 from mmquant.quantization.journal import FINGERPRINT
 from mmquant.quantization.methods import WEIGHT_METHODS
 from mmquant.quantizers import quantizer_for
@@ -124,6 +125,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='mixed precision: per-layer weight widths '
                         'with at most this average bits per weight '
                         '(docs/analysis.md)')
+    parser.add_argument('--allocation-metric', choices=ALLOCATION_METRICS,
+                        help="what --target-bits minimises: 'network' "
+                        "(default: each layer's effect on the outputs) or "
+                        "'layer' (each layer's own output error)")
     parser.add_argument('--calib-samples', type=_count, default=256,
                         help='calibration images (default 256)')
     parser.add_argument('--calib-batch-size', type=_count,
@@ -183,6 +188,8 @@ def quantizer_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         overrides['sensitivity'] = True
     if args.target_bits is not None:
         overrides['target_bits'] = args.target_bits
+    if args.allocation_metric is not None:
+        overrides['allocation_metric'] = args.allocation_metric
     return overrides
 
 

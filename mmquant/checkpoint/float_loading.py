@@ -384,4 +384,3 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk_size), b''):
             digest.update(block)
     return digest.hexdigest()
-

@@ -305,7 +305,7 @@ def _scale_tensors(path: str, rec: dict,
                 f'{list(shape)}, got {t.dtype} of shape {list(t.shape)}')
         used = attr == 'weight_scale' or rec['a_bits'] is not None
         if used and t.numel() and not bool(
-            (torch.isfinite(t) & (t > 0)).all()):
+                (torch.isfinite(t) & (t > 0)).all()):
             raise CheckpointError(f'{path!r}: {key!r} must be finite and '
                                   'positive')
         out.append(t)

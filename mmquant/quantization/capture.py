@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from mmquant.core.checks import to_pair
 from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
-                                   layer_weight, weight_name)
+                                    layer_weight, weight_name)
 
 __all__ = [
     'QUANTIZABLE', 'NETWORK_INPUT', 'OpCall', 'StopForward', 'LayerCapture',

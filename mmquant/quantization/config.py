@@ -14,6 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from mmquant.core.grid import check_bits
 from .methods import WEIGHT_METHODS, foreign_options
 
+#: What ``target_bits`` minimises (see ``QuantConfig.allocation_metric``).
+ALLOCATION_METRICS = ('network', 'layer')
+
 # Keys of earlier versions and what replaced them (named in the error).
 _REPLACED = {
     'refine_integer': "replaced by schedule: refine_integer=True was "
@@ -122,6 +125,16 @@ class QuantConfig:
             sensitivity pass (:mod:`mmquant.quantization.mixed_precision`);
             layers fixed by ``first_last_bits`` or ``overrides`` keep their
             width. ``None``: every layer gets ``w_bits``. Defaults to None.
+        allocation_metric (str): The error ``target_bits`` minimises:
+            ``'network'``, the relative squared change of the network's
+            outputs with that one layer at that width (measured on
+            ``allocation_samples`` samples by
+            :mod:`mmquant.quantization.sensitivity`), or ``'layer'``, the
+            layer's own relative squared output error from its statistics
+            (no extra forward passes). Defaults to ``'network'``.
+        allocation_samples (int, optional): Calibration samples (the first
+            ones, whole batches) the ``'network'`` probe runs on; ``None``:
+            all. Defaults to 64.
         act_samples (int): Values kept per activation for fitting its
             scale. Defaults to 2**18.
         max_stats_bytes (int, optional): Budget for one layer's statistics
@@ -162,6 +175,8 @@ class QuantConfig:
     candidate_bits: List[int] = field(
         default_factory=lambda: [2, 3, 4, 8])
     target_bits: Optional[float] = None
+    allocation_metric: str = 'network'
+    allocation_samples: Optional[int] = 64
     act_samples: int = 1 << 18
     max_stats_bytes: Optional[int] = 2 << 30
     replay_cache_bytes: Optional[int] = 4 << 30
@@ -228,6 +243,17 @@ class QuantConfig:
                                  '(average bits per weight), got '
                                  f'{self.target_bits!r}')
             self.target_bits = float(self.target_bits)
+        if self.allocation_metric not in ALLOCATION_METRICS:
+            raise ValueError(
+                'allocation_metric must be one of '
+                f'{", ".join(map(repr, ALLOCATION_METRICS))}, got '
+                f'{self.allocation_metric!r}')
+        if self.allocation_samples is not None and (
+                isinstance(self.allocation_samples, bool)
+                or not isinstance(self.allocation_samples, int)
+                or self.allocation_samples < 1):
+            raise ValueError('allocation_samples must be a positive int or '
+                             f'None, got {self.allocation_samples!r}')
         if self.method == 'rtn' and (self.sensitivity
                                      or self.target_bits is not None):
             raise ValueError(

@@ -326,6 +326,17 @@ class DistributedCalibration:
         self._collective(torch_dist.all_gather_object, out, obj)
         return out
 
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank.
+
+        Args:
+            obj: This rank's value.
+
+        Returns:
+            list: The values of ranks ``0 .. world_size - 1``.
+        """
+        return self._gather(obj)
+
     def _broadcast(self, obj: Any, src: int) -> Any:
         box = [obj]
         self._collective(torch_dist.broadcast_object_list, box, src=src)
@@ -559,12 +570,16 @@ class DistributedCalibration:
         if self.rank == owner:
             qlayer = run.model.get_submodule(
                 runtime_name(run.model, state.name))
+            cands = None if state.candidates is None else {
+                b: (q.cpu(), s.cpu())
+                for b, (q, s) in state.candidates.items()}
             payload = (qlayer.qweight.cpu(), qlayer.weight_scale.cpu(),
-                       state.report)
-        qweight, scale, report = self._broadcast(payload, owner)
+                       state.report, cands)
+        qweight, scale, report, cands = self._broadcast(payload, owner)
         if self.rank == owner:
             return
         state.report = report
+        state.candidates = cands
         act = None
         if report.act_scale is not None and state.spec.a_bits is not None:
             act = (report.act_scale, report.act_signed)

@@ -44,10 +44,12 @@ from .distributed import DistributedCalibration
 from .journal import LayerJournal
 from .methods import (WEIGHT_METHODS, LayerJob, build_weight_method,
                       relative_error)
-from .mixed_precision import allocation_overrides, plan_mixed_precision
+from .mixed_precision import (allocation_overrides, free_layers,
+                              plan_mixed_precision)
 from .passes import ErrorCompensatedPass, run_activation_ranges, run_fast
 from .plan import LayerPlan, discover_layers, resolve_layers, runtime_name
 from .report import QuantReport
+from .sensitivity import network_sensitivity, probe_batches
 from .swap import reestimate_bn, swap_layer
 from .timing import PhaseTimer
 
@@ -201,18 +203,33 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
                     inplace: bool, logger: Logger,
                     journal: Optional[LayerJournal] = None
                     ) -> Tuple[nn.Module, QuantReport]:
-    """``target_bits``: a fast-mode sensitivity pass, the allocation,
+    """``target_bits``: a fast-mode sensitivity pass (and with
+    ``allocation_metric='network'`` the network probe), the allocation,
     then the configured run with the chosen per-layer widths."""
     # calib_data may be a one-shot iterator: both runs use one list
     batches, _ = _collect_batches(calib_data, config.calib_samples)
+    network = config.allocation_metric == 'network'
     probe = Calibration(copy.deepcopy(model), dataclasses.replace(
         config, error_compensation=False, sensitivity=True,
         target_bits=None, bn_reestimation=False), forward_fn, logger)
+    probe.keep_candidates = network
     logger('mmquant: mixed precision: sensitivity pass (fast mode) at '
            f'widths {config.candidate_bits}')
     _, sens = probe.execute(batches)
     params = {s.name: s.weight2d().numel() for s in probe.layers}
-    plan = plan_mixed_precision(sens, config, params)
+    changes = None
+    probe_samples = None
+    t0 = time.perf_counter()
+    if network:
+        changes, probe_samples = _network_probe(model, probe, sens, config,
+                                                forward_fn, logger)
+        probed = {r.name: r for r in sens.layers}
+        for name, row in changes.items():
+            probed[name].network_sensitivity = {
+                str(b): math.sqrt(max(d, 0.0)) for b, d in row.items()}
+    probe_time = time.perf_counter() - t0
+    plan = plan_mixed_precision(sens, config, params, changes,
+                                probe_samples)
     logger(f'mmquant: mixed precision: {plan.average_bits:.3f} bits per '
            f'weight (target {plan.target_bits}); widths '
            f'{sorted(plan.bits.items())}')
@@ -228,10 +245,70 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
         probed = probed_layers.get(rep.name)
         if probed is not None and probed.sensitivity is not None:
             rep.sensitivity = probed.sensitivity
+            rep.network_sensitivity = probed.network_sensitivity
     report.timing['sensitivity_pass'] = sens.timing['total']
+    report.timing['network_probe'] = round(probe_time, 4)
     report.timing['total'] = round(
-        report.timing['total'] + sens.timing['total'], 4)
+        report.timing['total'] + sens.timing['total'] + probe_time, 4)
     return qmodel, report
+
+
+def _network_probe(model: nn.Module, probe: 'Calibration',
+                   sens: QuantReport, config: QuantConfig,
+                   forward_fn: ForwardFn, logger: Logger
+                   ) -> Tuple[Dict[str, Dict[int, float]], int]:
+    """``D_l(b)`` of every free layer at every candidate width.
+
+    The probe batches are the first ``allocation_samples`` samples of the
+    calibration set (of all ranks, in rank order, in a process group);
+    the per-batch changes are summed in that global order, so every rank
+    and a single process get the same numbers.
+
+    Args:
+        model (nn.Module): The float model (left unchanged).
+        probe (Calibration): The finished sensitivity pass (its layers
+            hold their candidates).
+        sens (QuantReport): Its report.
+        config (QuantConfig): The user's config.
+        forward_fn (callable): ``forward_fn(model, batch)``.
+        logger (callable): Progress messages.
+
+    Returns:
+        tuple: ``{name: {bits: D_l(b)}}`` and the probe's sample count.
+    """
+    free, _ = free_layers(sens, config)
+    plans = {s.name: s for s in probe.layers}
+    layers = [plans[r.name] for r in free]
+    widths = list(config.candidate_bits)
+    sizes = [_batch_size(b) for b in probe.batches]
+    dist = probe.dist
+    every = [sizes] if dist is None else dist.gather(sizes)
+    offset = 0 if dist is None else sum(map(len, every[:dist.rank]))
+    flat = [s for rank_sizes in every for s in rank_sizes]
+    n_probe = probe_batches(flat, config.allocation_samples)
+    mine = list(range(max(0, min(len(sizes), n_probe - offset))))
+    logger(f'mmquant: mixed precision: network sensitivity of '
+           f'{len(layers)} layers at widths {widths} on '
+           f'{sum(flat[:n_probe])} samples')
+    float_model = copy.deepcopy(model).eval()
+    candidates = {s.name: s.candidates for s in layers}
+    changes, energy = network_sensitivity(
+        float_model, layers, candidates, widths,
+        [probe.batches[i] for i in mine], forward_fn, logger)
+    if dist is not None:  # every rank's batches, in the global order
+        parts = dist.gather((changes, energy))
+        changes = torch.cat([c for c, _ in parts])
+        energy = torch.cat([e for _, e in parts])
+    total = float(energy.sum())
+    if total <= 0:
+        raise ValueError(
+            'network sensitivity: the float outputs are all zero on the '
+            "probe samples; use allocation_metric='layer'")
+    rel = (changes.sum(dim=0) / total).tolist()
+    out = {s.name: dict(zip(widths, row)) for s, row in zip(layers, rel)}
+    for s in layers:
+        s.candidates = None  # free the integers
+    return out, sum(flat[:n_probe])
 
 
 def _default_logger() -> Logger:
@@ -275,6 +352,12 @@ class Calibration:
         log (callable): Receives progress messages.
         journal (LayerJournal, optional): Records solved layers and
             restores those it holds (resume).
+
+    Attributes:
+        keep_candidates (bool): With ``sensitivity``: keep every layer's
+            integers and scales at each candidate width in
+            :attr:`LayerPlan.candidates` (for the network probe of a
+            mixed-precision run). Defaults to False.
     """
 
     def __init__(self,
@@ -288,6 +371,7 @@ class Calibration:
         self.forward_fn = forward_fn
         self.log = log
         self.journal = journal
+        self.keep_candidates = False
         self.method = build_weight_method(config)
         self.output_method = None if config.output_method is None else \
             WEIGHT_METHODS[config.output_method].from_config(config)
@@ -606,7 +690,8 @@ class Calibration:
             bits=layer.spec.w_bits, stats=layer.acc,
             weight_only=weight_only,
             candidate_bits=(self.cfg.candidate_bits
-                            if self.cfg.sensitivity else ()))
+                            if self.cfg.sensitivity else ()),
+            keep_candidates=self.keep_candidates)
         with self.timer('solver'):
             result = method.solve(job)
         rep = layer.report
@@ -622,6 +707,10 @@ class Calibration:
             rep.rounds = result.rounds
         if result.sensitivity is not None:
             rep.sensitivity = result.sensitivity
+        if result.candidates is not None:
+            layer.candidates = {
+                bits: (layer.own_weight(q), s)
+                for bits, (q, s) in result.candidates.items()}
         if act is None:
             act = self.fit_activation(layer)
         qweight = layer.own_weight(result.qweight)

@@ -1,12 +1,22 @@
 """Per-layer weight bit widths under an average-bits budget.
 
 BitSplit's statistics ``(A, C, yy)`` of a layer serve every bit width, so
-the output error of each layer at each candidate width costs one solve per
-width (``QuantConfig(sensitivity=True)``). :func:`allocate_bits` then picks
-one width per layer to minimise the summed relative squared output error
-``sum_l objective_l(b_l) / ||Y_l||^2`` subject to the parameter-weighted
-average bits per weight: a multiple-choice knapsack, solved exactly by
-dynamic programming over the budget (see the function for the grid).
+the integers of each layer at each candidate width cost one solve per
+width (``QuantConfig(sensitivity=True)``). Each layer's error at each
+width is then either (``allocation_metric``)
+
+* ``'network'`` (default): ``D_l(b)``, the relative squared change of the
+  network's outputs with that layer alone at width ``b``, measured on the
+  first ``allocation_samples`` calibration samples
+  (:mod:`mmquant.quantization.sensitivity`); or
+* ``'layer'``: the layer's own relative squared output error
+  ``objective_l(b) / ||Y_l||^2`` from its statistics (free, but blind to
+  how far a layer's error travels through the network).
+
+:func:`allocate_bits` picks one width per layer to minimise the sum of
+these errors subject to the parameter-weighted average bits per weight: a
+multiple-choice knapsack, solved exactly by dynamic programming over the
+budget (see the function for the grid).
 """
 import fnmatch
 import glob
@@ -17,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import QuantConfig
-from .report import QuantReport
+from .report import LayerReport, QuantReport
 
 #: Steps of the budget grid when the exact integer grid is finer.
 GRID_STEPS = 1 << 16
@@ -34,8 +44,11 @@ class Allocation:
         target_bits (float): The requested average bits per weight.
         average_bits (float): The average of the chosen widths over all
             quantized layers, weighted by parameter count.
-        error (float): The summed relative squared error of the chosen
-            widths (the minimised objective) in the sensitivity pass.
+        error (float): The summed error of the chosen widths (the
+            minimised objective) in the sensitivity pass.
+        metric (str): The error minimised (``allocation_metric``).
+        probe_samples (int, optional): Samples the ``'network'`` probe
+            ran on.
     """
 
     bits: Dict[str, int]
@@ -43,13 +56,16 @@ class Allocation:
     target_bits: float
     average_bits: float
     error: float
+    metric: str = 'layer'
+    probe_samples: Optional[int] = None
 
     def to_dict(self) -> Dict[str, object]:
         """The allocation as a JSON-able dict (for the report)."""
         return dict(bits=dict(self.bits), fixed=dict(self.fixed),
                     target_bits=self.target_bits,
                     average_bits=round(self.average_bits, 6),
-                    error=self.error)
+                    error=self.error, metric=self.metric,
+                    probe_samples=self.probe_samples)
 
 
 def allocate_bits(errors: Sequence[Sequence[float]],
@@ -128,9 +144,9 @@ def allocate_bits(errors: Sequence[Sequence[float]],
     return picks, total
 
 
-def plan_mixed_precision(report: QuantReport, config: QuantConfig,
-                         params: Mapping[str, int]) -> Allocation:
-    """Choose each free layer's width from a sensitivity report.
+def free_layers(report: QuantReport, config: QuantConfig
+                ) -> Tuple[List[LayerReport], Dict[str, int]]:
+    """Split the quantized layers into free ones and fixed ones.
 
     A layer is *free* when the config does not fix its width: neither an
     input/output layer under ``first_last_bits`` nor matched by an
@@ -138,10 +154,44 @@ def plan_mixed_precision(report: QuantReport, config: QuantConfig,
     width and count in the average.
 
     Args:
+        report (QuantReport): The sensitivity pass's report.
+        config (QuantConfig): The user's config.
+
+    Returns:
+        tuple: The free layers' reports (forward order) and ``{name:
+        w_bits}`` of the fixed ones.
+    """
+    fixed: Dict[str, int] = {}
+    free = []
+    for rep in report.layers:
+        if rep.w_bits is None:
+            continue
+        pinned = any(fnmatch.fnmatchcase(rep.name, p) and 'w_bits' in v
+                     for p, v in config.overrides.items())
+        if pinned or (rep.role and config.first_last_bits is not None):
+            fixed[rep.name] = rep.w_bits
+        else:
+            free.append(rep)
+    return free, fixed
+
+
+def plan_mixed_precision(report: QuantReport, config: QuantConfig,
+                         params: Mapping[str, int],
+                         network: Optional[Mapping[str, Mapping[int, float]]]
+                         = None,
+                         probe_samples: Optional[int] = None) -> Allocation:
+    """Choose each free layer's width (see :func:`free_layers`).
+
+    Args:
         report (QuantReport): A run with ``sensitivity=True`` over
             ``config.candidate_bits``.
         config (QuantConfig): The user's config (``target_bits`` set).
         params (Mapping[str, int]): Weight parameters per layer name.
+        network (Mapping, optional): ``{name: {bits: D_l(b)}}`` of every
+            free layer, the ``'network'`` errors; ``None``: the layers'
+            own errors (``'layer'``).
+        probe_samples (int, optional): Samples of the network probe (for
+            the record).
 
     Returns:
         Allocation: The chosen widths.
@@ -152,21 +202,16 @@ def plan_mixed_precision(report: QuantReport, config: QuantConfig,
     """
     target = float(config.target_bits)
     layers = [r for r in report.layers if r.w_bits is not None]
-    fixed: Dict[str, int] = {}
-    free = []
-    for rep in layers:
-        pinned = any(fnmatch.fnmatchcase(rep.name, p) and 'w_bits' in v
-                     for p, v in config.overrides.items())
-        if pinned or (rep.role and config.first_last_bits is not None):
-            fixed[rep.name] = rep.w_bits
-        else:
-            free.append(rep)
+    free, fixed = free_layers(report, config)
     total_params = sum(params[r.name] for r in layers)
     budget = math.floor(target * total_params) - sum(
         params[n] * b for n, b in fixed.items())
     cands = list(config.candidate_bits)
-    errors = [[float(r.sensitivity[str(b)]) ** 2 for b in cands]
-              for r in free]
+    if network is None:
+        errors = [[float(r.sensitivity[str(b)]) ** 2 for b in cands]
+                  for r in free]
+    else:
+        errors = [[float(network[r.name][b]) for b in cands] for r in free]
     costs = [[params[r.name] * b for b in cands] for r in free]
     narrowest = (sum(params[n] * b for n, b in fixed.items())
                  + min(cands) * sum(params[r.name] for r in free))
@@ -181,7 +226,9 @@ def plan_mixed_precision(report: QuantReport, config: QuantConfig,
     used = sum(params[n] * b for n, b in {**fixed, **bits}.items())
     return Allocation(bits=bits, fixed=fixed, target_bits=target,
                       average_bits=used / max(total_params, 1),
-                      error=error)
+                      error=error,
+                      metric='layer' if network is None else 'network',
+                      probe_samples=probe_samples)
 
 
 def allocation_overrides(allocation: Allocation,

@@ -78,6 +78,9 @@ class LayerPlan:
         self.indices: List[Optional[Tensor]] = []
         self.targets: List[Tensor] = []
         self.report = LayerReport(name=name, type=type(module).__name__)
+        # sensitivity pass of a mixed-precision run: {bits: (qweight in
+        # the layer's layout, scale)} at every candidate width
+        self.candidates: Optional[Dict[int, Tuple[Tensor, Tensor]]] = None
 
     @property
     def linear(self) -> bool:

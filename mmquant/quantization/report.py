@@ -38,6 +38,10 @@ class LayerReport:
             ``first_last_bits``.
         sensitivity (dict, optional): ``{str(bits): rel_error}`` at each
             candidate width (``QuantConfig.sensitivity``).
+        network_sensitivity (dict, optional): ``{str(bits): rel_change}``,
+            the relative change of the network's outputs with this layer
+            alone at each candidate width (a mixed-precision run's
+            ``'network'`` probe, :mod:`mmquant.quantization.sensitivity`).
         note (str): Why a layer was left float, if it was, or how it
             was treated unlike the config's other layers.
     """
@@ -60,6 +64,7 @@ class LayerReport:
     replay_note: str = ''
     role: Optional[str] = None
     sensitivity: Optional[Dict[str, float]] = None
+    network_sensitivity: Optional[Dict[str, float]] = None
     note: str = ''
 
 

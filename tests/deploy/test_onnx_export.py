@@ -204,8 +204,8 @@ def test_classifier_matches_torch(w_bits):
     assert_same_computation(qmodel, qmodel, proto, x)
     # the graph: opset 21, one weight DQ per quantized layer, stored in
     # INT8 (W5-W8) or INT4 (W2-W4), and no float weight left
-    assert [(o.domain, o.version) for o in proto.opset_import] == [('',
-                                                                     21)]
+    assert [(o.domain, o.version)
+            for o in proto.opset_import] == [('', 21)]
     layers = {n: m for n, m in qmodel.named_modules()
               if isinstance(m, QuantizedLayer)}
     inits = _initializers(proto)

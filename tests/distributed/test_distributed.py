@@ -48,7 +48,8 @@ def assert_same_model(ref: Dict[str, Any], got: Dict[str, Any],
     for want, have in reps:
         assert want['name'] == have['name']
         for key in ('w_bits', 'a_bits', 'act_scale', 'act_signed', 'calls',
-                    'rows', 'rounds', 'role', 'note', 'replay_from'):
+                    'rows', 'rounds', 'role', 'note', 'replay_from',
+                    'network_sensitivity'):
             assert want[key] == have[key], (rank, want['name'], key)
         for key in ('objective', 'objective_rtn'):
             if want[key] is not None:
@@ -57,11 +58,15 @@ def assert_same_model(ref: Dict[str, Any], got: Dict[str, Any],
     assert got['report']['calib_samples'] == ref['report']['calib_samples']
     mixed = [r['report']['extra'].get('mixed_precision', {})
              for r in (ref, got)]
-    for key in ('bits', 'fixed', 'average_bits'):
+    for key in ('bits', 'fixed', 'average_bits', 'error', 'metric',
+                'probe_samples'):
         assert mixed[0].get(key) == mixed[1].get(key), key
 
 
-def run_case(spec: Dict[str, Any], world: int, tmp: str) -> None:
+def run_case(spec: Dict[str, Any], world: int,
+             tmp: str) -> Dict[str, Any]:
+    """Run ``spec`` on 1 and on ``world`` ranks, compare every rank with
+    the single process; return the single process's result."""
     ref = spawn(spec, 1, tmp)[0]
     results: List[Dict[str, Any]] = spawn(spec, world, tmp)
     # every layer's observer samples were recorded on some rank
@@ -69,6 +74,7 @@ def run_case(spec: Dict[str, Any], world: int, tmp: str) -> None:
     assert seen == set(ref['samples']) and seen
     for rank, got in enumerate(results):
         assert_same_model(ref, got, rank)
+    return ref
 
 
 # ----------------------------------------------------------- one process
@@ -99,12 +105,16 @@ def test_reservoir_indices_match_the_observer(numels):
 @pytest.mark.parametrize('mode', ['fast', 'ec', 'mixed'])
 def test_tiny_two_ranks_equal_one(tmp_path, mode):
     # calib_samples=20 of 24: the cut falls in rank 1's shard; 'mixed':
-    # a fast sensitivity pass, the allocation, then an EC run
+    # a fast sensitivity pass, the network probe on the first 16 samples
+    # (rank 0's 12 and one batch of rank 1's), the allocation, an EC run
     config = dict(TINY_CONFIG, calib_samples=20,
                   error_compensation=mode != 'fast')
     if mode == 'mixed':
-        config['target_bits'] = 3.5
-    run_case(dict(TINY, config_dict=config), 2, str(tmp_path))
+        config.update(target_bits=3.5, allocation_samples=16)
+    ref = run_case(dict(TINY, config_dict=config), 2, str(tmp_path))
+    if mode == 'mixed':
+        mixed = ref['report']['extra']['mixed_precision']
+        assert (mixed['metric'], mixed['probe_samples']) == ('network', 16)
 
 
 def test_tiny_three_ranks_equal_one(tmp_path):

@@ -139,4 +139,3 @@ def test_float_accuracy_on_real_test_images(cfg: Config,
     assert total == NUM_IMAGES
     top1 = 100.0 * correct / total
     assert top1 >= MEASURED_TOP1 - 3.0, (top1, MEASURED_TOP1)
-

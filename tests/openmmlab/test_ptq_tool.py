@@ -85,10 +85,12 @@ def test_mixed_precision_tag(target, tag):
     assert output_stem('net_w4a8', tag) == f'net_w4a8_{tag}'
 
 
-def test_tools_ptq_target_bits(ws, tmp_path):
+@pytest.mark.parametrize('metric', [None, 'layer'])
+def test_tools_ptq_target_bits(ws, tmp_path, metric):
     """--target-bits: the INT file is named after the target, the
-    report has the allocation, the summary says mixed, and the figure
-    has its sensitivity panel (three panels: 1500 px high)."""
+    report has the allocation (by the network probe unless
+    --allocation-metric says otherwise), the summary says mixed, and the
+    figure has its sensitivity panel (three panels: 1500 px high)."""
     from mmquant.visualization import figure_size
     cfg = ws.cls_cfg('resnet')
     config = tmp_path / 'tiny.py'
@@ -96,7 +98,8 @@ def test_tools_ptq_target_bits(ws, tmp_path):
     out = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'ptq.py'), str(config),
          ws.float_ckpt('resnet'), '--calib-samples', '8', '--no-eval',
-         '--target-bits', '3.5', '--work-dir', str(tmp_path / 'w')],
+         '--target-bits', '3.5', '--work-dir', str(tmp_path / 'w')]
+        + ([] if metric is None else ['--allocation-metric', metric]),
         capture_output=True, text=True, timeout=300, env=_env(),
         cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -105,6 +108,8 @@ def test_tools_ptq_target_bits(ws, tmp_path):
     report = json.loads((run / 'report.json').read_text())
     mixed = report['extra']['mixed_precision']
     assert mixed['target_bits'] == 3.5 and mixed['average_bits'] <= 3.5
+    assert mixed['metric'] == (metric or 'network')
+    assert mixed['probe_samples'] == (None if metric else 8)
     assert report['config']['target_bits'] == 3.5
     widths = sorted({*mixed['bits'].values(), *mixed['fixed'].values()})
     assert (f"mixed W{'/'.join(map(str, widths))}, "

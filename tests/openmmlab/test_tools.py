@@ -170,8 +170,11 @@ def test_empty_calibration_set(ws, tmp_path):
     ann.write_text(json.dumps(dict(
         images=[dict(id=1, file_name='000.png', width=64, height=64)],
         annotations=[],
-        categories=[dict(id=1, name='square'), dict(id=2, name='wide'),
-                     dict(id=3, name='tall')])))
+        categories=[
+            dict(id=1, name='square'),
+            dict(id=2, name='wide'),
+            dict(id=3, name='tall')
+        ])))
     cfg = ws.det_cfg('retinanet')
     cfg.train_dataloader.dataset.ann_file = str(ann)
     with pytest.raises(PTQInputError,

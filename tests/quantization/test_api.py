@@ -212,8 +212,8 @@ def test_bad_ablation_options(cfg, match):
         QuantConfig(**cfg)
 
 
-@pytest.mark.parametrize('scales_with_rows, factor', [(True, 4.0),
-                                                     (False, 1.0)])
+@pytest.mark.parametrize('scales_with_rows, factor',
+                         [(True, 4.0), (False, 1.0)])
 def test_ridge_strength(scales_with_rows, factor):
     """``lam = damping * mean(diag A)``, times ``N / rows`` when the layer
     saw fewer rows than it has inputs (here 8 rows, N = 32)."""

@@ -1,5 +1,6 @@
 """Sensitivity (every width from one set of statistics) and mixed
 precision under an average-bits budget."""
+import copy
 import itertools
 import random
 
@@ -10,6 +11,8 @@ import mmquant
 from mmquant import QuantConfig
 from mmquant.nn import QuantizedLayer
 from mmquant.quantization.mixed_precision import GRID_STEPS, allocate_bits
+from mmquant.quantization.sensitivity import (network_sensitivity,
+                                              probe_batches)
 
 from .models import TinyNet, init_model, smooth_images
 
@@ -105,9 +108,11 @@ def test_sensitivity_equals_runs_at_each_width(tiny):
             r.sensitivity['2'], r.name
 
 
-@pytest.mark.parametrize('ec', [False, True])
-def test_target_bits_chooses_widths_within_budget(tiny, ec):
-    cfg = QuantConfig(target_bits=3.0, error_compensation=ec)
+@pytest.mark.parametrize('ec, metric', [(False, 'layer'), (True, 'layer'),
+                                        (True, 'network')])
+def test_target_bits_chooses_widths_within_budget(tiny, ec, metric):
+    cfg = QuantConfig(target_bits=3.0, error_compensation=ec,
+                      allocation_metric=metric)
     qmodel, rep = mmquant.quantize(tiny, batches(), cfg, logger=quiet)
     plan = rep.extra['mixed_precision']
     layers = {n: m for n, m in qmodel.named_modules()
@@ -123,14 +128,16 @@ def test_target_bits_chooses_widths_within_budget(tiny, ec):
     assert len(set(plan['bits'].values())) > 1  # really mixed
     assert rep.config['target_bits'] == 3.0
     assert rep.mode == ('error_compensated' if ec else 'fast')
+    assert plan['metric'] == metric
     # the allocation minimises the probe's summed squared errors
-    errors = [[rep.layers[i].sensitivity[str(b)] ** 2 for b in (2, 3, 4, 8)]
-              for i, r in enumerate(rep.layers) if r.name in plan['bits']]
+    key = 'sensitivity' if metric == 'layer' else 'network_sensitivity'
+    errors = [[getattr(r, key)[str(b)] ** 2 for b in (2, 3, 4, 8)]
+              for r in rep.layers if r.name in plan['bits']]
     assert plan['error'] == pytest.approx(brute_force(
         errors, [[params[n] * b for b in (2, 3, 4, 8)]
                  for n in plan['bits']],
-        int(3.0 * sum(params.values())) - 8 * (params['stem']
-                                                + params['head'])))
+        int(3.0 * sum(params.values()))
+        - 8 * (params['stem'] + params['head'])))
 
 
 def test_target_bits_fast_equals_overrides(tiny):
@@ -164,7 +171,97 @@ def test_target_below_what_the_model_allows(tiny):
      'non-empty list'),
     (dict(method='rtn', sensitivity=True), ValueError,
      "sensitivity and target_bits need method='bitsplit'"),
+    (dict(allocation_metric='hessian'), ValueError,
+     "allocation_metric must be one of 'network', 'layer', got 'hessian'"),
+    (dict(allocation_samples=0), ValueError,
+     'allocation_samples must be a positive int or None, got 0'),
+    (dict(allocation_samples=True), ValueError,
+     'allocation_samples must be a positive int or None, got True'),
 ])
 def test_bad_mixed_precision_config(cfg, error, match):
     with pytest.raises(error, match=match):
         QuantConfig(**cfg)
+
+
+@pytest.mark.parametrize('bits', [2, 4])
+def test_network_sensitivity_is_the_one_layer_change(tiny, bits):
+    """D_l(b) is the relative squared change of the float network's
+    output with layer l alone replaced by its integers at width b (the
+    fast-mode integers of a run at width b), on the first
+    ``allocation_samples`` samples (whole batches: 10 -> 16)."""
+    _, rep = mmquant.quantize(tiny, batches(), QuantConfig(
+        target_bits=3.5, error_compensation=False, allocation_samples=10),
+        logger=quiet)
+    assert rep.extra['mixed_precision']['probe_samples'] == 16
+    qat, _ = mmquant.quantize(tiny, batches(), QuantConfig(
+        w_bits=bits, error_compensation=False), logger=quiet)
+    probe = batches()[:2]
+    with torch.no_grad():
+        ref = [tiny(b).double() for b in probe]
+    energy = sum(float(r.pow(2).sum()) for r in ref)
+    free = rep.extra['mixed_precision']['bits']
+    for name in ('dw', 'grouped', 'same', 'pw'):
+        assert name in free
+        q = qat.get_submodule(name)
+        model = copy.deepcopy(tiny)
+        setattr(model, name, QuantizedLayer(
+            getattr(tiny, name), q.qweight, q.weight_scale, bits))
+        with torch.no_grad():
+            change = sum(float((model(b).double() - r).pow(2).sum())
+                         for b, r in zip(probe, ref))
+        got = {r.name: r for r in rep.layers}[name].network_sensitivity
+        assert got[str(bits)] ** 2 == pytest.approx(change / energy,
+                                                    rel=1e-9)
+    # the input/output layers keep first_last_bits: not probed
+    fixed = {r.name: r for r in rep.layers}
+    assert fixed['stem'].network_sensitivity is None
+    assert fixed['head'].network_sensitivity is None
+
+
+def test_network_probe_leaves_the_model_unchanged(tiny):
+    """The probe swaps each layer out and back, also when the forward
+    fails; the outputs' tensors must keep their shapes."""
+    from mmquant.quantization.plan import LayerPlan
+    model = copy.deepcopy(tiny)
+    before = {n: m for n, m in model.named_modules()}
+    layer = LayerPlan('pw', model.pw, 0)
+    q = torch.ones_like(model.pw.weight, dtype=torch.int8)
+    cands = {'pw': {4: (q, torch.full((32, ), 0.01))}}
+    changes, energy = network_sensitivity(
+        model, [layer], cands, [4], batches()[:1], lambda m, b: m(b),
+        logger=quiet)
+    assert changes.shape == (1, 1, 1) and energy.shape == (1, )
+    assert float(changes[0, 0, 0]) > 0
+    assert {n: m for n, m in model.named_modules()} == before
+
+    calls = []
+
+    def flaky(m, b):
+        calls.append(1)
+        if len(calls) > 1:  # the float reference runs, the probe fails
+            raise RuntimeError('boom')
+        return m(b)
+
+    with pytest.raises(RuntimeError, match='boom'):
+        network_sensitivity(model, [layer], cands, [4], batches()[:1],
+                            flaky, logger=quiet)
+    assert {n: m for n, m in model.named_modules()} == before
+
+    shapes = iter([torch.zeros(2, 3), torch.zeros(2, 4)])
+    with pytest.raises(ValueError, match="outputs changed shape with 'pw' "
+                       'at W4'):
+        network_sensitivity(model, [layer], cands, [4], batches()[:1],
+                            lambda m, b: next(shapes), logger=quiet)
+    assert model.pw is before['pw']
+    with pytest.raises(ValueError, match='returned no floating-point '
+                       'tensor'):
+        network_sensitivity(model, [layer], cands, [4], batches()[:1],
+                            lambda m, b: [torch.ones(2, dtype=torch.long)],
+                            logger=quiet)
+
+
+def test_probe_batches_takes_whole_leading_batches():
+    assert probe_batches([8, 8, 8], None) == 3
+    assert probe_batches([8, 8, 8], 8) == 1
+    assert probe_batches([8, 8, 8], 9) == 2
+    assert probe_batches([8, 8, 8], 100) == 3

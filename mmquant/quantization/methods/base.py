@@ -39,6 +39,8 @@ class LayerJob:
             statistics method still measures the output error.
         candidate_bits (Sequence[int]): Widths at which to also measure
             the output error (sensitivity); empty for none.
+        keep_candidates (bool): Also return the integers and scales of
+            each candidate width (:attr:`LayerResult.candidates`).
     """
 
     name: str
@@ -47,6 +49,7 @@ class LayerJob:
     stats: Optional[Any] = None
     weight_only: bool = False
     candidate_bits: Sequence[int] = ()
+    keep_candidates: bool = False
 
 
 @dataclass
@@ -66,6 +69,8 @@ class LayerResult:
         rows (int, optional): Calibration rows the statistics hold.
         sensitivity (dict, optional): ``{str(bits): relative error}`` at
             each candidate width.
+        candidates (dict, optional): ``{bits: (qweight, scale)}`` at each
+            candidate width (:attr:`LayerJob.keep_candidates`).
         note (str, optional): A remark for the layer's report.
     """
 
@@ -77,6 +82,7 @@ class LayerResult:
     rounds: Optional[int] = None
     rows: Optional[int] = None
     sensitivity: Optional[Dict[str, float]] = None
+    candidates: Optional[Dict[int, Tuple[Tensor, Tensor]]] = None
     note: Optional[str] = None
 
 

@@ -81,6 +81,8 @@ class BitSplitMethod(WeightMethod):
                   if job.weight_only else None))
         if job.candidate_bits:
             out.sensitivity = {}
+            if job.keep_candidates:
+                out.candidates = {}
             for bits in job.candidate_bits:
                 res = result if bits == job.bits else solve_layer(
                     weight, acc, bits, max_rounds=rounds,
@@ -88,6 +90,8 @@ class BitSplitMethod(WeightMethod):
                 obj = float(res.objective.sum()) - ridge(res.qweight,
                                                          res.scale)
                 out.sensitivity[str(bits)] = relative_error(obj, yy)
+                if out.candidates is not None:
+                    out.candidates[bits] = (res.qweight, res.scale)
         return out
 
 

@@ -31,9 +31,7 @@ from .conftest import CALIB_SAMPLES, MATRIX, float_weights, first_batch, \
 
 MODELS = list(MATRIX)
 
-#: Report checks that fail until the engine quantizes or reports these
-#: module types (issue 21 item 3); strict, so that they flip to failures
-#: (and the mark is removed) when the engine work lands.
+
 def _normalisation(cfg):
     """``(mean, std, flip channels)`` of the config's preprocessor (the
     model's own, else the top-level one, as the Runner picks it)."""

@@ -1,0 +1,161 @@
+"""How much each layer's quantization at each width moves the network's
+output: the error measure of the ``'network'`` bit allocation.
+
+A layer's own relative output error (``LayerReport.sensitivity``, from its
+statistics) says nothing about how far that error travels: a depthwise
+conv or a detector's regression branch can carry a small relative error
+into a large change of the outputs, while another layer's large error is
+absorbed by what follows it. The probe measures it directly: for every
+layer and candidate width, the float network runs with that one layer
+replaced by its integers at that width (solved by the sensitivity pass),
+and the squared change of every output tensor ``forward_fn`` returns is
+summed relative to the float outputs' energy,
+
+    ``D_l(b) = sum ||f_lb(x) - f(x)||^2 / sum ||f(x)||^2``
+
+over the probe samples (the first ``allocation_samples`` calibration
+samples). The allocation then minimises ``sum_l D_l(b_l)``: the usual
+additive model of per-layer distortions (ZeroQ's and HAWQ's assumption).
+Activations stay float in the probe: their A-bit error is the same at
+every weight width.
+"""
+import time
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mmquant.nn import QuantizedLayer
+from mmquant.nn.module_utils import set_submodule
+from .capture import iter_tensors
+from .plan import LayerPlan, runtime_name
+
+__all__ = ['probe_batches', 'network_sensitivity']
+
+#: ``{layer: {bits: (integers in the layer's layout, scales)}}``
+Candidates = Mapping[str, Mapping[int, Tuple[Tensor, Tensor]]]
+
+
+def probe_batches(sizes: Sequence[int], limit: Optional[int]) -> int:
+    """How many leading batches hold the first ``limit`` samples.
+
+    Args:
+        sizes (Sequence[int]): Samples per batch, in order.
+        limit (int, optional): Samples wanted; ``None``: all.
+
+    Returns:
+        int: The number of batches (whole batches: the last one may take
+        the count past ``limit``).
+    """
+    if limit is None:
+        return len(sizes)
+    count = 0
+    for i, size in enumerate(sizes):
+        if count >= limit:
+            return i
+        count += size
+    return len(sizes)
+
+
+def _outputs(out: Any) -> List[Tensor]:
+    """The floating-point tensors of an output, in a fixed order."""
+    return [t for t in iter_tensors(out) if t.is_floating_point()]
+
+
+def _squared(ts: List[Tensor]) -> float:
+    return float(sum(t.double().pow(2).sum() for t in ts))
+
+
+def network_sensitivity(model: nn.Module,
+                        layers: Sequence[LayerPlan],
+                        candidates: Candidates,
+                        widths: Sequence[int],
+                        batches: Sequence[Any],
+                        forward_fn: Callable[[nn.Module, Any], Any],
+                        logger: Callable[[str], None] = print
+                        ) -> Tuple[Tensor, Tensor]:
+    """Squared output change of the float network per layer and width.
+
+    Per batch, so that the sums over batches can be taken in one fixed
+    order however the batches were spread over processes.
+
+    Args:
+        model (nn.Module): The float model (eval mode). Each probed layer
+            is swapped out and back; the model is unchanged afterwards,
+            also on error.
+        layers (Sequence[LayerPlan]): The layers to probe (by name: the
+            model's own float layers are swapped).
+        candidates (Mapping): ``{name: {bits: (qweight, scale)}}`` of
+            every probed layer at every width of ``widths``.
+        widths (Sequence[int]): The candidate widths.
+        batches (Sequence): The probe batches.
+        forward_fn (callable): ``forward_fn(model, batch)``.
+        logger (callable): Receives a progress line per layer.
+
+    Returns:
+        tuple: ``changes`` (float64, ``(batches, layers, widths)``), the
+        summed squared change of the outputs, and ``energy`` (float64,
+        ``(batches,)``), the float outputs' summed squares.
+
+    Raises:
+        ValueError: If the outputs hold no floating-point tensor, or a
+            probed output's tensors do not match the float output's.
+    """
+    changes = torch.zeros(len(batches), len(layers), len(widths),
+                          dtype=torch.float64)
+    energy = torch.zeros(len(batches), dtype=torch.float64)
+    ref = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            out = [t.detach().clone() for t in _outputs(
+                forward_fn(model, batch))]
+            if not out:
+                raise ValueError(
+                    'network sensitivity: forward_fn returned no '
+                    'floating-point tensor to measure the output change '
+                    "on (use allocation_metric='layer')")
+            ref.append(out)
+            energy[i] = _squared(out)
+    start = time.perf_counter()
+    for j, layer in enumerate(layers):
+        for k, bits in enumerate(widths):
+            qweight, scale = candidates[layer.name][bits]
+            changes[:, j, k] = torch.tensor(_probe_one(
+                model, layer, bits, qweight, scale, batches, ref,
+                forward_fn), dtype=torch.float64)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (j + 1) * (len(layers) - j - 1)
+        logger(f'mmquant: mixed precision: network sensitivity '
+               f'{j + 1}/{len(layers)} {layer.name} '
+               f'(elapsed {elapsed:.1f} s, ETA {eta:.1f} s)')
+    return changes, energy
+
+
+def _probe_one(model: nn.Module, layer: LayerPlan, bits: int,
+               qweight: Tensor, scale: Tensor, batches: Sequence[Any],
+               ref: List[List[Tensor]],
+               forward_fn: Callable[[nn.Module, Any], Any]
+               ) -> List[float]:
+    """The squared output change per batch with one layer at one width."""
+    name = runtime_name(model, layer.name)
+    original = model.get_submodule(name)
+    qlayer = QuantizedLayer(original, qweight, scale, bits)
+    set_submodule(model, name, qlayer)
+    out = []
+    try:
+        with torch.no_grad():
+            for batch, want in zip(batches, ref):
+                got = _outputs(forward_fn(model, batch))
+                if len(got) != len(want) or any(
+                        g.shape != w.shape for g, w in zip(got, want)):
+                    raise ValueError(
+                        'network sensitivity: the outputs changed shape '
+                        f'with {layer.name!r} at W{bits} (a model whose '
+                        'outputs depend on its weights beyond their '
+                        "values; use allocation_metric='layer')")
+                out.append(float(sum(
+                    (g.double() - w.double()).pow(2).sum()
+                    for g, w in zip(got, want))))
+    finally:
+        set_submodule(model, name, original)
+    return out
