@@ -172,14 +172,38 @@ def _cumulative(ax: Any, layers: List[Dict[str, Any]]) -> None:
     ax.legend(fontsize=8, loc='upper left')
 
 
+def sensitivity_grid(layers: List[Dict[str, Any]]
+                     ) -> Tuple[str, List[Dict[str, Any]], List[int],
+                                List[List[float]]]:
+    """What the sensitivity panel shows.
+
+    Args:
+        layers (list[dict]): The report's layers.
+
+    Returns:
+        tuple: The report key shown (``'network_sensitivity'`` when any
+        layer has it, else ``'sensitivity'``), the layers shown (those
+        with a sensitivity), the widths, and ``log10`` of the values as
+        ``grid[width][layer]`` (NaN where a layer has no value).
+    """
+    rows = [la for la in layers if la.get('sensitivity')]
+    widths = sorted({int(b) for la in rows for b in la['sensitivity']})
+    network = any(la.get('network_sensitivity') for la in rows)
+    key = 'network_sensitivity' if network else 'sensitivity'
+    grid = [[math.log10(max((la.get(key) or {}).get(str(b), math.nan),
+                            1e-12)) for la in rows] for b in widths]
+    return key, rows, widths, grid
+
+
 def _sensitivity(ax: Any, layers: List[Dict[str, Any]],
                  probe: bool) -> None:
     """Panel 3: log10 relative error at each candidate width (of the
-    fast-mode sensitivity pass when ``probe``: a mixed-precision run)."""
-    rows = [la for la in layers if la.get('sensitivity')]
-    widths = sorted({int(b) for la in rows for b in la['sensitivity']})
-    grid = [[math.log10(max(la['sensitivity'].get(str(b), math.nan),
-                            1e-12)) for la in rows] for b in widths]
+    fast-mode sensitivity pass when ``probe``: a mixed-precision run), or,
+    when the run allocated by the network probe, the relative change of
+    the network's outputs with each layer alone at each width (the
+    measure the allocation minimised; blank for the fixed layers)."""
+    key, rows, widths, grid = sensitivity_grid(layers)
+    network = key == 'network_sensitivity'
     image = ax.imshow(grid, aspect='auto', cmap='viridis',
                       interpolation='nearest')
     ax.set_yticks(range(len(widths)))
@@ -189,7 +213,12 @@ def _sensitivity(ax: Any, layers: List[Dict[str, Any]],
             ax.scatter([i], [widths.index(la['w_bits'])], marker='s',
                        facecolors='none', edgecolors='white', s=30)
     _layer_ticks(ax, list(range(len(rows))), [la['name'] for la in rows])
-    ax.set_title('Sensitivity: log10 relative output error per width'
-                 + (' in the fast-mode sensitivity pass' if probe else '')
-                 + ' (white squares: the width used)', fontsize=10)
+    if network:
+        what = ("Sensitivity: log10 relative change of the network's "
+                'outputs with each layer alone at each width (the '
+                "allocation's measure; blank: fixed width)")
+    else:
+        what = ('Sensitivity: log10 relative output error per width'
+                + (' in the fast-mode sensitivity pass' if probe else ''))
+    ax.set_title(what + ' (white squares: the width used)', fontsize=10)
     ax.figure.colorbar(image, ax=ax, pad=0.01)

@@ -47,6 +47,35 @@ def test_png_has_the_panels_size(tmp_path, cfg, panels):
     assert png_size(out) == figure_size(rep)
 
 
+def test_mixed_run_shows_the_allocations_measure(tmp_path):
+    """A mixed run allocated by the network probe: the sensitivity panel
+    shows each layer's relative change of the outputs (what the
+    allocation minimised), blank for the fixed input/output layers; with
+    allocation_metric='layer', the layers' own errors."""
+    import math
+    from mmquant.visualization.report_figure import sensitivity_grid
+    for metric in ('network', 'layer'):
+        rep = report(target_bits=3.5, allocation_metric=metric)
+        key, rows, widths, grid = sensitivity_grid(rep['layers'])
+        assert widths == [2, 3, 4, 8]
+        assert [r['name'] for r in rows] == [
+            'stem', 'dw', 'grouped', 'same', 'pw', 'head']
+        want = 'sensitivity' if metric == 'layer' else \
+            'network_sensitivity'
+        assert key == want
+        for j, r in enumerate(rows):
+            for i, b in enumerate(widths):
+                value = (r[key] or {}).get(str(b))
+                if value is None:
+                    assert math.isnan(grid[i][j])
+                    assert r['name'] in ('stem', 'head')
+                else:
+                    assert grid[i][j] == math.log10(value)
+        out = str(tmp_path / f'{metric}.png')
+        plot_report(rep, out)
+        assert png_size(out) == figure_size(rep)
+
+
 def test_width_grows_with_layers():
     layers = [dict(name=f'l{i}', w_bits=4, rel_error=0.1)
               for i in range(200)]
