@@ -49,7 +49,8 @@ from .mixed_precision import (allocation_overrides, free_layers,
 from .passes import ErrorCompensatedPass, run_activation_ranges, run_fast
 from .plan import LayerPlan, discover_layers, resolve_layers, runtime_name
 from .report import QuantReport
-from .sensitivity import network_sensitivity, probe_batches
+from .sensitivity import (network_sensitivity, probe_batches,
+                          relative_change)
 from .swap import reestimate_bn, swap_layer
 from .timing import PhaseTimer
 
@@ -299,12 +300,7 @@ def _network_probe(model: nn.Module, probe: 'Calibration',
         parts = dist.gather((changes, energy))
         changes = torch.cat([c for c, _ in parts])
         energy = torch.cat([e for _, e in parts])
-    total = float(energy.sum())
-    if total <= 0:
-        raise ValueError(
-            'network sensitivity: the float outputs are all zero on the '
-            "probe samples; use allocation_metric='layer'")
-    rel = (changes.sum(dim=0) / total).tolist()
+    rel = relative_change(changes, energy).tolist()
     out = {s.name: dict(zip(widths, row)) for s, row in zip(layers, rel)}
     for s in layers:
         s.candidates = None  # free the integers

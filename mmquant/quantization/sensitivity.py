@@ -8,16 +8,19 @@ into a large change of the outputs, while another layer's large error is
 absorbed by what follows it. The probe measures it directly: for every
 layer and candidate width, the float network runs with that one layer
 replaced by its integers at that width (solved by the sensitivity pass),
-and the squared change of every output tensor ``forward_fn`` returns is
-summed relative to the float outputs' energy,
+and the squared change of each output tensor ``t`` that ``forward_fn``
+returns is taken relative to that tensor's float energy, averaged over
+the output tensors,
 
-    ``D_l(b) = sum ||f_lb(x) - f(x)||^2 / sum ||f(x)||^2``
+    ``D_l(b) = 1/T sum_t sum_x ||t_lb(x) - t(x)||^2 / sum_x ||t(x)||^2``
 
 over the probe samples (the first ``allocation_samples`` calibration
-samples). The allocation then minimises ``sum_l D_l(b_l)``: the usual
-additive model of per-layer distortions (ZeroQ's and HAWQ's assumption).
-Activations stay float in the probe: their A-bit error is the same at
-every weight width.
+samples). Per tensor, so that outputs of different scales count alike:
+a detector's box deltas are as much the result as its class logits,
+though the logits' energy is far larger. The allocation then minimises
+``sum_l D_l(b_l)``: the usual additive model of per-layer distortions
+(ZeroQ's and HAWQ's assumption). Activations stay float in the probe:
+their A-bit error is the same at every weight width.
 """
 import time
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
@@ -30,7 +33,7 @@ from mmquant.nn.module_utils import set_submodule
 from .capture import iter_tensors
 from .plan import LayerPlan, runtime_name
 
-__all__ = ['probe_batches', 'network_sensitivity']
+__all__ = ['probe_batches', 'network_sensitivity', 'relative_change']
 
 #: ``{layer: {bits: (integers in the layer's layout, scales)}}``
 Candidates = Mapping[str, Mapping[int, Tuple[Tensor, Tensor]]]
@@ -62,8 +65,8 @@ def _outputs(out: Any) -> List[Tensor]:
     return [t for t in iter_tensors(out) if t.is_floating_point()]
 
 
-def _squared(ts: List[Tensor]) -> float:
-    return float(sum(t.double().pow(2).sum() for t in ts))
+def _per_tensor(pairs: Any) -> List[float]:
+    return [float(t.double().pow(2).sum()) for t in pairs]
 
 
 def network_sensitivity(model: nn.Module,
@@ -76,8 +79,9 @@ def network_sensitivity(model: nn.Module,
                         ) -> Tuple[Tensor, Tensor]:
     """Squared output change of the float network per layer and width.
 
-    Per batch, so that the sums over batches can be taken in one fixed
-    order however the batches were spread over processes.
+    Per batch and output tensor, so that the sums over batches can be
+    taken in one fixed order however the batches were spread over
+    processes (:func:`relative_change` then gives ``D_l(b)``).
 
     Args:
         model (nn.Module): The float model (eval mode). Each probed layer
@@ -93,20 +97,19 @@ def network_sensitivity(model: nn.Module,
         logger (callable): Receives a progress line per layer.
 
     Returns:
-        tuple: ``changes`` (float64, ``(batches, layers, widths)``), the
-        summed squared change of the outputs, and ``energy`` (float64,
-        ``(batches,)``), the float outputs' summed squares.
+        tuple: ``changes`` (float64, ``(batches, layers, widths,
+        tensors)``), the squared change of each output tensor, and
+        ``energy`` (float64, ``(batches, tensors)``), each float output
+        tensor's summed squares.
 
     Raises:
-        ValueError: If the outputs hold no floating-point tensor, or a
-            probed output's tensors do not match the float output's.
+        ValueError: If the outputs hold no floating-point tensor, or their
+            number differs between batches, or a probed output's tensors
+            do not match the float output's.
     """
-    changes = torch.zeros(len(batches), len(layers), len(widths),
-                          dtype=torch.float64)
-    energy = torch.zeros(len(batches), dtype=torch.float64)
     ref = []
     with torch.no_grad():
-        for i, batch in enumerate(batches):
+        for batch in batches:
             out = [t.detach().clone() for t in _outputs(
                 forward_fn(model, batch))]
             if not out:
@@ -114,15 +117,25 @@ def network_sensitivity(model: nn.Module,
                     'network sensitivity: forward_fn returned no '
                     'floating-point tensor to measure the output change '
                     "on (use allocation_metric='layer')")
+            if ref and len(out) != len(ref[0]):
+                raise ValueError(
+                    'network sensitivity: forward_fn returned '
+                    f'{len(ref[0])} floating-point tensors for the first '
+                    f'probe batch and {len(out)} for another '
+                    "(use allocation_metric='layer')")
             ref.append(out)
-            energy[i] = _squared(out)
+    n_out = len(ref[0]) if ref else 0
+    energy = torch.tensor([_per_tensor(out) for out in ref],
+                          dtype=torch.float64).reshape(len(ref), n_out)
+    changes = torch.zeros(len(batches), len(layers), len(widths), n_out,
+                          dtype=torch.float64)
     start = time.perf_counter()
     for j, layer in enumerate(layers):
         for k, bits in enumerate(widths):
             qweight, scale = candidates[layer.name][bits]
             changes[:, j, k] = torch.tensor(_probe_one(
                 model, layer, bits, qweight, scale, batches, ref,
-                forward_fn), dtype=torch.float64)
+                forward_fn), dtype=torch.float64).reshape(len(ref), n_out)
         elapsed = time.perf_counter() - start
         eta = elapsed / (j + 1) * (len(layers) - j - 1)
         logger(f'mmquant: mixed precision: network sensitivity '
@@ -131,12 +144,39 @@ def network_sensitivity(model: nn.Module,
     return changes, energy
 
 
+def relative_change(changes: Tensor, energy: Tensor) -> Tensor:
+    """``D_l(b)``: each output tensor's change relative to its energy,
+    averaged over the output tensors.
+
+    Args:
+        changes (Tensor): ``(batches, layers, widths, tensors)`` of
+            :func:`network_sensitivity` (all batches, in order).
+        energy (Tensor): ``(batches, tensors)``.
+
+    Returns:
+        Tensor: ``(layers, widths)``, float64. Output tensors that are
+        zero on every probe sample are left out.
+
+    Raises:
+        ValueError: If every output tensor is zero on the probe samples.
+    """
+    total = energy.sum(dim=0)
+    live = total > 0
+    if not bool(live.any()):
+        raise ValueError(
+            'network sensitivity: the float outputs are all zero on the '
+            "probe samples; use allocation_metric='layer'")
+    rel = changes.sum(dim=0)[..., live] / total[live]
+    return rel.mean(dim=-1)
+
+
 def _probe_one(model: nn.Module, layer: LayerPlan, bits: int,
                qweight: Tensor, scale: Tensor, batches: Sequence[Any],
                ref: List[List[Tensor]],
                forward_fn: Callable[[nn.Module, Any], Any]
-               ) -> List[float]:
-    """The squared output change per batch with one layer at one width."""
+               ) -> List[List[float]]:
+    """The squared change of each output tensor per batch with one layer
+    at one width."""
     name = runtime_name(model, layer.name)
     original = model.get_submodule(name)
     qlayer = QuantizedLayer(original, qweight, scale, bits)
@@ -153,9 +193,8 @@ def _probe_one(model: nn.Module, layer: LayerPlan, bits: int,
                         f'with {layer.name!r} at W{bits} (a model whose '
                         'outputs depend on its weights beyond their '
                         "values; use allocation_metric='layer')")
-                out.append(float(sum(
-                    (g.double() - w.double()).pow(2).sum()
-                    for g, w in zip(got, want))))
+                out.append(_per_tensor(g.double() - w.double()
+                                       for g, w in zip(got, want)))
     finally:
         set_submodule(model, name, original)
     return out

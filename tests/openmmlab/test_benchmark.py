@@ -275,6 +275,9 @@ def test_mixed_method_quantizer(tmp_path):
         target_bits=3.5, a_bits=8)
     assert bm.method_quantizer('bitsplit-mixed', 'w3a8')['target_bits'] \
         == 3.0
+    assert bm.method_quantizer('bitsplit-fast-mixed', 'w3.5a8') == dict(
+        type='mmquant.BitSplitQuantizer', error_compensation=False,
+        target_bits=3.5, a_bits=8)
     with pytest.raises(ValueError, match="'w3.5a8': fractional weight bits "
                        "are an average-bits target; method 'bitsplit'"):
         bm.method_quantizer('bitsplit', 'w3.5a8')

@@ -230,8 +230,8 @@ def test_network_probe_leaves_the_model_unchanged(tiny):
     changes, energy = network_sensitivity(
         model, [layer], cands, [4], batches()[:1], lambda m, b: m(b),
         logger=quiet)
-    assert changes.shape == (1, 1, 1) and energy.shape == (1, )
-    assert float(changes[0, 0, 0]) > 0
+    assert changes.shape == (1, 1, 1, 1) and energy.shape == (1, 1)
+    assert float(changes[0, 0, 0, 0]) > 0
     assert {n: m for n, m in model.named_modules()} == before
 
     calls = []
@@ -258,6 +258,55 @@ def test_network_probe_leaves_the_model_unchanged(tiny):
         network_sensitivity(model, [layer], cands, [4], batches()[:1],
                             lambda m, b: [torch.ones(2, dtype=torch.long)],
                             logger=quiet)
+    outs = iter([[torch.ones(2)], [torch.ones(2), torch.ones(2)]])
+    with pytest.raises(ValueError, match='returned 1 floating-point tensors '
+                       'for the first probe batch and 2 for another'):
+        network_sensitivity(model, [layer], cands, [4], batches()[:2],
+                            lambda m, b: next(outs), logger=quiet)
+
+
+def test_output_tensors_count_alike():
+    """Each output tensor's change is relative to its own energy, then
+    averaged: a small-scale output (box deltas) counts as much as a
+    large-scale one (logits); an all-zero output is left out."""
+    from mmquant.quantization.sensitivity import relative_change
+    from mmquant.quantization.plan import LayerPlan
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+            self.b = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return 1000 * self.a(x), 0.001 * self.b(x), torch.zeros(2)
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = [torch.randn(5, 4), torch.randn(3, 4)]
+    layers = [LayerPlan('a', model.a, 0), LayerPlan('b', model.b, 1)]
+    cands = {n: {4: (torch.ones(3, 4, dtype=torch.int8),
+                     torch.full((3, ), 0.1))} for n in ('a', 'b')}
+    changes, energy = network_sensitivity(model, layers, cands, [4], x,
+                                          lambda m, b: m(b), logger=quiet)
+    assert changes.shape == (2, 2, 1, 3) and energy.shape == (2, 3)
+    d = relative_change(changes, energy)
+    with torch.no_grad():
+        for j, name in enumerate(('a', 'b')):
+            ref = [model(b)[j].double() for b in x]
+            q = torch.full((3, 4), 0.1).double()
+            lin = getattr(model, name)
+            scale = 1000 if name == 'a' else 0.001
+            got = [scale * (b.double() @ q.T + lin.bias.double())
+                   for b in x]
+            change = sum(float((g - r).pow(2).sum())
+                         for g, r in zip(got, ref))
+            rel = change / sum(float(r.pow(2).sum()) for r in ref)
+            # the other head does not move: its term is 0; the zero
+            # output is left out: the mean is over 2 tensors
+            assert float(d[j, 0]) == pytest.approx(rel / 2, rel=1e-6)
+    with pytest.raises(ValueError, match='float outputs are all zero'):
+        relative_change(changes, torch.zeros_like(energy))
 
 
 def test_probe_batches_takes_whole_leading_batches():

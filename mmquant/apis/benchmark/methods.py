@@ -23,17 +23,20 @@ METHODS: Dict[str, Dict[str, Any]] = {
                           error_compensation=False),
     'bitsplit': dict(quantizer_for('bitsplit'), error_compensation=True),
     # the bits tag's weight part is the average-bits target (w3.5a8)
+    'bitsplit-fast-mixed': dict(quantizer_for('bitsplit'),
+                                error_compensation=False),
     'bitsplit-mixed': dict(quantizer_for('bitsplit'),
                            error_compensation=True),
 }
 #: The methods whose bits tag gives ``target_bits`` instead of ``w_bits``.
-MIXED_METHODS = ('bitsplit-mixed', )
+MIXED_METHODS = ('bitsplit-fast-mixed', 'bitsplit-mixed')
 #: How each method is named in tables.
 METHOD_TITLES = {
     'float': 'float',
     'rtn': 'RTN',
     'bitsplit-fast': 'BitSplit (fast)',
     'bitsplit': 'BitSplit (EC)',
+    'bitsplit-fast-mixed': 'BitSplit (fast, mixed)',
     'bitsplit-mixed': 'BitSplit (EC, mixed)',
 }
 #: Metadata of each method in a metafile entry (``Mode``: BitSplit only).
@@ -42,11 +45,14 @@ METHOD_METADATA: Dict[str, Dict[str, str]] = {
     'rtn': dict(Method='RTN'),
     'bitsplit-fast': dict(Method='BitSplit', Mode='fast'),
     'bitsplit': dict(Method='BitSplit', Mode='EC'),
+    'bitsplit-fast-mixed': dict(Method='BitSplit',
+                                Mode='fast, mixed precision'),
     'bitsplit-mixed': dict(Method='BitSplit', Mode='EC, mixed precision'),
 }
 #: How each method is named in the file names of entry configs.
 METHOD_FILE_TAGS = {'rtn': 'rtn', 'bitsplit-fast': 'bitsplit-fast',
                     'bitsplit': 'bitsplit-ec',
+                    'bitsplit-fast-mixed': 'bitsplit-fast-mixed',
                     'bitsplit-mixed': 'bitsplit-ec-mixed'}
 #: The modes an ablation compares (keys of :data:`METHODS`).
 ABLATION_MODES = ('bitsplit-fast', 'bitsplit')
