@@ -70,8 +70,8 @@ def test_every_entry_config_reproduces_its_metadata():
     entries = bm.load_model_index('model-index.yml')
     rows, _ = bm.load_results(RESULTS)
     # 3 float + 3 models x 3 methods x 4 widths + 3 models x 2 mixed
-    # targets measured, 9 not measured
-    assert len(entries) == 3 + 36 + 6 + 9
+    # methods x 2 targets measured, 9 not measured
+    assert len(entries) == 3 + 36 + 12 + 9
     with open(f'{BITSPLIT}/metafile.yml') as f:
         collection = yaml.safe_load(f)['Collections'][0]
     assert collection['Name'] == 'BitSplit'
@@ -181,7 +181,7 @@ def test_regeneration_is_idempotent(tmp_path):
     text = first.read_text()
     mtimes = {n: os.stat(osp.join(entry_dir, n)).st_mtime_ns
               for n in os.listdir(entry_dir)}
-    assert len(mtimes) == 42
+    assert len(mtimes) == 48
     bm.write_metafile(str(first), rows, 'README.md', info, entry_dir, [])
     assert first.read_text() == text
     assert {n: os.stat(osp.join(entry_dir, n)).st_mtime_ns
