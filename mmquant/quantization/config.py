@@ -121,8 +121,8 @@ class QuantConfig:
             layer's weight width from ``candidate_bits`` so that the
             average bits per weight (weighted by parameter count, over all
             quantized layers) is at most this, minimising the summed
-            relative squared output error measured by a fast-mode
-            sensitivity pass (:mod:`mmquant.quantization.mixed_precision`);
+            error of ``allocation_metric`` after a fast-mode sensitivity
+            pass (:mod:`mmquant.quantization.mixed_precision`);
             layers fixed by ``first_last_bits`` or ``overrides`` keep their
             width. ``None``: every layer gets ``w_bits``. Defaults to None.
         allocation_metric (str): The error ``target_bits`` minimises:

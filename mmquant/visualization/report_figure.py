@@ -214,11 +214,12 @@ def _sensitivity(ax: Any, layers: List[Dict[str, Any]],
                        facecolors='none', edgecolors='white', s=30)
     _layer_ticks(ax, list(range(len(rows))), [la['name'] for la in rows])
     if network:
-        what = ("Sensitivity: log10 relative change of the network's "
-                'outputs with each layer alone at each width (the '
-                "allocation's measure; blank: fixed width)")
+        title = ('Network sensitivity: log10 relative change of the '
+                 'outputs, one layer at a time\n(the allocation\'s '
+                 'measure; white squares: the width used; blank: fixed)')
     else:
-        what = ('Sensitivity: log10 relative output error per width'
-                + (' in the fast-mode sensitivity pass' if probe else ''))
-    ax.set_title(what + ' (white squares: the width used)', fontsize=10)
+        title = ('Sensitivity: log10 relative output error per width'
+                 + (' in the fast-mode sensitivity pass' if probe else '')
+                 + ' (white squares: the width used)')
+    ax.set_title(title, fontsize=10)
     ax.figure.colorbar(image, ax=ax, pad=0.01)
