@@ -297,7 +297,8 @@ def _network_probe(model: nn.Module, probe: 'Calibration',
         float_model, layers, candidates, widths,
         [probe.batches[i] for i in mine], forward_fn, logger)
     if dist is not None:  # every rank's batches, in the global order
-        parts = dist.gather((changes, energy))
+        # (a rank whose batches all lie past the probe sends nothing)
+        parts = [p for p in dist.gather((changes, energy)) if len(p[1])]
         changes = torch.cat([c for c, _ in parts])
         energy = torch.cat([e for _, e in parts])
     rel = relative_change(changes, energy).tolist()

@@ -102,19 +102,23 @@ def test_reservoir_indices_match_the_observer(numels):
 
 
 # ------------------------------------------------------------ processes
-@pytest.mark.parametrize('mode', ['fast', 'ec', 'mixed'])
+@pytest.mark.parametrize('mode', ['fast', 'ec', 'mixed', 'mixed-rank0'])
 def test_tiny_two_ranks_equal_one(tmp_path, mode):
     # calib_samples=20 of 24: the cut falls in rank 1's shard; 'mixed':
     # a fast sensitivity pass, the network probe on the first 16 samples
-    # (rank 0's 12 and one batch of rank 1's), the allocation, an EC run
+    # (rank 0's 12 and one batch of rank 1's), the allocation, an EC run;
+    # 'mixed-rank0': the probe's 8 samples are all rank 0's
     config = dict(TINY_CONFIG, calib_samples=20,
                   error_compensation=mode != 'fast')
-    if mode == 'mixed':
-        config.update(target_bits=3.5, allocation_samples=16)
+    probe = dict(mixed=16, fast=None, ec=None)
+    probe['mixed-rank0'] = 8
+    if probe[mode]:
+        config.update(target_bits=3.5, allocation_samples=probe[mode])
     ref = run_case(dict(TINY, config_dict=config), 2, str(tmp_path))
-    if mode == 'mixed':
+    if probe[mode]:
         mixed = ref['report']['extra']['mixed_precision']
-        assert (mixed['metric'], mixed['probe_samples']) == ('network', 16)
+        assert mixed['metric'] == 'network'
+        assert mixed['probe_samples'] == probe[mode]
 
 
 def test_tiny_three_ranks_equal_one(tmp_path):
