@@ -55,8 +55,8 @@ except ImportError:  # pragma: no cover - torch built without it
     torch_dist = None
 
 __all__ = [
-    'DistributedCalibration', 'DistributedRunError', 'shard_range',
-    'reservoir_indices', 'row_draws'
+    'DistributedCalibration', 'DistributedRunError', 'leading_batches',
+    'shard_range', 'reservoir_indices', 'row_draws'
 ]
 
 
@@ -90,6 +90,27 @@ def shard_range(num_batches: int, rank: int, world_size: int
     base, extra = divmod(num_batches, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
+
+
+def leading_batches(sizes: Sequence[int], limit: Optional[int]) -> int:
+    """How many leading batches hold the first ``limit`` samples.
+
+    Args:
+        sizes (Sequence[int]): Samples per batch, in order.
+        limit (int, optional): Samples wanted; ``None``: all.
+
+    Returns:
+        int: The number of batches (whole batches: the last one may take
+        the count past ``limit``).
+    """
+    if limit is None:
+        return len(sizes)
+    count = 0
+    for i, size in enumerate(sizes):
+        if count >= limit:
+            return i
+        count += size
+    return len(sizes)
 
 
 def reservoir_indices(numels: Sequence[int], max_samples: int,
@@ -321,11 +342,6 @@ class DistributedCalibration:
             raise DistributedRunError(
                 f'rank {self.rank}: {fn.__name__} failed: {err}') from err
 
-    def _gather(self, obj: Any) -> List[Any]:
-        out: List[Any] = [None] * self.world_size
-        self._collective(torch_dist.all_gather_object, out, obj)
-        return out
-
     def gather(self, obj: Any) -> List[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank.
 
@@ -335,7 +351,9 @@ class DistributedCalibration:
         Returns:
             list: The values of ranks ``0 .. world_size - 1``.
         """
-        return self._gather(obj)
+        out: List[Any] = [None] * self.world_size
+        self._collective(torch_dist.all_gather_object, out, obj)
+        return out
 
     def _broadcast(self, obj: Any, src: int) -> Any:
         box = [obj]
@@ -402,17 +420,7 @@ class DistributedCalibration:
         Raises:
             ValueError: If the limit leaves a rank without batches.
         """
-        per_rank = self._gather(list(sizes))
-        kept: List[int] = []
-        total = 0
-        for r, rank_sizes in enumerate(per_rank):
-            n = 0
-            for size in rank_sizes:
-                if limit is not None and total >= limit:
-                    break
-                total += size
-                n += 1
-            kept.append(n)
+        kept, total = self.cut(sizes, limit)
         if 0 in kept:
             raise ValueError(
                 f'calib_samples={limit} leaves rank {kept.index(0)} without '
@@ -422,6 +430,28 @@ class DistributedCalibration:
         self.num_batches = sum(kept)
         self.first_batch = sum(kept[:self.rank])
         return batches[:kept[self.rank]], total
+
+    def cut(self, sizes: List[int], limit: Optional[int]
+            ) -> Tuple[List[int], int]:
+        """The leading batches of all ranks, in rank order, that hold the
+        first ``limit`` samples (:func:`leading_batches`).
+
+        Args:
+            sizes (list[int]): Samples per batch of this rank.
+            limit (int, optional): Samples wanted; ``None``: all.
+
+        Returns:
+            tuple: The number of each rank's batches within the cut and
+            the samples those batches hold.
+        """
+        per_rank = self.gather(list(sizes))
+        flat = [size for rank_sizes in per_rank for size in rank_sizes]
+        end = leading_batches(flat, limit)
+        kept, start = [], 0
+        for rank_sizes in per_rank:
+            kept.append(max(0, min(len(rank_sizes), end - start)))
+            start += len(rank_sizes)
+        return kept, sum(flat[:end])
 
     def check_layers(self, signature: List[Tuple[Any, ...]]) -> None:
         """Check that discovery found the same layers on every rank.
@@ -433,7 +463,7 @@ class DistributedCalibration:
         Raises:
             ValueError: If a rank's layers differ from rank 0's.
         """
-        for r, other in enumerate(self._gather(signature)):
+        for r, other in enumerate(self.gather(signature)):
             if other == signature:
                 continue
             diff = next((a, b) for a, b in zip(
@@ -471,7 +501,7 @@ class DistributedCalibration:
         captures = [run.capture(s, on_call(s)) for s in active]
         with attached(captures):
             run.run_passes('distributed calibration: row counts')
-        everyone = self._gather(counts)
+        everyone = self.gather(counts)
         # per layer: counts of every call in global order, and where the
         # rank's calls start
         totals, numels, first = {}, {}, {}
@@ -498,7 +528,7 @@ class DistributedCalibration:
                                          seeded.max_samples,
                                          seeded.generator)
             plans[state.name] = (draws, kept)
-        for part in self._gather(plans):
+        for part in self.gather(plans):
             plans.update(part)
         for state in active:
             draws, kept = plans[state.name]
@@ -545,7 +575,7 @@ class DistributedCalibration:
         obs = state.observer
         if not isinstance(obs, _ShardObserver):
             return
-        parts = self._gather((obs.values(), obs.min, obs.max))
+        parts = self.gather((obs.values(), obs.min, obs.max))
         state.observer = obs.merged(parts)
 
     def _reduce_stats(self, state: Any, dst: int) -> None:

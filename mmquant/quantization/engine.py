@@ -40,7 +40,7 @@ from mmquant.nn.layer_kinds import weight_name
 from mmquant.nn.quantized_layer import QuantizedLayer
 from .capture import LayerCapture, OpCall, StopForward
 from .config import QuantConfig
-from .distributed import DistributedCalibration
+from .distributed import DistributedCalibration, leading_batches
 from .journal import LayerJournal
 from .methods import (WEIGHT_METHODS, LayerJob, build_weight_method,
                       relative_error)
@@ -49,8 +49,7 @@ from .mixed_precision import (allocation_overrides, free_layers,
 from .passes import ErrorCompensatedPass, run_activation_ranges, run_fast
 from .plan import LayerPlan, discover_layers, resolve_layers, runtime_name
 from .report import QuantReport
-from .sensitivity import (network_sensitivity, probe_batches,
-                          relative_change)
+from .sensitivity import network_sensitivity, relative_change
 from .swap import reestimate_bn, swap_layer
 from .timing import PhaseTimer
 
@@ -218,15 +217,15 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
            f'widths {config.candidate_bits}')
     _, sens = probe.execute(batches)
     params = {s.name: s.weight2d().numel() for s in probe.layers}
+    probed_layers = {r.name: r for r in sens.layers}
     changes = None
     probe_samples = None
     t0 = time.perf_counter()
     if network:
         changes, probe_samples = _network_probe(model, probe, sens, config,
                                                 forward_fn, logger)
-        probed = {r.name: r for r in sens.layers}
         for name, row in changes.items():
-            probed[name].network_sensitivity = {
+            probed_layers[name].network_sensitivity = {
                 str(b): math.sqrt(max(d, 0.0)) for b, d in row.items()}
     probe_time = time.perf_counter() - t0
     plan = plan_mixed_precision(sens, config, params, changes,
@@ -241,7 +240,6 @@ def _quantize_mixed(model: nn.Module, calib_data: Iterable[Any],
     qmodel, report = run.execute(batches)
     report.config = config.to_dict()
     report.extra['mixed_precision'] = plan.to_dict()
-    probed_layers = {r.name: r for r in sens.layers}
     for rep in report.layers:
         probed = probed_layers.get(rep.name)
         if probed is not None and probed.sensitivity is not None:
@@ -283,19 +281,19 @@ def _network_probe(model: nn.Module, probe: 'Calibration',
     widths = list(config.candidate_bits)
     sizes = [_batch_size(b) for b in probe.batches]
     dist = probe.dist
-    every = [sizes] if dist is None else dist.gather(sizes)
-    offset = 0 if dist is None else sum(map(len, every[:dist.rank]))
-    flat = [s for rank_sizes in every for s in rank_sizes]
-    n_probe = probe_batches(flat, config.allocation_samples)
-    mine = list(range(max(0, min(len(sizes), n_probe - offset))))
+    if dist is None:
+        mine = leading_batches(sizes, config.allocation_samples)
+        samples = sum(sizes[:mine])
+    else:  # the global first samples: a block of each rank's batches
+        kept, samples = dist.cut(sizes, config.allocation_samples)
+        mine = kept[dist.rank]
     logger(f'mmquant: mixed precision: network sensitivity of '
-           f'{len(layers)} layers at widths {widths} on '
-           f'{sum(flat[:n_probe])} samples')
+           f'{len(layers)} layers at widths {widths} on {samples} samples')
     float_model = copy.deepcopy(model).eval()
     candidates = {s.name: s.candidates for s in layers}
     changes, energy = network_sensitivity(
         float_model, layers, candidates, widths,
-        [probe.batches[i] for i in mine], forward_fn, logger)
+        probe.batches[:mine], forward_fn, logger)
     if dist is not None:  # every rank's batches, in the global order
         # (a rank whose batches all lie past the probe sends nothing)
         parts = [p for p in dist.gather((changes, energy)) if len(p[1])]
@@ -305,7 +303,7 @@ def _network_probe(model: nn.Module, probe: 'Calibration',
     out = {s.name: dict(zip(widths, row)) for s, row in zip(layers, rel)}
     for s in layers:
         s.candidates = None  # free the integers
-    return out, sum(flat[:n_probe])
+    return out, samples
 
 
 def _default_logger() -> Logger:

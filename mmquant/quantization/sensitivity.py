@@ -23,7 +23,7 @@ though the logits' energy is far larger. The allocation then minimises
 their A-bit error is the same at every weight width.
 """
 import time
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,31 +33,10 @@ from mmquant.nn.module_utils import set_submodule
 from .capture import iter_tensors
 from .plan import LayerPlan, runtime_name
 
-__all__ = ['probe_batches', 'network_sensitivity', 'relative_change']
+__all__ = ['network_sensitivity', 'relative_change']
 
 #: ``{layer: {bits: (integers in the layer's layout, scales)}}``
 Candidates = Mapping[str, Mapping[int, Tuple[Tensor, Tensor]]]
-
-
-def probe_batches(sizes: Sequence[int], limit: Optional[int]) -> int:
-    """How many leading batches hold the first ``limit`` samples.
-
-    Args:
-        sizes (Sequence[int]): Samples per batch, in order.
-        limit (int, optional): Samples wanted; ``None``: all.
-
-    Returns:
-        int: The number of batches (whole batches: the last one may take
-        the count past ``limit``).
-    """
-    if limit is None:
-        return len(sizes)
-    count = 0
-    for i, size in enumerate(sizes):
-        if count >= limit:
-            return i
-        count += size
-    return len(sizes)
 
 
 def _outputs(out: Any) -> List[Tensor]:
@@ -65,8 +44,9 @@ def _outputs(out: Any) -> List[Tensor]:
     return [t for t in iter_tensors(out) if t.is_floating_point()]
 
 
-def _per_tensor(pairs: Any) -> List[float]:
-    return [float(t.double().pow(2).sum()) for t in pairs]
+def _per_tensor(tensors: Iterable[Tensor]) -> List[float]:
+    """Each tensor's sum of squares, in float64."""
+    return [float(t.double().pow(2).sum()) for t in tensors]
 
 
 def network_sensitivity(model: nn.Module,

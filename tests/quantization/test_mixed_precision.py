@@ -11,8 +11,8 @@ import mmquant
 from mmquant import QuantConfig
 from mmquant.nn import QuantizedLayer
 from mmquant.quantization.mixed_precision import GRID_STEPS, allocate_bits
-from mmquant.quantization.sensitivity import (network_sensitivity,
-                                              probe_batches)
+from mmquant.quantization.distributed import leading_batches
+from mmquant.quantization.sensitivity import network_sensitivity
 
 from .models import TinyNet, init_model, smooth_images
 
@@ -309,8 +309,8 @@ def test_output_tensors_count_alike():
         relative_change(changes, torch.zeros_like(energy))
 
 
-def test_probe_batches_takes_whole_leading_batches():
-    assert probe_batches([8, 8, 8], None) == 3
-    assert probe_batches([8, 8, 8], 8) == 1
-    assert probe_batches([8, 8, 8], 9) == 2
-    assert probe_batches([8, 8, 8], 100) == 3
+def test_leading_batches_takes_whole_leading_batches():
+    assert leading_batches([8, 8, 8], None) == 3
+    assert leading_batches([8, 8, 8], 8) == 1
+    assert leading_batches([8, 8, 8], 9) == 2
+    assert leading_batches([8, 8, 8], 100) == 3
