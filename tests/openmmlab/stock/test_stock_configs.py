@@ -13,11 +13,15 @@ and batch sizes changed):
 * ``tools/ptq.py`` runs, with evaluation, on the tiny data;
 * ``tools/test.py`` reproduces the INT file's metrics exactly;
 * the report accounts for every weight-bearing module: quantized, or left
-  float with a note saying why.
+  float with a note saying why;
+* mixed precision (``--target-bits``) runs through the stock RetinaNet
+  and ``tools/test.py`` reproduces its metrics.
 """
 import copy
+import json
 import math
 import os.path as osp
+import sys
 
 import pytest
 import torch
@@ -162,3 +166,44 @@ def test_deit_batch_augments(stock):
     assert scores.shape == (4, 3)
     assert torch.allclose(scores.sum(1), torch.ones(4))
     assert stock.ptq('deit_tiny')['summary']['quantized_layers'] > 0
+
+
+def test_mixed_precision_on_stock_retinanet(stock, tmp_path):
+    """``--target-bits`` through the stock RetinaNet config (a detector
+    whose outputs are ten tensors: class scores and box deltas per
+    level): the network probe runs on the calibration images, the widths
+    fit the budget, and stock ``tools/test.py`` reproduces the INT file's
+    metrics exactly."""
+    model = 'retinanet'
+    work_dir = str(tmp_path / 'ptq')
+    argv = [osp.join('tools', 'ptq.py'), stock.config_path(model),
+            stock.float_ckpt(model), '--work-dir', work_dir,
+            '--calib-samples', str(CALIB_SAMPLES), '--fast',
+            '--target-bits', '3.5', '--cfg-options', *stock.options(model)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, 'argv', argv)
+        assert load_tool('ptq').main() == 0
+    with open(osp.join(work_dir, 'latest', 'report.json')) as f:
+        report = json.load(f)
+    mixed = report['extra']['mixed_precision']
+    assert report['mode'] == 'fast'
+    assert mixed['metric'] == 'network'
+    assert mixed['probe_samples'] == CALIB_SAMPLES
+    assert mixed['average_bits'] <= 3.5
+    assert len(set(mixed['bits'].values())) > 1  # really mixed
+    layers = {lay['name']: lay for lay in report['layers']}
+    for name, bits in mixed['bits'].items():
+        assert layers[name]['w_bits'] == bits
+        change = layers[name]['network_sensitivity']
+        assert sorted(change) == ['2', '3', '4', '8']
+        assert all(math.isfinite(v) and v >= 0 for v in change.values())
+    for name in mixed['fixed']:
+        assert layers[name]['network_sensitivity'] is None
+    expected = report['extra']['metrics']['quantized']
+    metrics = load_tool('test').main([
+        stock.config_path(model), report['extra']['int_checkpoint'],
+        '--work-dir', str(tmp_path / 'test'), '--cfg-options',
+        *stock.options(model)])
+    assert set(metrics) == set(expected)
+    for key, value in expected.items():
+        assert float(metrics[key]) == value, key
