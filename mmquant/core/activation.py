@@ -7,7 +7,7 @@ same alternating fixed point as the weights (:mod:`mmquant.core.rtn`):
 grid ``0 .. 2^k - 1``, others the narrow signed grid
 ``-(2^(k-1) - 1) .. 2^(k-1) - 1``.
 """
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -196,6 +196,31 @@ class ActivationObserver:
         self.count = 0
         self.min = float('inf')
         self.max = float('-inf')
+
+    def state(self) -> Dict[str, Any]:
+        """A snapshot of the observer (kept values, counts and the
+        generator's state), for :meth:`restore`.
+
+        Returns:
+            dict: The snapshot.
+        """
+        state = dict(vars(self))
+        if self.generator is not None:
+            state['_generator_state'] = self.generator.get_state()
+        return state
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Undo every update since :meth:`state` returned ``state``.
+
+        Args:
+            state (dict): A snapshot of this observer.
+        """
+        state = dict(state)
+        gen_state = state.pop('_generator_state', None)
+        vars(self).clear()
+        vars(self).update(state)
+        if gen_state is not None:
+            self.generator.set_state(gen_state)
 
     def _take(self, v: Tensor, k: int) -> Tensor:
         """A seeded random subset of ``k`` values of ``v`` (all if fewer)."""

@@ -1,6 +1,6 @@
 """The module that replaces a quantized conv/linear/attention layer."""
 import copy
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -172,16 +172,32 @@ class QuantizedLayer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Fake-quantize the input (if ``a_bits``), then run the layer.
 
-        The input is the first argument; for an ``nn.MultiheadAttention``
-        it is ``query``, ``key`` and ``value`` (positional or keyword),
+        See :meth:`quantize_inputs`.
+        """
+        args, kwargs = self.quantize_inputs(args, kwargs)
+        return self.layer(*args, **kwargs)
+
+    def quantize_inputs(self, args: tuple,
+                        kwargs: dict) -> Tuple[tuple, dict]:
+        """The inputs the wrapped layer is given: the first argument
+        fake-quantized (if ``a_bits``); for an ``nn.MultiheadAttention``
+        ``query``, ``key`` and ``value`` (positional or keyword),
         quantized with one shared scale (a tensor passed as two of them
         stays one tensor).
+
+        Args:
+            args (tuple): The module's positional inputs.
+            kwargs (dict): Its keyword inputs.
+
+        Returns:
+            tuple: ``(args, kwargs)``, new containers where changed.
         """
         if self.a_bits is None:
-            return self.layer(*args, **kwargs)
+            return args, kwargs
         n = 3 if isinstance(self.layer, nn.MultiheadAttention) else 1
         names = ('query', 'key', 'value') if n == 3 else ('input', )
         args = list(args)
+        kwargs = dict(kwargs)
         done: dict = {}
 
         def quant(x: Any) -> Any:
@@ -197,7 +213,7 @@ class QuantizedLayer(nn.Module):
                 args[i] = quant(args[i])
             elif names[i] in kwargs:
                 kwargs[names[i]] = quant(kwargs[names[i]])
-        return self.layer(*args, **kwargs)
+        return tuple(args), kwargs
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -26,7 +26,7 @@ from mmquant.nn.layer_kinds import (QUANTIZABLE, conv2d_weight, layer_kind,
 __all__ = [
     'QUANTIZABLE', 'NETWORK_INPUT', 'OpCall', 'StopForward', 'LayerCapture',
     'FlowTracker', 'attached', 'iter_tensors', 'conv2d_weight',
-    'layer_kind', 'layer_weight'
+    'layer_kind', 'layer_weight', 'op_call', 'op_input_call'
 ]
 
 _FUNCS = {
@@ -48,7 +48,8 @@ class OpCall:
     Args:
         module_input (Tensor): The first positional input of the module.
         op_input (Tensor): The op's input (after any padding).
-        output (Tensor): The op's output, bias removed.
+        output (Tensor, optional): The op's output, bias removed
+            (``None`` from :func:`op_input_call`, before the op runs).
         stride, padding, dilation (tuple): Conv geometry of the call
             (``padding`` is always explicit ``(ph, pw)``; ``(0, 0)`` for
             linear).
@@ -57,7 +58,7 @@ class OpCall:
 
     module_input: Tensor
     op_input: Tensor
-    output: Tensor
+    output: Optional[Tensor]
     stride: Tuple[int, int] = (1, 1)
     padding: Tuple[int, int] = (0, 0)
     dilation: Tuple[int, int] = (1, 1)
@@ -167,36 +168,10 @@ class LayerCapture:
         self._mode.__enter__()
 
     def _sink(self, args: tuple, kwargs: dict, out: Tensor) -> None:
-        kind = layer_kind(self.module)
-        bias = None if kind == 'mha_in' else _arg(args, kwargs, 2, 'bias',
-                                                  None)
-        y = out[0].detach() if kind == 'mha_in' else out.detach()
-        if bias is not None:
-            shape = {'linear': (-1, ), 'conv1d': (1, -1, 1)}.get(
-                kind, (1, -1, 1, 1))
-            y = y - bias.detach().reshape(shape)
-        x = args[0].detach()
-        if kind == 'mha_in':
+        if layer_kind(self.module) == 'mha_in':
             call = self._attention_call(args, kwargs)
-        elif kind == 'linear':
-            call = OpCall(self._input, x, y)
-        elif kind == 'conv_transpose2d':
-            call = _transposed_call(self._input, x, y, args, kwargs,
-                                    self.module)
         else:
-            padding = _arg(args, kwargs, 4, 'padding', 0)
-            stride = to_pair(_arg(args, kwargs, 3, 'stride', 1))
-            dilation = to_pair(_arg(args, kwargs, 5, 'dilation', 1))
-            if kind == 'conv1d':
-                x, y = x.unsqueeze(2), y.unsqueeze(2)
-                stride, dilation = (1, stride[0]), (1, dilation[0])
-                if not isinstance(padding, str):
-                    padding = (0, to_pair(padding)[0])
-            if isinstance(padding, str):
-                x, padding = _explicit_padding(x, padding, self.module,
-                                               dilation)
-            call = OpCall(self._input, x, y, stride, to_pair(padding),
-                          dilation, int(_arg(args, kwargs, 6, 'groups', 1)))
+            call = op_call(self.module, self._input, args, kwargs, out)
         self.on_call(call)
 
     def _attention_call(self, args: tuple, kwargs: dict) -> OpCall:
@@ -238,6 +213,102 @@ class LayerCapture:
         self.calls += 1
         if self.after_forward is not None:
             self.after_forward(self.calls)
+
+
+def op_call(module: nn.Module, module_input: Optional[Tensor], args: tuple,
+            kwargs: dict, out: Optional[Tensor]) -> OpCall:
+    """The :class:`OpCall` of one conv/linear op call of a layer (not of an
+    attention).
+
+    Args:
+        module (nn.Module): The layer.
+        module_input (Tensor, optional): The module's first input.
+        args (tuple): The op's positional arguments.
+        kwargs (dict): The op's keyword arguments.
+        out (Tensor, optional): The op's output; ``None`` before it ran
+            (the call's ``output`` is then ``None``).
+
+    Returns:
+        OpCall: The call (``Conv1d`` and ``ConvTranspose2d`` as the
+        equivalent ``conv2d`` call, see :class:`LayerCapture`).
+    """
+    kind = layer_kind(module)
+    y = None if out is None else out.detach()
+    bias = _arg(args, kwargs, 2, 'bias', None)
+    if y is not None and bias is not None:
+        shape = {'linear': (-1, ), 'conv1d': (1, -1, 1)}.get(
+            kind, (1, -1, 1, 1))
+        y = y - bias.detach().reshape(shape)
+    x = args[0].detach()
+    if kind == 'linear':
+        return OpCall(module_input, x, y)
+    if kind == 'conv_transpose2d':
+        return _transposed_call(module_input, x, y, args, kwargs, module)
+    padding = _arg(args, kwargs, 4, 'padding', 0)
+    stride = to_pair(_arg(args, kwargs, 3, 'stride', 1))
+    dilation = to_pair(_arg(args, kwargs, 5, 'dilation', 1))
+    if kind == 'conv1d':
+        x = x.unsqueeze(2)
+        y = None if y is None else y.unsqueeze(2)
+        stride, dilation = (1, stride[0]), (1, dilation[0])
+        if not isinstance(padding, str):
+            padding = (0, to_pair(padding)[0])
+    if isinstance(padding, str):
+        x, padding = _explicit_padding(x, padding, module, dilation)
+    return OpCall(module_input, x, y, stride, to_pair(padding), dilation,
+                  int(_arg(args, kwargs, 6, 'groups', 1)))
+
+
+class _OpReached(BaseException):
+    """Ends :func:`op_input_call`'s run of a layer at its op."""
+
+    def __init__(self, call: OpCall) -> None:
+        super().__init__()
+        self.call = call
+
+
+class _OpStopper(TorchFunctionMode):
+
+    def __init__(self, module: nn.Module, module_input: Tensor) -> None:
+        super().__init__()
+        self.module = module
+        self.module_input = module_input
+        self.weight = getattr(module, weight_name(module))
+        self.funcs = _FUNCS[layer_kind(module)]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.funcs and _arg(args, kwargs, 1, 'weight',
+                                       None) is self.weight:
+            raise _OpReached(op_call(self.module, self.module_input, args,
+                                     kwargs, None))
+        return func(*args, **kwargs)
+
+
+def op_input_call(module: nn.Module, args: tuple,
+                  kwargs: dict) -> Optional[OpCall]:
+    """What a conv/linear layer's op will be given, without running it.
+
+    Runs the class's ``forward`` of ``module`` on ``(args, kwargs)`` up to
+    the conv/linear op that uses its weight (padding done inside
+    ``forward`` included) and stops there.
+
+    Args:
+        module (nn.Module): A layer of :data:`QUANTIZABLE`.
+        args (tuple): The module's positional inputs.
+        kwargs (dict): Its keyword inputs.
+
+    Returns:
+        OpCall, optional: The call with ``output=None``; ``None`` if the
+        forward returned without using the weight in such an op.
+    """
+    x = args[0] if args else None
+    try:
+        with _OpStopper(module, x):
+            type(module).forward(module, *args, **kwargs)
+    except _OpReached as reached:
+        return reached.call
+    return None
 
 
 def _explicit_padding(x: Tensor, padding: str, module: nn.Module,

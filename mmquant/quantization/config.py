@@ -151,6 +151,15 @@ class QuantConfig:
             results, only slower. ``0`` disables the cache (every layer's
             pass starts at the network input, the behaviour before the
             cache); ``None``: no limit. Defaults to 4 GiB.
+        one_pass (bool): Error-compensated mode: calibrate the first
+            layers, as long as each runs once per forward pass, in one
+            quantized pass over the batches that stops at each layer
+            until it is solved (see :mod:`mmquant.quantization.one_pass`;
+            same result as replays, about one forward pass of work in
+            all). What the stopped passes hold counts against
+            ``replay_cache_bytes``; ``replay_cache_bytes=0`` turns the one
+            pass off too. ``False``: every layer replays. Defaults to
+            True.
         seed (int): Seed of every random choice (row sampling, activation
             subsampling). Defaults to 0.
     """
@@ -180,6 +189,7 @@ class QuantConfig:
     act_samples: int = 1 << 18
     max_stats_bytes: Optional[int] = 2 << 30
     replay_cache_bytes: Optional[int] = 4 << 30
+    one_pass: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -260,7 +270,7 @@ class QuantConfig:
                 "sensitivity and target_bits need method='bitsplit': they "
                 'measure output errors from its calibration statistics')
         for name in ('error_compensation', 'bn_reestimation',
-                     'damping_scales_with_rows', 'sensitivity'):
+                     'damping_scales_with_rows', 'sensitivity', 'one_pass'):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f'{name} must be True or False, got '
                                 f'{getattr(self, name)!r}')

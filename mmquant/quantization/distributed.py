@@ -186,8 +186,8 @@ class _ShardObserver:
 
     Keeps, from the rank's own calls, the values that the single-process
     reservoir keeps (see :func:`reservoir_indices`), and the running
-    min/max. Attributes are rebound, never mutated, so the engine's
-    snapshot (a shallow copy of ``vars``) can undo an abandoned pass.
+    min/max. Attributes are rebound, never mutated, so a shallow copy of
+    ``vars`` (:meth:`state`) can undo an abandoned pass.
 
     Args:
         observer (ActivationObserver): The layer's seeded observer, still
@@ -201,7 +201,7 @@ class _ShardObserver:
     def __init__(self, observer: ActivationObserver, numels: List[int],
                  first_call: int, own_calls: int, kept: Tensor) -> None:
         self.observer = observer
-        self.generator = None  # the engine's snapshot skips it
+        self.generator = None
         self.numels = numels[first_call:first_call + own_calls]
         self.count = sum(numels)
         self.order = kept
@@ -215,6 +215,24 @@ class _ShardObserver:
         self.kept: Tuple[Tensor, ...] = ()
         self.min = float('inf')
         self.max = float('-inf')
+
+    def state(self) -> Dict[str, Any]:
+        """A snapshot for :meth:`restore`, as
+        :meth:`ActivationObserver.state`.
+
+        Returns:
+            dict: The snapshot.
+        """
+        return dict(vars(self))
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Undo every update since :meth:`state` returned ``state``.
+
+        Args:
+            state (dict): A snapshot of this observer.
+        """
+        vars(self).clear()
+        vars(self).update(state)
 
     def update(self, x: Tensor) -> None:
         """Take one call's input (the rank's calls, in order).

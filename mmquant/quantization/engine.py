@@ -545,13 +545,25 @@ class Calibration:
         Returns:
             LayerCapture: The (unattached) capture.
         """
-        module = layer.module
-        if layer.host is not None:
-            module = self.model.get_submodule(
-                runtime_name(self.model, layer.host))
-            if isinstance(module, QuantizedLayer):
-                module = module.layer
-        return LayerCapture(module, on_call, after_forward, part=layer.part)
+        return LayerCapture(self.computing_module(layer), on_call,
+                            after_forward, part=layer.part)
+
+    def computing_module(self, layer: LayerPlan) -> nn.Module:
+        """The module whose call computes the layer now: the layer, or
+        for an attention's projections the nn.MultiheadAttention that
+        runs (inside its QuantizedLayer once its in_proj is quantized).
+
+        Args:
+            layer (LayerPlan): The layer.
+
+        Returns:
+            nn.Module: The module.
+        """
+        if layer.host is None:
+            return layer.module
+        module = self.model.get_submodule(runtime_name(self.model,
+                                                       layer.host))
+        return module.layer if isinstance(module, QuantizedLayer) else module
 
     def prepare(self, layer: LayerPlan, call: OpCall) -> None:
         """Create the layer's accumulator and observer from its first call

@@ -241,6 +241,13 @@ class BoundaryReplay:
         self._layer_clock: List[Dict[int, float]] = []
         self._batch_clock0 = 0.0
         self._seen_layer = False
+        # float pass: boundaries open (started, not returned) with their
+        # input tensors, and per batch the bytes held at each layer call
+        self._open: List[Tuple[Boundary, List[Tensor]]] = []
+        self._held: List[Dict[int, int]] = []
+        #: layers before this step are calibrated without replays (in
+        #: error-compensated mode's one pass); set by finish_structure
+        self.replayed_from = 0
         self._memo: Dict[int, Any] = {}
         #: per layer: boundaries that contain all its calls, innermost
         #: first (filled by :meth:`finish_structure`)
@@ -307,18 +314,23 @@ class BoundaryReplay:
             while len(self._layer_times) <= batch:
                 self._layer_times.append({})
                 self._layer_clock.append({})
+                self._held.append({})
             self._seen_layer = False
+            self._open = []
             self._batch_clock0 = self.clock()
             for bnd in self.boundaries:
                 while len(bnd.windows) <= batch:
                     bnd.windows.append([])
                     bnd.start_clock.append(0.0)
 
-    def layer_called(self, index: int) -> None:
+    def layer_called(self, index: int,
+                     layer_input: Optional[Tensor] = None) -> None:
         """Record a call of quantized layer ``index`` (float pass).
 
         Args:
             index (int): The layer's position in ``layer_names``.
+            layer_input (Tensor, optional): The layer's input, counted in
+                :meth:`paused_bytes`.
         """
         if self.structured:
             return
@@ -328,6 +340,11 @@ class BoundaryReplay:
         self._layer_clock[self.batch][index] = (self.clock()
                                                 - self._batch_clock0)
         self._seen_layer = True
+        held = [t for _, ts in self._open for t in ts]
+        if layer_input is not None:
+            held.append(layer_input)
+        self._held[self.batch].setdefault(index, sum(
+            nbytes for _, nbytes in {_storage_key(t) for t in held}))
 
     def _pre_hook(self, bnd: Boundary) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -337,6 +354,7 @@ class BoundaryReplay:
                 if len(bnd.windows[self.batch]) == 1:
                     bnd.start_clock[self.batch] = (self.clock()
                                                    - self._batch_clock0)
+                self._open.append((bnd, _tensors((args, kwargs))))
             if not bnd.input_ok or (self.structured and not self.enabled):
                 return
             if not cacheable((args, kwargs)):
@@ -359,6 +377,10 @@ class BoundaryReplay:
             if not self.structured:
                 self._time += 1
                 bnd.windows[self.batch][-1][1] = self._time
+                for i in range(len(self._open) - 1, -1, -1):
+                    if self._open[i][0] is bnd:
+                        del self._open[i]
+                        break
             if not bnd.output_ok or (self.structured and not self.enabled):
                 return
             if not cacheable(output):
@@ -434,13 +456,20 @@ class BoundaryReplay:
         return ok
 
     # -------------------------------------------------------- structure
-    def finish_structure(self, batches: int) -> None:
+    def finish_structure(self, batches: int, replayed_from: int = 0
+                         ) -> None:
         """Derive each boundary's validity rules from the float pass.
 
         Args:
             batches (int): Number of calibration batches.
+            replayed_from (int): The first step that replays; the layers
+                before it get their inputs elsewhere (error-compensated
+                mode's one pass), so nothing is kept for them. Defaults
+                to 0.
         """
         self.structured = True
+        self._open = []
+        self.replayed_from = replayed_from
         n = len(self.layer_names)
         self.enclosing = [[] for _ in range(n)]
         self.no_boundary = [''] * n
@@ -569,9 +598,10 @@ class BoundaryReplay:
                          if first_call[i] > start), n)
 
         starts: List[Optional[Boundary]] = []
+        first = self.replayed_from
         for i, encl in enumerate(self.enclosing):
-            starts.append(next((bnd for bnd in encl if avail(bnd) <= i),
-                               None))
+            starts.append(None if i < first else next(
+                (bnd for bnd in encl if avail(bnd) <= i), None))
         for bnd in kept:
             bnd.last_use_in = -1
         for i, start in enumerate(starts):
@@ -579,12 +609,12 @@ class BoundaryReplay:
                 src = start.source or start
                 src.last_use_in = max(src.last_use_in, i)
         for bnd in kept:
-            if bnd.source is None and bnd.input_ok and inside[bnd.index]:
+            own = [i for i in inside[bnd.index] if i >= first]
+            if bnd.source is None and bnd.input_ok and own:
                 # its own layers may fall back to it (a deeper input
                 # changed in place); not so for the suffixes, which would
                 # keep every child's input of an nn.Sequential to its end
-                bnd.last_use_in = max(bnd.last_use_in,
-                                      max(inside[bnd.index]))
+                bnd.last_use_in = max(bnd.last_use_in, max(own))
         for bnd in kept:
             bnd.last_use_out = -1
             if (not bnd.output_ok or bnd.source is not None
@@ -593,8 +623,8 @@ class BoundaryReplay:
                 # contain no layer (cheap to run)
             anc = [a for a in kept if a is not bnd and _contains(a, bnd)]
             for i, start in enumerate(starts):
-                if bnd.windows[0][0][1] > first_call[i]:
-                    continue  # runs after the layer: never reached
+                if i < first or bnd.windows[0][0][1] > first_call[i]:
+                    continue  # not replayed, or runs after the layer
                 if start is None:
                     # from the network input, unless an enclosing
                     # boundary's output is valid by then
@@ -604,6 +634,57 @@ class BoundaryReplay:
                     used = start is not bnd and _contains(start, bnd)
                 if used:
                     bnd.last_use_out = i
+
+    def call_sequence(self, batch: int) -> List[int]:
+        """The quantized layers in the order the float pass called them.
+
+        Args:
+            batch (int): Index of the calibration batch.
+
+        Returns:
+            list[int]: Layer indices, one per call.
+        """
+        times = self._layer_times[batch] if batch < len(
+            self._layer_times) else {}
+        return [i for _, i in sorted((t, i) for i, ts in times.items()
+                                     for t in ts)]
+
+    def paused_bytes(self, k: int) -> int:
+        """An estimate of the memory that forward passes of every batch,
+        all stopped at the call of layer ``k``, hold: the unique tensor
+        storages of the inputs of the boundaries open at that moment and
+        of the layer's input, summed over the batches, from the float
+        pass.
+
+        Args:
+            k (int): The layer's position in ``layer_names``.
+
+        Returns:
+            int: Bytes.
+        """
+        return sum(held.get(k, 0) for held in self._held)
+
+    def segment_cost(self, k: int) -> float:
+        """Float-pass seconds from layer ``k - 1``'s call (the batch's
+        start for ``k = 0``) to layer ``k``'s, summed over the batches.
+
+        Args:
+            k (int): The layer's position in ``layer_names``.
+
+        Returns:
+            float: The seconds.
+        """
+        return sum(max(clocks.get(k, 0.0) - clocks.get(k - 1, 0.0), 0.0)
+                   for clocks in self._layer_clock)
+
+    def set_step(self, k: int) -> None:
+        """Mark that layers ``0 .. k-1`` are quantized (what passes run
+        from now on record is valid for step ``k``).
+
+        Args:
+            k (int): The step.
+        """
+        self.step = k
 
     # ------------------------------------------------------------ steps
     def plan(self, k: int, batches: int) -> Tuple[Optional[Boundary], str]:

@@ -11,11 +11,13 @@ model; the number of solver rounds may differ from trained weights.
 ``resnet50``, ``mobilenet_v2``; random weights, seeded). The images are
 smooth random images.
 
-Modes: ``fast``, ``ec`` (error-compensated, replayed from cached module
-boundaries) and ``ec-full`` (error-compensated with
+Modes: ``fast``, ``ec`` (error-compensated as configured by default: the
+one pass, then replays from cached module boundaries), ``ec-replay``
+(error-compensated with ``one_pass=False``: every layer replayed from
+cached module boundaries) and ``ec-full`` (error-compensated with
 ``replay_cache_bytes=0``: every layer's pass starts at the network input,
-as before the replay cache). Each mode runs in its own process, so the
-peak resident memory printed is that run's. Run::
+as before both). Each mode runs in its own process, so the peak resident
+memory printed is that run's. Run::
 
     python tools/analysis_tools/benchmark_ptq.py [--modes fast ec ec-full]
         [--model resnet18] [--calib-samples 256] [--json out.json]
@@ -46,7 +48,7 @@ def parse_args() -> argparse.Namespace:
                         help='a torchvision architecture (random weights) '
                         'instead of --config')
     parser.add_argument('--modes', nargs='+', default=['fast', 'ec'],
-                        choices=['fast', 'ec', 'ec-full'])
+                        choices=sorted(MODES))
     parser.add_argument('--calib-samples', type=int, default=256)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--size', type=int, default=224)
@@ -58,6 +60,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args()
 
+
+#: ``--modes``: the config of each beside the bits.
+MODES = {
+    'fast': dict(error_compensation=False),
+    'ec': dict(),
+    'ec-replay': dict(one_pass=False),
+    'ec-full': dict(replay_cache_bytes=0),
+}
 
 #: torchvision architectures of ``--model``.
 TORCHVISION = ('mobilenet_v2', 'resnet18', 'resnet50')
@@ -99,8 +109,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> Dict[str, Any]:
     cfg = mmquant.QuantConfig(
         w_bits=args.w_bits,
         a_bits=args.a_bits,
-        error_compensation=(mode != 'fast'),
-        **(dict(replay_cache_bytes=0) if mode == 'ec-full' else {}))
+        **MODES[mode])
     t0 = time.perf_counter()
     _, report = mmquant.quantize(model, batches, cfg,
                                  forward_fn=forward_fn)
@@ -118,6 +127,9 @@ def run_mode(args: argparse.Namespace, mode: str) -> Dict[str, Any]:
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         replay_cache_peak_mib=round(
             report.replay.get('cache_peak_bytes', 0) / 2**20, 1),
+        layers_in_one_pass=report.replay.get('one_pass'),
+        one_pass_estimated_mib=round(
+            report.replay.get('one_pass_estimated_bytes', 0) / 2**20, 1),
         layers_from_module=report.replay.get('from_module'),
         layers_from_input=report.replay.get('from_input'))
 

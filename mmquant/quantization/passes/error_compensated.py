@@ -1,21 +1,25 @@
-"""Error-compensated mode: the paper's Algorithm 1, replayed cheaply.
+"""Error-compensated mode: the paper's Algorithm 1 at the cost of about
+one extra forward pass.
 
 Float targets of every layer come from one float pass. Then, layer by
 layer in forward order, the layer's inputs come from the network whose
 earlier layers are already quantized (weights and activations, the
-layer's own input quantizer applied); each such pass starts at the
-nearest module boundary whose cached inputs are valid
-(:mod:`~mmquant.quantization.replay`; else at the network input) and
-stops as soon as the layer has run all its calls.
+layer's own input quantizer applied). The first layers, as long as each
+runs once per pass, get them from the one pass
+(:mod:`~mmquant.quantization.one_pass`): every batch's quantized forward
+pass stops at each layer until it is solved. Each later layer gets them
+from a pass that starts at the nearest module boundary whose cached
+inputs are valid (:mod:`~mmquant.quantization.replay`; else at the
+network input) and stops as soon as the layer has run all its calls.
 """
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from torch import Tensor
 
-from mmquant.core.activation import (ActivationObserver,
-                                     fake_quantize_activation)
+from mmquant.core.activation import fake_quantize_activation
 from ..capture import NETWORK_INPUT, OpCall, StopForward, attached
+from ..one_pass import ONE_PASS, OnePass, one_pass_layers
 from ..plan import LayerPlan
 from ..progress import CostEta
 from ..replay import Boundary, BoundaryReplay, CacheMiss
@@ -68,20 +72,39 @@ class ErrorCompensatedPass:
             with attached([run.capture(s, self._float_target(k, s, replay))
                            for k, s in enumerate(active)]):
                 run.run_passes('float targets', replay.begin_batch)
-            replay.finish_structure(len(run.batches))
-            self._layer_by_layer(replay)
+            count, why = one_pass_layers(run, active, replay)
+            replay.finish_structure(len(run.batches), replayed_from=count)
+            one = OnePass(run, active, count, replay)
+            held = max((replay.paused_bytes(k) for k in range(count)),
+                       default=0)
+            if count:
+                run.log(f'mmquant: one pass over the batches for the first '
+                        f'{count} of {len(active)} layers (stopped passes '
+                        f'hold about {held / 2**20:.1f} MiB, estimated)'
+                        + (f'; then replays: {why}' if why else ''))
+            elif cfg.one_pass:
+                run.log(f'mmquant: no one pass ({why}); every layer replays')
+            try:
+                self._layer_by_layer(replay, one)
+            finally:
+                one.close()
         if cfg.replay_cache_bytes != 0:
             run.log(f'mmquant: replay cache peak '
                     f'{replay.peak_bytes / 2**20:.1f} MiB'
                     + (f', {replay.refused} entries refused over '
                        'replay_cache_bytes' if replay.refused else ''))
         return dict(
+            one_pass=sum(s.report.replay_from == ONE_PASS for s in active),
+            one_pass_planned=count,
+            one_pass_note=one.note or why,
+            one_pass_estimated_bytes=int(held),
             cache_budget_bytes=cfg.replay_cache_bytes,
             cache_peak_bytes=int(replay.peak_bytes),
             refused_entries=int(replay.refused),
             boundaries=[b.name for b in replay.boundaries],
             from_module=sum(s.report.replay_from not in (None,
-                                                         NETWORK_INPUT)
+                                                         NETWORK_INPUT,
+                                                         ONE_PASS)
                             for s in active),
             from_input=sum(s.report.replay_from == NETWORK_INPUT
                            for s in active))
@@ -94,7 +117,7 @@ class ErrorCompensatedPass:
         run = self.run
 
         def handle(call: OpCall) -> None:
-            replay.layer_called(k)
+            replay.layer_called(k, call.module_input)
             run.prepare(layer, call)
             with run.timer('statistics'):
                 y = layer.acc.output_rows(call.output)
@@ -104,18 +127,30 @@ class ErrorCompensatedPass:
                 layer.targets.append(y if idx is None else y[idx].clone())
         return handle
 
-    def _layer_by_layer(self, replay: BoundaryReplay) -> None:
+    def _layer_by_layer(self, replay: BoundaryReplay,
+                        one: OnePass) -> None:
         """Step 2: layer by layer, inputs from the partly quantized
-        network, statistics, solve and swap, with a log line per layer."""
+        network (the one pass's, then replays), statistics, solve and
+        swap, with a log line per layer."""
         run, active = self.run, self.active
         timer = run.timer
-        eta = CostEta(self.work(replay), ETA_EXPONENTS)
+        eta = CostEta(self.work(replay, one.count), ETA_EXPONENTS)
         t_start = time.perf_counter()
         for k, layer in enumerate(active):
             t0 = time.perf_counter()
             fwd0 = timer.total('forward')
             stats0 = timer.total('statistics', 'activations')
-            inputs = self._inputs(k, layer, replay)
+            inputs = one.inputs(k) if k < one.count else None
+            if inputs is not None:
+                layer.report.replay_from = ONE_PASS
+                layer.report.replay_note = ''
+            else:
+                if k == one.count:
+                    one.handoff()
+                elif k < one.count:
+                    run.log(f'mmquant: {one.note}; replaying from here')
+                    one.count = k  # later layers: replays
+                inputs = self._inputs(k, layer, replay)
             replay.free(k)
             act = run.fit_activation(layer)
             with timer('statistics'):
@@ -140,25 +175,30 @@ class ErrorCompensatedPass:
                                        stats, 0.0)))
             rep = layer.report
             where = ('the network input' if rep.replay_from == NETWORK_INPUT
+                     else 'the one pass' if rep.replay_from == ONE_PASS
                      else repr(rep.replay_from))
             run.log(
                 f'mmquant: [{k + 1}/{len(active)}] {layer.name}: '
                 f'W{layer.spec.w_bits}A{layer.spec.a_bits or "-"} rel. err '
                 f'{rep.rel_error_rtn:.4f} (RTN) -> '
-                f'{rep.rel_error:.4f}, replayed from {where}, '
+                f'{rep.rel_error:.4f}, inputs from {where}, '
                 f'{time.perf_counter() - t_start:.1f}s elapsed, ETA '
                 f'{eta.eta():.1f}s')
 
-    def work(self, replay: BoundaryReplay) -> Dict[str, List[float]]:
+    def work(self, replay: BoundaryReplay,
+             one_pass: int = 0) -> Dict[str, List[float]]:
         """Work estimates per layer for the ETA (see
         :data:`ETA_EXPONENTS`).
 
         Args:
             replay (BoundaryReplay): The replay, after the float pass.
+            one_pass (int): How many of the first layers the one pass
+                serves. Defaults to 0.
 
         Returns:
             dict: Per phase, one number per layer: float-pass seconds of
-            the forward stretch a layer replays; ``all_rows * G * N`` for
+            the forward stretch a layer replays (in the one pass: from
+            the previous layer's call); ``all_rows * G * N`` for
             its statistics (the im2col of every row of its calls, before
             the rows are sampled); ``M * N**2`` for its solve (``N``
             inputs per group, ``M`` outputs, ``G`` groups).
@@ -168,7 +208,8 @@ class ErrorCompensatedPass:
         for k, layer in enumerate(self.active):
             groups, n_in = layer.acc.A.shape[:2]
             m_out = layer.weight2d().shape[0]
-            work['forward'].append(replay.forward_cost(k))
+            work['forward'].append(replay.segment_cost(k) if k < one_pass
+                                   else replay.forward_cost(k))
             work['statistics'].append(self.all_rows[k] * groups * n_in)
             work['solver'].append(m_out * n_in * n_in)
         return work
@@ -182,7 +223,8 @@ class ErrorCompensatedPass:
         bnd, why = replay.plan(k, len(run.batches))
         rep = layer.report
         if bnd is not None:
-            snapshot = _observer_state(layer.observer)
+            snapshot = None if layer.observer is None else \
+                layer.observer.state()
             try:
                 inputs = self._pass(layer, replay, bnd)
                 rep.replay_from, rep.replay_note = bnd.name, ''
@@ -195,7 +237,8 @@ class ErrorCompensatedPass:
                 replay.disable(f'module replays off since {layer.name!r}: '
                                f'{why}')
                 why += '; module replays are off for the rest of the run'
-            _restore_observer(layer.observer, snapshot)
+            if snapshot is not None:
+                layer.observer.restore(snapshot)
             run.log(f'mmquant: {layer.name}: {why}; replaying from the '
                     'network input')
         rep.replay_from, rep.replay_note = NETWORK_INPUT, why
@@ -250,27 +293,3 @@ class ErrorCompensatedPass:
                 return False
             except StopForward:
                 return True
-
-
-def _observer_state(observer: Optional[ActivationObserver]) -> Any:
-    """A snapshot of an activation observer (samples and generator)."""
-    if observer is None:
-        return None
-    state = dict(vars(observer))
-    if observer.generator is not None:
-        state['_generator_state'] = observer.generator.get_state()
-    return state
-
-
-def _restore_observer(observer: Optional[ActivationObserver],
-                      state: Any) -> None:
-    """Undo the updates of an abandoned pass (see
-    :func:`_observer_state`)."""
-    if observer is None:
-        return
-    state = dict(state)
-    gen_state = state.pop('_generator_state', None)
-    vars(observer).clear()
-    vars(observer).update(state)
-    if gen_state is not None:
-        observer.generator.set_state(gen_state)
