@@ -132,3 +132,19 @@ def test_observer_bounded_and_seeded():
         ActivationObserver().fit(4)
     with pytest.raises(ValueError, match='NaN or Inf'):
         a.update(torch.tensor([float('nan')]))
+
+
+@pytest.mark.parametrize('signed', [True, False])
+def test_fake_quantize_in_place_path_equals_the_graph_path(signed):
+    # without autograd the rounding, clipping and scaling run in place;
+    # with it, out of place: the same operations, the same bits
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    x = x * 4 - 1
+    before = x.clone()
+    plain = fake_quantize_activation(x, 0.05, 4, signed)
+    graph = fake_quantize_activation(x.clone().requires_grad_(True), 0.05,
+                                     4, signed)
+    assert graph.grad_fn is not None and plain.grad_fn is None
+    assert torch.equal(plain.view(torch.int32),
+                       graph.detach().view(torch.int32))
+    assert torch.equal(x, before)  # the input is left as it was
