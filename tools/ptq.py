@@ -487,4 +487,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    from mmquant.allocator import keep_freed_memory
+    keep_freed_memory()  # a one-shot command: see mmquant/allocator.py
     sys.exit(main())

@@ -5,10 +5,11 @@ Error compensation (the paper's Algorithm 1) needs every layer's inputs
 in the network whose earlier layers are already quantized.  When every
 batch calls layers ``0 .. P-1`` once each, in that order, one forward
 pass per batch serves them all: each batch's pass stops at the call of
-layer ``k`` (a forward pre-hook), with the layer's sampled input rows
-recorded, until every batch has got there; then layer ``k`` is
-calibrated from those rows, solved and swapped, and the passes go on
-through its quantized call to layer ``k + 1``.  The forward work of the
+layer ``k`` (a forward pre-hook) until every batch has got there; then
+layer ``k``'s sampled input rows and activation samples are taken from
+the inputs the passes stopped with (in the calling thread, batch after
+batch), the layer is solved and swapped, and the passes go on through
+its quantized call to layer ``k + 1``.  The forward work of the
 whole error-compensated run is then the float pass plus one quantized
 pass, whatever the depth.
 
@@ -227,7 +228,8 @@ class OnePass:
         self.note = ''
         self.step = -1
         self._passes: List[_BatchPass] = []
-        self._rows: List[Tensor] = []
+        # per batch: (module, args, kwargs) of the call it stopped at
+        self._calls: List[Tuple[nn.Module, tuple, dict]] = []
         self._handles: List[Any] = []
         self._resume: Optional[Callable[[tuple, dict], Tuple[tuple,
                                                              dict]]] = None
@@ -266,27 +268,33 @@ class OnePass:
             if batch is None or batch.owner is not self:
                 return None
             if j == self.step and j < self.count:
-                self._collect(j, batch.index, module, args, kwargs)
+                self._calls.append((module, args, kwargs))
             batch.stop(j)
             # resumed: layer j is quantized; run what its QuantizedLayer
             # runs (see _advance)
             return self._resume(args, kwargs)
         return hook
 
-    def _collect(self, j: int, b: int, module: nn.Module, args: tuple,
-                 kwargs: dict) -> None:
-        """In batch ``b``'s thread: layer ``j``'s sampled input rows and
-        activation samples, as a replay's capture takes them."""
-        run, layer = self.run, self.active[j]
+    def _collect(self, k: int) -> List[Tensor]:
+        """Layer ``k``'s sampled input rows and activation samples from
+        the calls the batches stopped at (their inputs are alive and
+        unchanged while the passes wait), batch after batch, as a
+        replay's capture takes them."""
+        run, layer = self.run, self.active[k]
+        rows = []
         with run.timer('statistics'):
-            call = op_input_call(module, args, kwargs)
-            if call is None:
-                raise _Stopped(f'{layer.name!r} did not reach its op')
-            self._rows.append(layer.acc.input_rows(call.op_input,
-                                                   layer.indices[b]))
-            if layer.spec.a_bits is not None:
-                with run.non_finite_where(layer.name, b):
-                    layer.observer.update(call.module_input)
+            for b, (module, args, kwargs) in enumerate(self._calls):
+                call = op_input_call(module, args, kwargs)
+                if call is None:
+                    raise _Stopped(f'batch {b} did not reach the op of '
+                                   f'{layer.name!r}')
+                rows.append(layer.acc.input_rows(call.op_input,
+                                                 layer.indices[b]))
+                if layer.spec.a_bits is not None:
+                    with run.non_finite_where(layer.name, b):
+                        layer.observer.update(call.module_input)
+        self._calls = []
+        return rows
 
     def inputs(self, k: int) -> Optional[List[Tensor]]:
         """Run every batch's pass on to layer ``k`` (through the quantized
@@ -308,6 +316,7 @@ class OnePass:
         snapshot = None if observer is None else observer.state()
         try:
             self._advance(k, strict=True)
+            return self._collect(k)
         except _Stopped as stop:
             if snapshot is not None:
                 observer.restore(snapshot)
@@ -315,8 +324,6 @@ class OnePass:
                 f'{stop}'
             self.close()
             return None
-        rows, self._rows = self._rows, []
-        return rows
 
     def handoff(self) -> None:
         """Run every pass on to the first replayed layer (recording the
@@ -344,7 +351,7 @@ class OnePass:
             self._handles[k - 1].remove()
         self.step = k
         replay.set_step(k)
-        self._rows = []
+        self._calls = []
         try:
             with run.timer('forward'):
                 for b, batch in enumerate(self._passes):
@@ -378,7 +385,7 @@ class OnePass:
         for batch in self._passes:
             batch.close()
         self._passes = []
-        self._rows = []
+        self._calls = []
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -10,7 +10,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 #: Floor of every top-level room of the package (docs/architecture.md).
 FLOORS = {
-    'core': 0, 'fileio': 0, 'version': 0,
+    'core': 0, 'fileio': 0, 'version': 0, 'allocator': 0,
     'nn': 1, 'testing': 1,
     'checkpoint': 2,
     'quantization': 3,

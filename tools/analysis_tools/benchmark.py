@@ -236,4 +236,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+    from mmquant.allocator import keep_freed_memory
+    keep_freed_memory()  # a one-shot command: see mmquant/allocator.py
     main()

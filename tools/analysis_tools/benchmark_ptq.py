@@ -17,7 +17,10 @@ one pass, then replays from cached module boundaries), ``ec-replay``
 cached module boundaries) and ``ec-full`` (error-compensated with
 ``replay_cache_bytes=0``: every layer's pass starts at the network input,
 as before both). Each mode runs in its own process, so the peak resident
-memory printed is that run's. Run::
+memory printed is that run's; the process keeps freed memory for reuse
+as ``tools/ptq.py`` does (``--allocator default``: glibc's defaults;
+see :mod:`mmquant.allocator`), and its page faults and system time are
+printed. Run::
 
     python tools/analysis_tools/benchmark_ptq.py [--modes fast ec ec-full]
         [--model resnet18] [--calib-samples 256] [--json out.json]
@@ -37,6 +40,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import init_default_scope
 
 import mmquant
+from mmquant.allocator import keep_freed_memory
 from mmquant.apis.ptq import float_model_cfg
 
 
@@ -57,6 +61,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int,
                         default=torch.get_num_threads(),
                         help='torch threads of each run')
+    parser.add_argument('--allocator', choices=['keep', 'default'],
+                        default='keep', help="'keep': glibc keeps freed "
+                        'memory for reuse, as tools/ptq.py does '
+                        "(mmquant/allocator.py); 'default': glibc's "
+                        'defaults')
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args()
 
@@ -97,6 +106,7 @@ def calib_batches(n: int, bs: int, size: int) -> list:
 def run_mode(args: argparse.Namespace, mode: str) -> Dict[str, Any]:
     """Quantize once in ``mode``; meant to run in a fresh process."""
     torch.set_num_threads(args.threads)
+    kept = args.allocator == 'keep' and keep_freed_memory()
     if args.model:
         import torchvision
         torch.manual_seed(0)
@@ -114,6 +124,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> Dict[str, Any]:
     _, report = mmquant.quantize(model, batches, cfg,
                                  forward_fn=forward_fn)
     wall = time.perf_counter() - t0
+    used = resource.getrusage(resource.RUSAGE_SELF)
     layers = report.quantized_layers
     return dict(
         wall_s=round(wall, 1),
@@ -123,8 +134,10 @@ def run_mode(args: argparse.Namespace, mode: str) -> Dict[str, Any]:
         mean_rel_error_rtn=sum(lay.rel_error_rtn
                                for lay in layers) / len(layers),
         # Linux: kilobytes
-        peak_rss_mib=round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mib=round(used.ru_maxrss / 1024, 1),
+        allocator='keep freed memory' if kept else 'default',
+        page_faults=used.ru_minflt,
+        system_s=round(used.ru_stime, 1),
         replay_cache_peak_mib=round(
             report.replay.get('cache_peak_bytes', 0) / 2**20, 1),
         layers_in_one_pass=report.replay.get('one_pass'),
@@ -150,7 +163,9 @@ def main() -> None:
         results['runs'][mode] = run
         print(f'{mode}: {run["wall_s"]} s, peak RSS '
               f'{run["peak_rss_mib"]} MiB (replay cache '
-              f'{run["replay_cache_peak_mib"]} MiB); {run["timing"]}',
+              f'{run["replay_cache_peak_mib"]} MiB), {run["page_faults"]} '
+              f'page faults, {run["system_s"]} s system time; '
+              f'{run["timing"]}',
               flush=True)
     print(json.dumps(results, indent=2))
     if args.json:
