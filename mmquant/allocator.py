@@ -12,7 +12,11 @@ glibc's mmap and trim thresholds to their maximum (``mallopt``; what the
 environment variables ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` set at start-up) keeps freed blocks for reuse
 instead; the process's resident memory then stays near its peak until it
-exits, which suits a one-shot tool.
+exits, which suits a one-shot tool. One arena for all threads
+(``MALLOC_ARENA_MAX=1``): the threads of error-compensated mode's one
+pass (:mod:`mmquant.quantization.one_pass`, one running at a time) would
+otherwise each get an arena of 64 MB heaps, which serves a larger block
+with ``mmap`` whatever the thresholds.
 
 :func:`keep_freed_memory` changes the whole process, so the library never
 calls it: ``tools/ptq.py``, ``tools/test.py`` and the benchmark scripts
@@ -28,14 +32,16 @@ __all__ = ['keep_freed_memory']
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MAX_INT = 2**31 - 1
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds to their maximum.
+    """Raise glibc's mmap and trim thresholds to their maximum and use
+    one arena for the threads started from now on.
 
     Returns:
-        bool: Whether both were set: False off Linux/glibc, when
+        bool: Whether all three were set: False off Linux/glibc, when
         ``MMQUANT_KEEP_FREED_MEMORY=0``, or when ``mallopt`` refused.
     """
     if os.environ.get('MMQUANT_KEEP_FREED_MEMORY', '1') == '0':
@@ -49,5 +55,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_INT)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _MAX_INT))
+    return all([mallopt(_M_MMAP_THRESHOLD, _MAX_INT),
+                mallopt(_M_TRIM_THRESHOLD, _MAX_INT),
+                mallopt(_M_ARENA_MAX, 1)])
