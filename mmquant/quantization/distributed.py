@@ -201,7 +201,6 @@ class _ShardObserver:
     def __init__(self, observer: ActivationObserver, numels: List[int],
                  first_call: int, own_calls: int, kept: Tensor) -> None:
         self.observer = observer
-        self.generator = None
         self.numels = numels[first_call:first_call + own_calls]
         self.count = sum(numels)
         self.order = kept

@@ -43,6 +43,7 @@ stops elsewhere than the float pass said, ends the one pass at that
 layer (logged); the layers from there on are replayed, with the same
 result.
 """
+import collections
 import contextlib
 import threading
 from typing import (TYPE_CHECKING, Any, Callable, Iterator, List, Optional,
@@ -180,12 +181,13 @@ def one_pass_layers(run: 'Calibration', active: List[LayerPlan],
     seqs = [replay.call_sequence(b) for b in range(len(run.batches))]
     if not seqs:
         return 0, 'no calibration batches'
+    calls = [collections.Counter(seq) for seq in seqs]
     budget = cfg.replay_cache_bytes
     for k, layer in enumerate(active):
         module = layer.module
         if layer.host is not None or layer.kind not in _KINDS:
             return k, f'{layer.name!r} is an attention projection'
-        if any(seq.count(k) != 1 for seq in seqs):
+        if any(counts[k] != 1 for counts in calls):
             return k, f'{layer.name!r} runs {layer.calls} times per pass'
         if any(len(seq) <= k or seq[k] != k for seq in seqs):
             return k, (f'{layer.name!r} is not called after the layers '

@@ -340,11 +340,12 @@ class BoundaryReplay:
         self._layer_clock[self.batch][index] = (self.clock()
                                                 - self._batch_clock0)
         self._seen_layer = True
-        held = [t for _, ts in self._open for t in ts]
-        if layer_input is not None:
-            held.append(layer_input)
-        self._held[self.batch].setdefault(index, sum(
-            nbytes for _, nbytes in {_storage_key(t) for t in held}))
+        if index not in self._held[self.batch]:  # at its first call
+            held = [t for _, ts in self._open for t in ts]
+            if layer_input is not None:
+                held.append(layer_input)
+            self._held[self.batch][index] = sum(
+                nbytes for _, nbytes in {_storage_key(t) for t in held})
 
     def _pre_hook(self, bnd: Boundary) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:

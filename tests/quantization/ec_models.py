@@ -4,6 +4,7 @@ conv that pads inside its forward, a block that changes its input in
 place, list/keyword inputs and dict outputs, a module called through
 ``.forward`` (no hooks), and blocks whose forward depends on state their
 parent sets before each call."""
+import threading
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -82,16 +83,44 @@ class Fragile(nn.Module):
         return self.conv2(F.relu(self.conv1(x * scale)))
 
 
-class HardNet(nn.Module):
+class Tripwire(nn.Module):
+    """The identity, except in the thread of the one pass's batch
+    ``batch``, where it raises."""
 
-    def __init__(self, ch: int = 8) -> None:
+    def __init__(self, batch: int = -1) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = threading.current_thread().name
+        if name == f'mmquant-one-pass-{self.batch}':
+            raise RuntimeError('tripwire')
+        return x
+
+
+class HardNet(nn.Module):
+    """Everything that can break a replay (module docstring).
+
+    Args:
+        ch (int): Channels. Defaults to 8.
+        shared (bool): Include a block called twice (before and after
+            another). Without it every layer runs once per pass. Defaults
+            to True.
+        trip (int): The one pass's batch whose pass raises after the stage
+            (:class:`Tripwire`); -1: none. Defaults to -1.
+    """
+
+    def __init__(self, ch: int = 8, shared: bool = True,
+                 trip: int = -1) -> None:
         super().__init__()
         self.stem = Block(3, ch)
-        self.shared = Block(ch, ch)  # called before and after `mid`
-        self.mid = Block(ch, ch)
+        if shared:
+            self.shared = Block(ch, ch)  # called before and after `mid`
+            self.mid = Block(ch, ch)
         self.stage = nn.Sequential(
             Block(ch, ch), Block(ch, ch, same_pad=True),
             Block(ch, ch, inplace_input=True), Block(ch, ch))
+        self.trip = Tripwire(trip)
         self.neck = ListNeck(ch)
         self.direct = Block(ch, ch)  # called through .forward
         self.gated = Gated(ch)
@@ -100,8 +129,9 @@ class HardNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        x = self.shared(self.mid(self.shared(x)))
-        x = self.stage(x)
+        if hasattr(self, 'shared'):
+            x = self.shared(self.mid(self.shared(x)))
+        x = self.trip(self.stage(x))
         out = self.neck([x, x.flip(-1)], scale=0.5)
         a = self.direct.forward(out['a'])
         self.gated.budget = 1

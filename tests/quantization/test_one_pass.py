@@ -20,53 +20,9 @@ from mmquant import QuantConfig
 from mmquant.quantization import engine
 from mmquant.quantization.capture import LayerCapture, op_input_call
 
-from .ec_models import (AttnNet, Block, Fragile, Gated, HardNet, ListNeck,
-                        Twice, assert_same, int_bytes, quantize_ec)
+from .ec_models import (AttnNet, Block, HardNet, Twice, assert_same,
+                        int_bytes, quantize_ec)
 from .models import DeepNet, SamePadConv, TinyNet, init_model
-
-
-class Tripwire(nn.Module):
-    """The identity, except in the thread of the one pass's batch
-    ``batch``, where it raises."""
-
-    def __init__(self, batch: int = -1) -> None:
-        super().__init__()
-        self.batch = batch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = threading.current_thread().name
-        if name == f'mmquant-one-pass-{self.batch}':
-            raise RuntimeError('tripwire')
-        return x
-
-
-class OnceNet(nn.Module):
-    """Every layer runs once per pass: in-place inputs, a conv that pads
-    in its forward, list/keyword inputs, a module called through
-    ``.forward``, and blocks that need state their parent sets."""
-
-    def __init__(self, ch: int = 8, trip: int = -1) -> None:
-        super().__init__()
-        self.stem = Block(3, ch)
-        self.stage = nn.Sequential(
-            Block(ch, ch), Block(ch, ch, same_pad=True),
-            Block(ch, ch, inplace_input=True), Block(ch, ch))
-        self.trip = Tripwire(trip)
-        self.neck = ListNeck(ch)
-        self.direct = Block(ch, ch)  # called through .forward
-        self.gated = Gated(ch)
-        self.fragile = Fragile(ch)
-        self.head = nn.Linear(2 * ch, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.trip(self.stage(self.stem(x)))
-        out = self.neck([x, x.flip(-1)], scale=0.5)
-        a = self.direct.forward(out['a'])
-        self.gated.budget = 1
-        b = self.gated(out['b'])
-        self.fragile.scale = 0.5
-        b = self.fragile(b)
-        return self.head(torch.cat([a.mean((2, 3)), b.mean((2, 3))], 1))
 
 
 def _one_pass_threads() -> list:
@@ -80,7 +36,7 @@ def _froms(report) -> dict:
 
 @pytest.fixture(scope='module')
 def once():
-    return init_model(OnceNet())
+    return init_model(HardNet(shared=False))
 
 
 @pytest.fixture(scope='module')
@@ -203,7 +159,7 @@ def test_off_switches():
 def test_a_batch_that_raises_ends_the_one_pass(once_full):
     # batch 2's pass raises after the stage: the layers before it are
     # calibrated in the one pass, the rest replayed, same result
-    model = init_model(OnceNet(trip=2))
+    model = init_model(HardNet(shared=False, trip=2))
     logs = []
     run = quantize_ec(model, None, logs=logs, one_pass=True)
     assert_same(run, once_full)
@@ -227,7 +183,7 @@ def test_a_batch_that_ends_early_ends_the_one_pass(once_full):
             return None
         return model(batch)
 
-    run = quantize_ec(init_model(OnceNet()), None, one_pass=True,
+    run = quantize_ec(init_model(HardNet(shared=False)), None, one_pass=True,
                       forward_fn=forward)
     assert_same(run, once_full)
     assert run[1].replay['one_pass'] == 0
