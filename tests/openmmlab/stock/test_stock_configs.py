@@ -96,6 +96,9 @@ def test_ptq_runs(stock, model):
     report = stock.ptq(model)
     ec = cfg.quantizer.get('error_compensation', True)
     assert report['mode'] == ('error_compensated' if ec else 'fast')
+    if ec:  # the stock backbone's first layers came from the one pass
+        assert report['replay']['one_pass'] > 0, report['replay']
+        assert report['layers'][0]['replay_from'] == '<one pass>'
     assert report['calib_samples'] == CALIB_SAMPLES
     assert report['summary']['quantized_layers'] > 0
     int_path = report['extra']['int_checkpoint']
